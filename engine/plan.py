@@ -1,0 +1,292 @@
+"""Planning: a validated config becomes a DAG of nodes, one per pass and target, each with its key.
+
+- File order chains passes; `inputs:` gives fan-out and fan-in.
+- A pass that depends on the target (or reads a node that does) runs once per target, as
+  `name@target`; the others run once.
+- A GGUF (or other) input that a pass cannot read is converted by a `converts` pass, inserted here.
+- Cycles, kind mismatches, missing packages and targets a pass cannot serve are `PlanError`s.
+- Each node's key is the sha256 of what it is made from (see `key_parts`).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+
+from slimops.cache import Cache
+from slimops.config import MODEL_INPUT, PassConfig, PipelineConfig
+from slimops.errors import PlanError
+from slimops.fingerprint import canonical, sha256_text
+from slimops.models import resolve_model
+from slimops.plugin import Artifact, Pass
+from slimops.targets import TargetProfile, builtin, machine_has_cuda, machine_support
+
+DEFAULT_TARGET = "cpu"
+
+
+@dataclass
+class Node:
+    """One unit of work: a pass, for one target when it depends on one."""
+
+    id: str
+    name: str
+    config: PassConfig | None  # None for the pipeline's input model
+    target_name: str | None
+    target: TargetProfile
+    inputs: list[str]
+    kind: str
+    parts: dict[str, Any] = field(default_factory=dict)
+    key: str = ""
+    source: Artifact | None = None
+
+    @property
+    def short(self) -> str:
+        return self.key[:12]
+
+    @property
+    def per_target(self) -> bool:
+        return self.target_name is not None
+
+    @property
+    def pass_name(self) -> str:
+        return self.config.type if self.config else "model"
+
+
+@dataclass
+class Plan:
+    config: PipelineConfig
+    graph: nx.DiGraph
+    nodes: dict[str, Node]
+    cache: Cache
+
+    def order(self) -> list[Node]:
+        return [self.nodes[node_id] for node_id in nx.lexicographical_topological_sort(self.graph, key=self._position)]
+
+    def _position(self, node_id: str) -> str:
+        return f"{list(self.nodes).index(node_id):06d}"
+
+    def cached(self, node: Node) -> bool:
+        return node.source is not None or self.cache.get(node.key) is not None
+
+    def explain(self, node: Node) -> str:
+        """Why `node` is not cached: the fields that differ from its nearest cached entry."""
+        if self.cached(node):
+            return "cached"
+        candidates = [e for e in self.cache.entries() if e.manifest.get("node") == node.id]
+        if not candidates:
+            candidates = [e for e in self.cache.entries() if e.manifest.get("pass") == node.pass_name]
+        if not candidates:
+            return "never run"
+        best, best_diff = None, None
+        for entry in candidates:
+            diff = _diff(entry.manifest.get("parts", {}), node.parts)
+            if best_diff is None or len(diff) < len(best_diff):
+                best, best_diff = entry, diff
+        assert best is not None and best_diff is not None
+        shown = "; ".join(best_diff[:4]) + (f"; +{len(best_diff) - 4} more" if len(best_diff) > 4 else "")
+        return f"differs from {best.key[:12]}: {shown}" if best_diff else f"same parts as {best.key[:12]} (pass code changed?)"
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(_diff(a, b, name + "."))
+        elif canonical(a) != canonical(b):
+            if name.startswith("inputs."):
+                out.append(f"{name} changed (upstream node reran)")
+            else:
+                out.append(f"{name}: {_short(a)} -> {_short(b)}")
+    return out
+
+
+def _short(value: Any) -> str:
+    text = canonical(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def build_plan(config: PipelineConfig, cache: Cache | None = None) -> Plan:
+    """Expand passes into nodes, check that they fit together, and key each one.
+
+    Raises:
+        PlanError: a cycle, a kind mismatch, a missing package, or a target a pass cannot serve.
+        ModelError: the input model cannot be found.
+    """
+    cache = cache or Cache(config.cache_dir)
+    spec = config.spec
+    targets = dict(spec.targets) or {DEFAULT_TARGET: builtin(DEFAULT_TARGET)}
+    first_target = next(iter(targets.values()))
+    passes = config.passes
+    instances = {name: pc.cls() for name, pc in passes.items()}
+
+    _check_cycles(config)
+
+    nodes: dict[str, Node] = {}
+    graph = nx.DiGraph()
+    expanded: dict[str, dict[str | None, str]] = {}  # pass name -> {target name or None: node id}
+
+    if spec.model is not None:
+        source = resolve_model(spec.model.path, spec.model.kind, config.base_dir)
+        source.meta["task"] = spec.model.task
+        node = Node(MODEL_INPUT, MODEL_INPUT, None, None, first_target, [], source.kind, source=source)
+        nodes[node.id] = node
+        graph.add_node(node.id)
+        expanded[MODEL_INPUT] = {None: node.id}
+
+    order = _pass_order(config)
+    previous: str | None = MODEL_INPUT if spec.model is not None else None
+    for name in order:
+        pc = passes[name]
+        inst = instances[name]
+        input_names = pc.inputs if pc.inputs is not None else ([] if inst.consumes == () else ([previous] if previous else []))
+        if inst.consumes is not None and inst.consumes and not input_names:
+            raise PlanError(f"{config.where('passes', name)} pass '{name}' ({pc.type}) needs an input ({', '.join(inst.consumes)}); add 'model:' or 'inputs:'")
+        by_target = any(None not in expanded[i] for i in input_names) or pc.cls.per_target
+        target_names: list[str | None] = list(pc.targets or targets) if by_target else [None]
+        expanded[name] = {}
+        for target_name in target_names:
+            target = targets[target_name] if target_name is not None else first_target
+            input_ids = []
+            for input_name in input_names:
+                ids = expanded[input_name]
+                input_id = ids.get(target_name) if target_name in ids else ids.get(None)
+                if input_id is None:
+                    raise PlanError(f"{config.where('passes', name)} pass '{name}' reads '{input_name}', which is not built for target '{target_name}'")
+                input_ids.append(_convert_if_needed(config, nodes, graph, input_id, pc, inst))
+            kinds = [nodes[i].kind for i in input_ids]
+            node_id = f"{name}@{target_name}" if target_name else name
+            node = Node(node_id, name, pc, target_name, target, input_ids, inst.output_kind(pc.params, kinds))
+            _check_needs(config, node, inst)
+            nodes[node_id] = node
+            graph.add_node(node_id)
+            for input_id in input_ids:
+                graph.add_edge(input_id, node_id)
+            expanded[name][target_name] = node_id
+        previous = name
+
+    plan = Plan(config, graph, nodes, cache)
+    for node in plan.order():
+        _key(plan, node)
+    cache.memo.save()
+    return plan
+
+
+def _pass_order(config: PipelineConfig) -> list[str]:
+    """File order, except that a pass comes after the passes it names in `inputs:`."""
+    graph = nx.DiGraph()
+    names = list(config.passes)
+    for index, name in enumerate(names):
+        graph.add_node(name)
+        for input_name in config.passes[name].inputs or []:
+            if input_name != MODEL_INPUT:
+                graph.add_edge(input_name, name)
+    return list(nx.lexicographical_topological_sort(graph, key=lambda n: f"{names.index(n):06d}"))
+
+
+def _check_cycles(config: PipelineConfig) -> None:
+    graph = nx.DiGraph()
+    for name, pc in config.passes.items():
+        for input_name in pc.inputs or []:
+            graph.add_edge(input_name, name)
+    try:
+        cycle = nx.find_cycle(graph)
+    except nx.NetworkXNoCycle:
+        return
+    names = [edge[0] for edge in cycle] + [cycle[0][0]]
+    raise PlanError(f"{config.where('passes', cycle[0][1], 'inputs')} passes form a cycle: {' -> '.join(names)}; a pass cannot read its own output")
+
+
+def _convert_if_needed(config: PipelineConfig, nodes: dict[str, Node], graph: nx.DiGraph, input_id: str, pc: PassConfig, inst: Pass) -> str:
+    kind = nodes[input_id].kind
+    accepts = inst.consumes
+    if accepts is None or kind in accepts or kind == "any":
+        return input_id
+    for cls in config.registry.converters():
+        if cls.consumes and kind in cls.consumes and cls.produces in accepts:
+            conv_id = f"{input_id}.{cls.name}"
+            if conv_id not in nodes:
+                source = nodes[input_id]
+                conv_pc = PassConfig(conv_id, cls.name, cls, cls.Params(), [source.name], None)
+                node = Node(conv_id, conv_id, conv_pc, source.target_name, source.target, [input_id], cls.produces)
+                _check_needs(config, node, cls())
+                nodes[conv_id] = node
+                graph.add_edge(input_id, conv_id)
+            return conv_id
+    raise PlanError(
+        f"{config.where('passes', pc.name)} pass '{pc.name}' ({pc.type}) reads {', '.join(accepts)}, "
+        f"but its input '{input_id}' is {kind}; put a pass that turns {kind} into {accepts[0]} before it"
+    )
+
+
+def _check_needs(config: PipelineConfig, node: Node, inst: Pass) -> None:
+    assert node.config is not None
+    pc = node.config
+    where = config.where("passes", pc.name) if pc.name in config.passes else f"pass '{node.id}'"
+    alt = f"; use type: {inst.alternative} instead" if inst.alternative else ""
+    libraries = {}
+    for dist in inst.requires:
+        try:
+            libraries[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            raise PlanError(f"{where} pass '{pc.name}' ({pc.type}) needs the package '{dist}': pip install {dist}{alt}") from None
+    node.parts["libraries"] = libraries
+    if "cuda" in inst.devices and not machine_has_cuda():
+        raise PlanError(f"{where} pass '{pc.name}' ({pc.type}) needs a CUDA device, and this machine has none{alt}")
+    if node.per_target and inst.executes_on_target:
+        ok, why = machine_support(node.target)
+        if not ok:
+            raise PlanError(
+                f"{where} pass '{pc.name}' ({pc.type}) must run the model on target '{node.target_name}', but {why}; "
+                "run on a machine that has it, or limit this pass with `targets: [...]`"
+            )
+    reason = inst.check(pc.params, node.target)
+    if reason:
+        raise PlanError(f"{where} pass '{pc.name}' ({pc.type}) cannot serve target '{node.target_name or 'any'}': {reason}{alt}")
+
+
+def data_fingerprint(config: PipelineConfig, cache: Cache, name: str) -> str:
+    """Hash of a data set's settings and the contents of its files."""
+    data = config.spec.data[name]
+    files = {file: cache.memo.path(config.base_dir / file) for file in data.file_list()}
+    return sha256_text(canonical({"spec": data.model_dump(mode="json", exclude={"files"}), "files": files}))
+
+
+def _key(plan: Plan, node: Node) -> None:
+    if node.source is not None:
+        content = plan.cache.memo.path(Path(node.source.path))
+        node.parts = {"source": content, "kind": node.kind}
+        node.key = sha256_text(canonical(node.parts))
+        return
+    pc = node.config
+    assert pc is not None
+    cls = pc.cls
+    data = {}
+    for field_name in cls.data_fields:
+        value = getattr(pc.params, field_name, None)
+        if isinstance(value, str) and value in plan.config.spec.data:
+            data[field_name] = data_fingerprint(plan.config, plan.cache, value)
+    node.parts = key_parts(
+        cls, pc.params.model_dump(mode="json"),
+        {plan.nodes[i].name: plan.nodes[i].key for i in node.inputs},
+        data, node.target.fields_for_key() if cls.per_target else None, node.parts.get("libraries", {}),
+    )
+    node.key = sha256_text(canonical(node.parts))
+
+
+def key_parts(cls: type[Pass], params: dict, inputs: dict[str, str], data: dict[str, str], target: dict | None, libraries: dict[str, str]) -> dict[str, Any]:
+    """What a node's key is made of; `slimops plan --explain` compares these field by field."""
+    return {
+        "pass": cls.name,
+        "version": cls.version,
+        "params": params,
+        "inputs": inputs,
+        "data": data,
+        "target": target,
+        "libraries": libraries,
+    }

@@ -1,0 +1,288 @@
+"""Running a plan: each node in topological order, from the cache when it can, else by its pass.
+
+A node that runs writes into a temporary cache folder that is renamed into place only when the
+pass returns; a lock per key makes a second concurrent run wait and then reuse the entry.
+Finished artifacts are hard-linked into the output folder, and `run.json` records every node.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import Timeout
+
+from slimops.cache import ARTIFACT, Cache, Entry
+from slimops.config import DataSpec, PipelineConfig
+from slimops.display import RunDisplay
+from slimops.errors import PassError, SlimopsError
+from slimops.plan import Node, Plan
+from slimops.plugin import Artifact, PassContext
+
+RUN_JSON = "run.json"
+
+
+@dataclass
+class NodeResult:
+    """What a run made of one node."""
+
+    id: str
+    pass_name: str
+    target: str | None
+    key: str
+    cached: bool
+    path: str
+    kind: str
+    seconds: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    """The outcome of `slimops.run`: a result per node, and where they were written."""
+
+    name: str
+    output_dir: Path
+    nodes: dict[str, NodeResult]
+    seconds: float
+
+    def __getitem__(self, node_id: str) -> NodeResult:
+        return self.nodes[node_id]
+
+    @property
+    def run_json(self) -> Path:
+        return self.output_dir / RUN_JSON
+
+
+def execute(plan: Plan, display: RunDisplay | None = None) -> RunResult:
+    """Run every node of `plan`; see the module docstring.
+
+    Raises:
+        PassError: a pass failed; nodes completed before it stay cached.
+    """
+    config = plan.config
+    cache = plan.cache
+    cache.remove_stale_tmp()
+    display = display or RunDisplay()
+    out_dir = config.output_dir
+    previous = _previous_keys(out_dir / RUN_JSON)
+    started = time.perf_counter()
+    artifacts: dict[str, Artifact] = {}
+    results: dict[str, NodeResult] = {}
+    order = plan.order()
+    lines = {node.id: display.add(node.id, node.pass_name, node.key) for node in order}
+    failure: SlimopsError | None = None
+    with display:
+        for node in order:
+            line = lines[node.id]
+            t0 = time.perf_counter()
+            if node.source is not None:
+                artifacts[node.id] = node.source
+                results[node.id] = NodeResult(node.id, "model", None, node.key, True, str(node.source.path), node.kind, 0.0, meta=node.source.meta)
+                display.set(line, "cached", "input model")
+                continue
+            entry = cache.get(node.key)
+            cached = entry is not None
+            if entry is None:
+                lock = cache.lock(node.key)
+                try:
+                    lock.acquire(timeout=0)
+                except Timeout:
+                    display.set(line, "waiting", "another run is building this node")
+                    lock.acquire()
+                try:
+                    entry = cache.get(node.key)
+                    cached = entry is not None
+                    if entry is None:
+                        display.set(line, "running")
+                        try:
+                            entry = _build(plan, node, artifacts, display, line)
+                        except SlimopsError as err:
+                            display.set(line, "failed", str(err).splitlines()[0])
+                            failure = err
+                            break
+                finally:
+                    lock.release()
+            else:
+                cache.touch(entry)
+            artifact = _artifact_of(entry)
+            artifacts[node.id] = artifact
+            path = _materialize(entry, artifact, _out_path(out_dir, node), previous.get(node.id) == node.key)
+            results[node.id] = NodeResult(
+                node.id, node.pass_name, node.target_name, node.key, cached, str(path), artifact.kind,
+                round(time.perf_counter() - t0, 3), artifact.metrics, artifact.meta,
+            )
+            display.set(line, "cached" if cached else "done")
+    result = RunResult(config.name, out_dir, results, round(time.perf_counter() - started, 3))
+    _write_run_json(result, plan, failure)
+    cache.memo.save()
+    if failure is not None:
+        raise failure
+    return result
+
+
+def _build(plan: Plan, node: Node, artifacts: dict[str, Artifact], display: RunDisplay, line) -> Entry:
+    from slimops.display import NodeProgress
+
+    config = plan.config
+    cache = plan.cache
+    pc = node.config
+    assert pc is not None
+    tmp = cache.begin(node.key)
+    log_path = tmp / "log.txt"
+    logger = logging.getLogger(f"slimops.node.{node.id}.{os.getpid()}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    ctx = PassContext(
+        node=node.id,
+        params=pc.params,
+        inputs={plan.nodes[i].name: artifacts[i] for i in node.inputs},
+        target=node.target,
+        output_dir=tmp / ARTIFACT,
+        work_dir=cache.work_dir(node.key),
+        data=_resolved_data(config),
+        config_dir=config.base_dir,
+        source=artifacts.get("model"),
+        progress=NodeProgress(display, line),
+        log=logger,
+    )
+    t0 = time.perf_counter()
+    try:
+        artifact = pc.cls().run(ctx)
+        if not isinstance(artifact, Artifact):
+            raise TypeError(f"run() returned {type(artifact).__name__}, not slimops.Artifact")
+        rel = Path(ARTIFACT) / Path(artifact.path).resolve().relative_to((tmp / ARTIFACT).resolve())
+        json.dumps([artifact.meta, artifact.metrics], default=str)
+    except BaseException as err:
+        logger.error("".join(traceback.format_exception(err)))
+        handler.close()
+        logger.removeHandler(handler)
+        if isinstance(err, KeyboardInterrupt):
+            cache.abandon(tmp)
+            raise
+        kept = _keep_log(cache, node, log_path)
+        cache.abandon(tmp)
+        if isinstance(err, ValueError) and "is not in the subpath" in str(err):
+            message = "the returned Artifact's path is outside ctx.output_dir; write outputs there"
+        else:
+            message = str(err) if isinstance(err, SlimopsError) else f"{type(err).__name__}: {err}"
+        failure = PassError(node.id, message, kept)
+        if isinstance(err, SlimopsError):
+            failure.exit_code = err.exit_code
+        raise failure from None
+    seconds = time.perf_counter() - t0
+    logger.info("finished in %.2f s", seconds)
+    handler.close()
+    logger.removeHandler(handler)
+    manifest = {
+        "key": node.key,
+        "node": node.id,
+        "pass": pc.type,
+        "version": pc.cls.version,
+        "params": pc.params.model_dump(mode="json"),
+        "inputs": {plan.nodes[i].name: plan.nodes[i].key for i in node.inputs},
+        "data": node.parts.get("data", {}),
+        "target": node.parts.get("target"),
+        "libraries": node.parts.get("libraries", {}),
+        "parts": node.parts,
+        "seconds": round(seconds, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "artifact": {"path": rel.as_posix(), "kind": artifact.kind, "meta": artifact.meta, "metrics": artifact.metrics},
+    }
+    return cache.publish(node.key, tmp, manifest)
+
+
+def _keep_log(cache: Cache, node: Node, log_path: Path) -> Path | None:
+    logs = cache.root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    kept = logs / f"{node.id.replace('@', '-at-')}-{node.short}.log"
+    try:
+        shutil.copyfile(log_path, kept)
+    except OSError:
+        return None
+    return kept
+
+
+def _resolved_data(config: PipelineConfig) -> dict[str, DataSpec]:
+    resolved = {}
+    for name, spec in config.spec.data.items():
+        files = spec.files
+        base = config.base_dir
+        if isinstance(files, str):
+            files = str(base / files)
+        elif isinstance(files, list):
+            files = [str(base / f) for f in files]
+        elif isinstance(files, dict):
+            files = {k: (str(base / v) if isinstance(v, str) else [str(base / f) for f in v]) for k, v in files.items()}
+        resolved[name] = spec.model_copy(update={"files": files})
+    return resolved
+
+
+def _artifact_of(entry: Entry) -> Artifact:
+    info = entry.manifest["artifact"]
+    return Artifact(path=entry.dir / info["path"], kind=info["kind"], meta=info.get("meta", {}), metrics=info.get("metrics", {}))
+
+
+def _out_path(out_dir: Path, node: Node) -> Path:
+    return out_dir / node.target_name / node.name if node.target_name else out_dir / node.name
+
+
+def _materialize(entry: Entry, artifact: Artifact, dest: Path, unchanged: bool) -> Path:
+    """Hard-link the entry's artifact folder into `dest`, replacing what was there atomically."""
+    final = dest / Path(entry.manifest["artifact"]["path"]).relative_to(ARTIFACT)
+    if unchanged and dest.exists():
+        return final
+    source = entry.dir / ARTIFACT
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.parent / f".{dest.name}.{os.getpid()}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging, copy_function=_link_or_copy)
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.{os.getpid()}.old"
+        os.rename(dest, old)
+        os.rename(staging, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staging, dest)
+    return final
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _previous_keys(run_json: Path) -> dict[str, str]:
+    try:
+        data = json.loads(run_json.read_text())
+        return {node_id: info["key"] for node_id, info in data.get("nodes", {}).items()}
+    except (OSError, ValueError, KeyError, AttributeError):
+        return {}
+
+
+def _write_run_json(result: RunResult, plan: Plan, failure: SlimopsError | None) -> None:
+    result.output_dir.mkdir(parents=True, exist_ok=True)
+    body = {
+        "name": result.name,
+        "config": str(plan.config.file) if plan.config.file else None,
+        "seconds": result.seconds,
+        "status": "failed" if failure else "ok",
+        "error": str(failure) if failure else None,
+        "nodes": {node_id: asdict(node) for node_id, node in result.nodes.items()},
+    }
+    tmp = result.run_json.with_name(f".{RUN_JSON}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(body, indent=2, default=str))
+    os.replace(tmp, result.run_json)

@@ -1,0 +1,146 @@
+"""Hardware-target profiles: what a model is built for.
+
+A profile is data: device, ONNX Runtime execution providers, precision, optional limits, and
+`settings` that passes read as their defaults for that target (a quantizer's block size, say).
+`BUILTIN` holds the vetted profiles; a pipeline names one, extends one, or writes its own.
+`machine_support(profile)` says whether this machine can run a profile, without importing torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import shutil
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Device = Literal["cpu", "cuda", "dml", "npu"]
+Precision = Literal["fp32", "fp16", "bf16", "int8", "int4"]
+
+PROVIDER_OF_DEVICE = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "npu": "QNNExecutionProvider",
+}
+
+
+class TargetProfile(BaseModel):
+    """One hardware target. In YAML either a built-in name (`cpu-int4`) or a mapping."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    extends: str | None = Field(None, description="A built-in profile whose fields this one starts from.")
+    device: Device = Field("cpu", description="Where the model runs: cpu, cuda, dml (DirectML) or npu.")
+    providers: list[str] = Field(
+        default_factory=list,
+        description="ONNX Runtime execution providers, in order of preference. Empty: the device's own.",
+    )
+    precision: Precision = Field("fp32", description="Numeric precision of the exported model.")
+    quant_format: Literal["weight_only", "qdq", "dynamic"] | None = Field(
+        None, description="How quantized weights are stored; NPUs want QDQ."
+    )
+    memory_gb: float | None = Field(None, gt=0, description="Memory the model must fit in, in GiB.")
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="Defaults passes read for this target, e.g. {quantize: {block_size: 32}}."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = {"extends": value}
+        if isinstance(value, dict) and value.get("extends") is not None:
+            base_name = value["extends"]
+            if base_name not in BUILTIN_DATA:
+                raise ValueError(f"unknown target profile '{base_name}'; built-in profiles: {', '.join(BUILTIN_DATA)}")
+            merged = {**BUILTIN_DATA[base_name], **value}
+            return merged
+        return value
+
+    @property
+    def execution_providers(self) -> list[str]:
+        return self.providers or [PROVIDER_OF_DEVICE[self.device]]
+
+    def fields_for_key(self) -> dict[str, Any]:
+        """The fields that change what a per-target pass builds (the name of the profile does not)."""
+        return self.model_dump(exclude={"extends"})
+
+
+BUILTIN_DATA: dict[str, dict[str, Any]] = {
+    "cpu": {"device": "cpu", "providers": ["CPUExecutionProvider"], "precision": "fp32"},
+    "cpu-int8": {"device": "cpu", "providers": ["CPUExecutionProvider"], "precision": "int8", "quant_format": "dynamic"},
+    "cpu-int4": {
+        "device": "cpu",
+        "providers": ["CPUExecutionProvider"],
+        "precision": "int4",
+        "quant_format": "weight_only",
+        "settings": {"quantize": {"block_size": 32, "accuracy_level": 4}},
+    },
+    "cuda-fp16": {"device": "cuda", "providers": ["CUDAExecutionProvider"], "precision": "fp16"},
+    "cuda-int4": {
+        "device": "cuda",
+        "providers": ["CUDAExecutionProvider"],
+        "precision": "int4",
+        "quant_format": "weight_only",
+        "settings": {"quantize": {"block_size": 32}},
+    },
+    "dml-int4": {
+        "device": "dml",
+        "providers": ["DmlExecutionProvider"],
+        "precision": "int4",
+        "quant_format": "weight_only",
+        "settings": {"quantize": {"block_size": 32}},
+    },
+    "npu-qdq": {"device": "npu", "providers": ["QNNExecutionProvider"], "precision": "int8", "quant_format": "qdq"},
+}
+
+BUILTIN_DESCRIPTIONS = {
+    "cpu": "any x86/Arm CPU, full precision",
+    "cpu-int8": "CPU, int8 dynamic quantization",
+    "cpu-int4": "CPU, int4 weight-only (MatMulNBits)",
+    "cuda-fp16": "NVIDIA GPU, fp16",
+    "cuda-int4": "NVIDIA GPU, int4 weight-only",
+    "dml-int4": "DirectML GPU on Windows, int4 weight-only",
+    "npu-qdq": "Qualcomm NPU, int8 QDQ with calibration",
+}
+
+
+def builtin(name: str) -> TargetProfile:
+    return TargetProfile.model_validate(name)
+
+
+@functools.lru_cache(maxsize=1)
+def available_providers() -> tuple[str, ...]:
+    """Execution providers of the installed onnxruntime, or none when it is not installed."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        return ()
+    import onnxruntime
+
+    return tuple(onnxruntime.get_available_providers())
+
+
+@functools.lru_cache(maxsize=1)
+def machine_has_cuda() -> bool:
+    """Whether an NVIDIA GPU is usable here. Asks nvidia-smi first so that torch stays unimported."""
+    if shutil.which("nvidia-smi") is None:
+        return False
+    if importlib.util.find_spec("torch") is None:
+        return True
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def machine_support(profile: TargetProfile) -> tuple[bool, str]:
+    """Whether this machine can run `profile`, and why not."""
+    providers = available_providers()
+    if not providers:
+        return False, "onnxruntime is not installed (pip install onnxruntime)"
+    missing = [p for p in profile.execution_providers if p not in providers]
+    if missing:
+        return False, f"this onnxruntime lacks {', '.join(missing)} (has {', '.join(providers)})"
+    if profile.device == "cuda" and not machine_has_cuda():
+        return False, "no CUDA device on this machine"
+    return True, "ok"
