@@ -68,6 +68,8 @@ class PassContext:
         data: the pipeline's data sets by name (`slimops.config.DataSpec`, files resolved).
         config_dir: the folder of the pipeline file, for paths the pass resolves itself.
         source: the pipeline's input model artifact, if it has one.
+        ancestors: every upstream artifact by node name, nearest first (inputs, their inputs, ...);
+            `nearest(kind)` picks one, e.g. the base model of an adapter.
         progress: report progress here.
         log: a logger writing to this node's log file.
     """
@@ -81,6 +83,7 @@ class PassContext:
     data: dict[str, Any]
     config_dir: Path
     source: Artifact | None = None
+    ancestors: dict[str, Artifact] = field(default_factory=dict)
     progress: Progress = field(default_factory=NullProgress)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("slimops.pass"))
 
@@ -90,6 +93,13 @@ class PassContext:
         if not self.inputs:
             raise RuntimeError(f"pass '{self.node}' has no input")
         return next(iter(self.inputs.values()))
+
+    def nearest(self, kind: str) -> Artifact | None:
+        """The closest upstream artifact of `kind` (inputs first), or None."""
+        for artifact in self.ancestors.values():
+            if artifact.kind == kind:
+                return artifact
+        return None
 
 
 class Pass:

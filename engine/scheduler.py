@@ -154,6 +154,7 @@ def _build(plan: Plan, node: Node, artifacts: dict[str, Artifact], display: RunD
         data=_resolved_data(config),
         config_dir=config.base_dir,
         source=artifacts.get("model"),
+        ancestors=_ancestors(plan, node, artifacts),
         progress=NodeProgress(display, line),
         log=logger,
     )
@@ -201,6 +202,19 @@ def _build(plan: Plan, node: Node, artifacts: dict[str, Artifact], display: RunD
         "artifact": {"path": rel.as_posix(), "kind": artifact.kind, "meta": artifact.meta, "metrics": artifact.metrics},
     }
     return cache.publish(node.key, tmp, manifest)
+
+
+def _ancestors(plan: Plan, node: Node, artifacts: dict[str, Artifact]) -> dict[str, Artifact]:
+    """Upstream artifacts, breadth-first from the node's inputs."""
+    found: dict[str, Artifact] = {}
+    queue = list(node.inputs)
+    while queue:
+        node_id = queue.pop(0)
+        if node_id in found:
+            continue
+        found[node_id] = artifacts[node_id]
+        queue.extend(plan.nodes[node_id].inputs)
+    return found
 
 
 def _keep_log(cache: Cache, node: Node, log_path: Path) -> Path | None:
