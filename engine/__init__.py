@@ -42,7 +42,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None):
 
 def plan(config_or_path, overrides: list[str] | None = None):
     """Plan a pipeline: its DAG of nodes, each with its cache key (nothing runs)."""
-    from slimops.plan import build_plan
+    from slimops.planner import build_plan
 
     config = _as_config(config_or_path, overrides)
     return build_plan(config)
@@ -60,7 +60,7 @@ def run(config_or_path, overrides: list[str] | None = None, display=None):
         ConfigError, PlanError, ModelError, DataError: before anything runs.
         PassError: a pass failed; every node completed before it stays cached.
     """
-    from slimops.plan import build_plan
+    from slimops.planner import build_plan
     from slimops.scheduler import execute
 
     config = _as_config(config_or_path, overrides)

@@ -107,7 +107,7 @@ def cmd_validate(args) -> int:
 
 def cmd_plan(args) -> int:
     from slimops.config import load_config
-    from slimops.plan import build_plan
+    from slimops.planner import build_plan
 
     plan = build_plan(load_config(args.config, args.overrides))
     from rich.table import Table

@@ -23,7 +23,7 @@ from slimops.cache import ARTIFACT, Cache, Entry
 from slimops.config import DataSpec, PipelineConfig
 from slimops.display import RunDisplay
 from slimops.errors import PassError, SlimopsError
-from slimops.plan import Node, Plan
+from slimops.planner import Node, Plan
 from slimops.plugin import Artifact, PassContext
 
 RUN_JSON = "run.json"

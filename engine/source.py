@@ -68,8 +68,13 @@ def parse_yaml(text: str, name: str | None = None) -> tuple[dict[str, Any], Line
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
+        problem = err.problem or ""
+        if err.context_mark is not None and "<stream end>" in problem:
+            mark = err.context_mark  # an unclosed bracket: point at where it opened
         line = mark.line + 1 if mark else None
-        problem = " ".join(part for part in (err.context, err.problem) if part)
+        if err.context:
+            opened = f" (started on line {err.context_mark.line + 1})" if err.context_mark else ""
+            problem = f"{problem}, {err.context}{opened}"
         raise ConfigError([Issue(name, line, "", f"YAML syntax error: {problem}")]) from None
     if node is None:
         raise ConfigError([Issue(name, 1, "", "the file is empty; a pipeline needs at least 'model' or 'passes'")])

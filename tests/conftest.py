@@ -1,0 +1,38 @@
+"""Shared fixtures: write a pipeline into a temporary project and run the CLI on it."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from slimops.cli import main
+
+
+@pytest.fixture
+def project(tmp_path: Path):
+    """A temporary project folder; `project.write(text)` writes pipeline.yaml there."""
+
+    class Project:
+        root = tmp_path
+
+        def write(self, text: str, name: str = "pipeline.yaml") -> Path:
+            path = tmp_path / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(textwrap.dedent(text).lstrip())
+            return path
+
+    return Project()
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `slimops ARGS`; returns (exit code, stdout, stderr)."""
+
+    def call(*args: str):
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return call

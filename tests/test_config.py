@@ -1,0 +1,111 @@
+"""Every kind of bad config gives its own clear message, with file and line, and exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import slimops
+from slimops.errors import ConfigError
+
+
+def test_valid_pipeline_validates(project, cli):
+    path = project.write(
+        """
+        name: ok
+        passes:
+          a: {type: fake, value: hi}
+          b: {type: fake}
+        """
+    )
+    code, out, _ = cli("validate", "--config", path)
+    assert code == 0
+    assert "ok (2 passes" in out
+
+
+@pytest.mark.parametrize(
+    "text, line, fragment",
+    [
+        ("passes:\n  a: {type: fake\n", 2, "YAML syntax error"),
+        ("passes:\n  a:\n    type: fake\n    vaule: 3\n", 4, "passes.a.vaule: unknown key; did you mean 'value'?"),
+        ("passes:\n  a:\n    type: fake\n    seconds: soon\n", 4, "passes.a.seconds: Input should be a valid number"),
+        ("model:\n  kind: hf-model\n", 1, "model.path: missing required key"),
+        ("passes:\n  a: {type: lorra}\n", 2, "unknown pass type 'lorra'"),
+        ("passes:\n  a: {type: fake}\n  b: {type: fake, inputs: [aa]}\n", 3, "unknown input 'aa'; did you mean 'a'?"),
+        ("data:\n  tone: {type: jsonl, files: nothere.jsonl}\n", 2, "no such file 'nothere.jsonl'"),
+        ("pases:\n  a: {type: fake}\n", 1, "pases: unknown key; did you mean 'passes'?"),
+        ("targets:\n  laptop: cpu-int5\n", 2, "unknown target profile 'cpu-int5'"),
+        ("passes:\n  a: {type: fake}\n  a: {type: fake}\n", 3, "duplicate key"),
+        ("passes:\n  a:\n    value: 3\n", 2, "missing required key 'type'"),
+    ],
+    ids=["yaml-syntax", "unknown-key", "wrong-type", "missing-required", "unknown-pass", "unknown-input",
+         "missing-data-file", "top-level-typo", "unknown-target", "duplicate-key", "missing-type"],
+)
+def test_bad_config_names_file_line_and_fix(project, cli, text, line, fragment):
+    path = project.write(text)
+    code, _, err = cli("validate", "--config", path)
+    assert code == 2
+    assert f"{path}:{line}" in err
+    assert fragment in err
+    assert "Traceback" not in err
+
+
+def test_missing_config_file(tmp_path, cli):
+    code, _, err = cli("validate", "--config", tmp_path / "nope.yaml")
+    assert code == 2
+    assert "nope.yaml" in err and "no such file" in err
+
+
+def test_every_error_is_reported_at_once(project):
+    path = project.write(
+        """
+        name: many
+        engine: {cache_dirr: x}
+        passes:
+          a: {type: fake, seconds: -1}
+          b: {type: nope}
+        """
+    )
+    with pytest.raises(ConfigError) as caught:
+        slimops.load_config(path)
+    lines = sorted(issue.line for issue in caught.value.issues)
+    assert lines == [2, 4, 5]
+
+
+def test_set_overrides_are_typed_by_the_schema(project):
+    path = project.write("passes:\n  a: {type: fake}\n")
+    config = slimops.load_config(path, ["passes.a.seconds=0.5", "passes.a.value=8", "name=renamed"])
+    params = config.passes["a"].params
+    assert params.seconds == 0.5
+    assert params.value == "8"  # a str field keeps the text, not the int YAML would make of it
+    assert config.name == "renamed"
+
+
+def test_bad_override_is_located_at_the_flag(project, cli):
+    path = project.write("passes:\n  a: {type: fake}\n")
+    code, _, err = cli("validate", "--config", path, "--set", "passes.a.seconds=later")
+    assert code == 2
+    assert "--set passes.a.seconds" in err
+    code, _, err = cli("validate", "--config", path, "--set", "passes.a.seconds")
+    assert code == 2 and "key.path=value" in err
+
+
+def test_validate_imports_no_torch(project):
+    path = project.write("passes:\n  a: {type: fake}\n")
+    code = (
+        "import sys; from slimops.cli import main; rc = main(['validate', '--config', sys.argv[1]]); "
+        "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_public_api_is_curated():
+    assert sorted(slimops.__all__) == sorted(
+        ["Artifact", "CacheError", "ConfigError", "DataError", "ModelError", "Pass", "PassContext",
+         "PassError", "PlanError", "SlimopsError", "load_config", "plan", "run"]
+    )
+    for name in slimops.__all__:
+        assert hasattr(slimops, name)
