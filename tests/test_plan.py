@@ -1,0 +1,133 @@
+"""Plan errors are found before anything runs: cycles, kind mismatches, unmet needs."""
+
+from __future__ import annotations
+
+import pytest
+
+PLUGINS = '''
+from slimops.passes.fake import Fake
+
+
+class NeedsOnnx(Fake):
+    """Reads only ONNX models."""
+    name = "needs_onnx"
+    consumes = ("onnx-model",)
+
+
+class NeedsPackage(Fake):
+    name = "needs_package"
+    requires = ("surely-not-installed-slimops-dep",)
+    alternative = "fake"
+
+
+class NeedsCuda(Fake):
+    name = "needs_cuda"
+    devices = ("cuda",)
+    alternative = "fake"
+
+
+class RunsOnTarget(Fake):
+    name = "runs_on_target"
+    per_target = True
+    executes_on_target = True
+
+
+class WritesForTarget(Fake):
+    name = "writes_for_target"
+    per_target = True
+'''
+
+
+@pytest.fixture
+def plugin_project(project):
+    (project.root / "planplug.py").write_text(PLUGINS)
+    return project
+
+
+def _plan_error(cli, path):
+    code, _, err = cli("plan", "--config", path)
+    assert code == 2, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_cycle_is_a_plan_error(project, cli):
+    path = project.write(
+        """
+        passes:
+          a: {type: fake, inputs: [c]}
+          b: {type: fake, inputs: [a]}
+          c: {type: fake, inputs: [b]}
+        """
+    )
+    err = _plan_error(cli, path)
+    assert "cycle" in err and "a -> b -> c -> a" in err.replace("c -> a -> b -> c", "a -> b -> c -> a")
+    assert f"{path}:" in err
+
+
+def test_kind_mismatch_is_a_plan_error(plugin_project, cli):
+    path = plugin_project.write(
+        """
+        passes:
+          make: {type: fake, kind: hf-model}
+          export: {type: "planplug:NeedsOnnx"}
+        """
+    )
+    err = _plan_error(cli, path)
+    assert "reads onnx-model" in err and "'make' is hf-model" in err
+    assert f"{path}:3" in err
+
+
+def test_missing_package_is_a_plan_error_with_the_install_command(plugin_project, cli):
+    path = plugin_project.write("passes:\n  a: {type: 'planplug:NeedsPackage'}\n")
+    err = _plan_error(cli, path)
+    assert "pip install surely-not-installed-slimops-dep" in err and "use type: fake instead" in err
+
+
+def test_cuda_only_pass_on_a_cpu_machine_is_a_plan_error(plugin_project, cli, monkeypatch):
+    monkeypatch.setattr("slimops.planner.machine_has_cuda", lambda: False)
+    path = plugin_project.write("passes:\n  a: {type: 'planplug:NeedsCuda'}\n")
+    err = _plan_error(cli, path)
+    assert "needs a CUDA device" in err and "use type: fake instead" in err
+
+
+def test_missing_provider_fails_only_passes_that_run_on_the_target(plugin_project, cli, monkeypatch):
+    monkeypatch.setattr("slimops.targets.available_providers", lambda: ("CPUExecutionProvider",))
+    runs = plugin_project.write(
+        "targets: {server: cuda-fp16}\npasses:\n  a: {type: 'planplug:RunsOnTarget'}\n", "runs.yaml"
+    )
+    err = _plan_error(cli, runs)
+    assert "CUDAExecutionProvider" in err and "server" in err
+    writes = plugin_project.write(
+        "targets: {server: cuda-fp16}\npasses:\n  a: {type: 'planplug:WritesForTarget'}\n", "writes.yaml"
+    )
+    code, out, err = cli("plan", "--config", writes)
+    assert code == 0, err
+    assert "a@server" in out
+
+
+def test_fan_out_and_fan_in(project):
+    import slimops
+
+    path = project.write(
+        """
+        passes:
+          root: {type: fake}
+          left: {type: fake, inputs: [root]}
+          right: {type: fake, inputs: [root]}
+          join: {type: fake, inputs: [left, right]}
+        """
+    )
+    plan = slimops.plan(path)
+    assert plan.nodes["join"].inputs == ["left", "right"]
+    assert list(plan.graph.predecessors("left")) == ["root"]
+    result = slimops.run(path)
+    text = (project.root / "out" / "join" / "out.txt").read_text()
+    assert "left=" in text and "right=" in text
+
+
+def test_unknown_model_path_is_a_clear_error(project, cli):
+    path = project.write("model: ./no/such/model\npasses:\n  a: {type: fake}\n")
+    code, _, err = cli("plan", "--config", path)
+    assert code == 2
+    assert "no/such/model" in err and "neither a local path nor a registered name" in err
