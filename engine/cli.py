@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="write the JSON Schema of pipeline files")
     p.add_argument("--output", "-o", default="-", help="file to write (default: stdout)")
+    p.add_argument("--markdown", action="store_true", help="write the config reference (docs/config.md) instead")
 
     p = sub.add_parser("init", help="list templates, or copy one into a folder")
     p.add_argument("template", nargs="?")
@@ -255,9 +256,9 @@ def cmd_targets(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from slimops.schema import schema_text
+    from slimops.schema import config_reference, schema_text
 
-    text = schema_text()
+    text = config_reference() if args.markdown else schema_text()
     if args.output == "-":
         sys.stdout.write(text)
     else:

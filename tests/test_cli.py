@@ -17,6 +17,13 @@ def test_committed_schema_is_current():
     assert committed == schema_text(), "schemas/pipeline.schema.json is stale: run 'slimops schema -o schemas/pipeline.schema.json'"
 
 
+def test_committed_config_reference_is_current():
+    from slimops.schema import config_reference
+
+    committed = (ROOT / "docs" / "config.md").read_text()
+    assert committed == config_reference(), "docs/config.md is stale: run 'slimops schema --markdown -o docs/config.md'"
+
+
 def test_schema_checks_pass_params_by_type():
     jsonschema = __import__("jsonschema")
     schema = json.loads(schema_text())
