@@ -120,3 +120,16 @@ def test_plugin_from_an_entry_point(project, tmp_path):
     assert "value=from-entry-point" in (project.root / "out" / "a" / "out.txt").read_text()
     listing = subprocess.run([sys.executable, "-m", "slimops.cli", "passes"], env=env, capture_output=True, text=True)
     assert "echo" in listing.stdout
+
+
+def test_ctrl_c_mid_pass_exits_130_and_cleans_its_temp_folder(project):
+    path = project.write(SLOW % 30)
+    cache = project.root / ".slimops" / "cache"
+    proc = _run_cli("run", "--config", str(path))
+    _wait_for(lambda: any((cache / "tmp").glob("*")) and len(list((cache / "entries").glob("*"))) == 1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "interrupted" in err and "Traceback" not in err
+    assert not list((cache / "tmp").glob("*"))
+    assert len(list((cache / "entries").glob("*"))) == 1
