@@ -258,6 +258,17 @@ def _check_references(spec: PipelineFile, passes: dict[str, PassConfig], lines: 
                 close = difflib.get_close_matches(value, list(spec.data), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else f"; add it under 'data:' (defined: {', '.join(spec.data) or 'none'})"
                 issues.append(lines.issue(("passes", name, field_name), f"unknown data set '{value}'{hint}"))
+    if spec.model is not None:
+        from slimops.models import REGISTERED
+
+        text = spec.model.path
+        local = base_dir / Path(text).expanduser()
+        hub_shaped = text.count("/") == 1 and not text.startswith((".", "/", "~"))
+        if not local.exists() and text not in REGISTERED and not hub_shaped:
+            close = difflib.get_close_matches(text, list(REGISTERED), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            issues.append(lines.issue(("model", "path") if ("model", "path") in lines.lines else ("model",),
+                f"'{text}' is neither a local path (relative to {base_dir}) nor a registered model; {hint}registered: {', '.join(REGISTERED)}"))
     for data_name, data in spec.data.items():
         if data.type == "hf":
             if not data.name:

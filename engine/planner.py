@@ -19,7 +19,7 @@ import networkx as nx
 
 from slimops.cache import Cache
 from slimops.config import MODEL_INPUT, PassConfig, PipelineConfig
-from slimops.errors import PlanError
+from slimops.errors import ModelError, PlanError
 from slimops.fingerprint import canonical, sha256_text
 from slimops.models import resolve_model
 from slimops.plugin import Artifact, Pass
@@ -132,7 +132,10 @@ def build_plan(config: PipelineConfig, cache: Cache | None = None) -> Plan:
     expanded: dict[str, dict[str | None, str]] = {}  # pass name -> {target name or None: node id}
 
     if spec.model is not None:
-        source = resolve_model(spec.model.path, spec.model.kind, config.base_dir)
+        try:
+            source = resolve_model(spec.model.path, spec.model.kind, config.base_dir)
+        except ModelError as err:
+            raise ModelError(f"{config.where('model')} {err}") from None
         source.meta["task"] = spec.model.task
         node = Node(MODEL_INPUT, MODEL_INPUT, None, None, first_target, [], source.kind, source=source)
         nodes[node.id] = node

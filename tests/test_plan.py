@@ -128,6 +128,17 @@ def test_fan_out_and_fan_in(project):
 
 def test_unknown_model_path_is_a_clear_error(project, cli):
     path = project.write("model: ./no/such/model\npasses:\n  a: {type: fake}\n")
+    code, _, err = cli("validate", "--config", path)
+    assert code == 2
+    assert f"{path}:1 model" in err and "neither a local path" in err and "smollm2-135m" in err
+    typo = project.write("model: smolm2-135m\npasses:\n  a: {type: fake}\n", "typo.yaml")
+    code, _, err = cli("validate", "--config", typo)
+    assert code == 2 and "did you mean 'smollm2-135m'?" in err
+
+
+def test_unreachable_hub_model_is_a_clear_error(project, cli, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = project.write("model: some-org/some-model\npasses:\n  a: {type: fake}\n")
     code, _, err = cli("plan", "--config", path)
     assert code == 2
-    assert "no/such/model" in err and "neither a local path nor a registered name" in err
+    assert f"{path}:1" in err and "some-org/some-model" in err and "Traceback" not in err
