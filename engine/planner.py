@@ -135,7 +135,7 @@ def build_plan(config: PipelineConfig, cache: Cache | None = None) -> Plan:
         try:
             source = resolve_model(spec.model.path, spec.model.kind, config.base_dir)
         except ModelError as err:
-            raise ModelError(f"{config.where('model')} {err}") from None
+            raise ModelError(f"{config.where('model')}: {err}") from None
         source.meta["task"] = spec.model.task
         node = Node(MODEL_INPUT, MODEL_INPUT, None, None, first_target, [], source.kind, source=source)
         nodes[node.id] = node
