@@ -6,5 +6,14 @@ only when a pipeline uses the pass, so heavy libraries stay out of `slimops vali
 
 BUILTIN: dict[str, str] = {
     "fake": "slimops.passes.fake:Fake",
+    "evaluate": "slimops.passes.evaluate:Evaluate",
     "from_gguf": "slimops.passes.convert:FromGguf",
+    "lora": "slimops.passes.finetune:Lora",
+    "dora": "slimops.passes.finetune:Dora",
+    "qlora": "slimops.passes.finetune:Qlora",
+    "loha": "slimops.passes.finetune:Loha",
+    "lokr": "slimops.passes.finetune:Lokr",
+    "ia3": "slimops.passes.finetune:Ia3",
+    "full": "slimops.passes.finetune:Full",
+    "merge_adapter": "slimops.passes.merge:MergeAdapter",
 }

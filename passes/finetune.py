@@ -1,0 +1,496 @@
+"""Fine-tuning passes: `lora`, `dora`, `qlora`, `loha`, `lokr`, `ia3` (adapters) and `full`.
+
+Every method shares one training loop, the transformers `Trainer`; the methods differ only in
+how the model is wrapped (`_wrap`). What the loop adds around the Trainer:
+
+- data from `slimops.passes.data` (checked before the model loads), batched by length;
+- checkpoints in `ctx.work_dir`, so a killed run resumes where it stopped (the step count goes on);
+- progress (`loss 1.234  812 tok/s`), a loss-curve PNG, and metrics: train/eval loss, tokens/s;
+- a causal LM by default, or a classifier when `model.task: text-classification`.
+
+An adapter pass writes the adapter alone (no copy of the base); `merge_adapter` folds it in.
+torch, transformers and peft are imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from slimops.errors import DataError, ModelError, SlimopsError
+from slimops.plugin import Artifact, Pass, PassContext
+from slimops.passes import data as datalib
+
+CHECKPOINTS = "checkpoints"
+
+
+class TrainParams(BaseModel):
+    """Settings every fine-tuning method shares."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(description="The data set to train on (a name under `data:`).")
+    train_split: str = Field("train", description="Split to train on.")
+    eval_data: str | None = Field(None, description="Data set for eval loss; default: `data`'s own eval split if it has one.")
+    eval_split: str = Field("eval", description="Split to evaluate on.")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs when set.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training split, when max_steps is not set.")
+    batch_size: int = Field(4, ge=1, description="Examples per forward pass.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Forward passes per optimizer step (effective batch = batch_size x this).")
+    max_seq_len: int = Field(512, ge=8, description="Tokens per example; longer ones are cut. Batches are grouped by length, so short data pays for no padding.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (2e-4 suits adapters; use ~2e-5 for full).")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps spent warming up.")
+    warmup_steps: int | None = Field(None, ge=0, description="Warmup steps; overrides warmup_ratio.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations: less memory, ~20-30% slower.")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast (fast only on CPUs with AVX512-BF16/AMX, and on GPUs).")
+    seed: int = Field(42, description="Seed for initialisation, shuffling and dropout.")
+    eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (default: once at the end, when there is eval data).")
+    early_stopping_patience: int | None = Field(None, ge=1, description="Stop after N evaluations without improvement (needs eval data and eval_steps).")
+    save_steps: int | None = Field(None, ge=1, description="Checkpoint every N steps, for resuming (default: about ten per run).")
+    logging_steps: int = Field(1, ge=1, description="Record the training loss every N steps.")
+    loss: str | None = Field(None, description="Custom loss, `module:function(outputs, labels, num_items_in_batch)`; module relative to the pipeline file.")
+    report_to: Literal["none", "tensorboard"] = Field("none", description="tensorboard writes event files into the output's `tensorboard/` folder.")
+
+    @field_validator("loss")
+    @classmethod
+    def _module_function(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[\w.]+:\w+", value):
+            raise ValueError("must read module:function, e.g. my_losses:focal")
+        return value
+
+
+class AdapterParams(TrainParams):
+    """LoRA-family settings."""
+
+    r: int = Field(16, ge=1, description="Adapter rank.")
+    alpha: float = Field(32, gt=0, description="Scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter's input.")
+    target_modules: list[str] | str | None = Field(None, description="Module names to adapt; default every linear layer but the output head ('all-linear').")
+    modules_to_save: list[str] | None = Field(None, description="Modules trained in full and saved with the adapter (a classifier head is added by itself).")
+
+
+class QloraParams(AdapterParams):
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type of the frozen base (bitsandbytes).")
+    double_quant: bool = Field(True, description="Quantize the quantization constants too (saves ~0.4 bit/param).")
+
+
+class Ia3Params(TrainParams):
+    learning_rate: float = Field(3e-3, gt=0, description="IA3 trains few scaling vectors and wants a higher rate.")
+    target_modules: list[str] | None = Field(None, description="Modules to scale; default from peft per architecture.")
+    feedforward_modules: list[str] | None = Field(None, description="Subset of target_modules scaled on their input.")
+    modules_to_save: list[str] | None = Field(None, description="Modules trained in full and saved with the adapter.")
+
+
+class FullParams(TrainParams):
+    learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate; every weight trains, so keep it low.")
+
+
+class _FineTune(Pass):
+    """The shared loop; subclasses set `name`, `method`, `Params` and what they produce."""
+
+    version = "1"
+    consumes = ("hf-model",)
+    produces = "hf-adapter"
+    requires = ("torch", "transformers", "peft")
+    method = ""
+    Params = AdapterParams
+
+    def check(self, params: Any, target: Any) -> str | None:
+        if params.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+            return "report_to: tensorboard needs the tensorboard package (pip install tensorboard)"
+        if params.early_stopping_patience and not params.eval_steps:
+            return "early_stopping_patience needs eval_steps (how often to evaluate)"
+        return None
+
+    def run(self, ctx: PassContext) -> Artifact:
+        return train(ctx, self.method)
+
+
+class Lora(_FineTune):
+    """Low-rank adapters on every linear layer (peft LoRA)."""
+
+    name = "lora"
+    method = "lora"
+
+
+class Dora(_FineTune):
+    """Weight-decomposed LoRA: magnitude and direction trained apart (peft `use_dora`)."""
+
+    name = "dora"
+    method = "dora"
+
+
+class Qlora(_FineTune):
+    """LoRA on a base quantized to 4 bits by bitsandbytes (nf4 or fp4)."""
+
+    name = "qlora"
+    method = "qlora"
+    requires = ("torch", "transformers", "peft", "bitsandbytes")
+    alternative = "lora"
+    Params = QloraParams
+
+
+class Loha(_FineTune):
+    """Low-rank Hadamard-product adapters (peft LoHa)."""
+
+    name = "loha"
+    method = "loha"
+
+
+class Lokr(_FineTune):
+    """Low-rank Kronecker-product adapters (peft LoKr)."""
+
+    name = "lokr"
+    method = "lokr"
+
+
+class Ia3(_FineTune):
+    """Learned scaling vectors on attention and feed-forward activations (peft IA3)."""
+
+    name = "ia3"
+    method = "ia3"
+    Params = Ia3Params
+
+
+class Full(_FineTune):
+    """Every weight trains; the output is a whole model."""
+
+    name = "full"
+    method = "full"
+    produces = "hf-model"
+    requires = ("torch", "transformers")
+    Params = FullParams
+
+
+# -- the loop --------------------------------------------------------------------------------------
+
+
+def train(ctx: PassContext, method: str) -> Artifact:
+    """Fine-tune `ctx.input` with `method`; see the module docstring.
+
+    Raises:
+        DataError: the data does not fit its formatting (found before the model loads).
+        ModelError: peft finds none of `target_modules` in the model.
+        SlimopsError: the custom loss does not import.
+    """
+    params = ctx.params
+    task = (ctx.source.meta.get("task") if ctx.source else None) or ctx.input.meta.get("task") or "text-generation"
+    base = Path(ctx.input.path)
+    examples = _examples(ctx, task)
+
+    import transformers
+    from transformers import AutoTokenizer
+
+    transformers.set_seed(params.seed)
+    transformers.utils.logging.disable_progress_bar()  # the run display shows progress
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    labels: list[str] = []
+    if task == "text-classification":
+        labels = datalib.label_names(examples["train"], examples["spec"])
+        features = {
+            split: datalib.tokenize_classification(rows, examples["spec" if split == "train" else "eval_spec"], tokenizer, params.max_seq_len, labels, examples["names"][split], examples["splits"][split])
+            for split, rows in examples.items() if split in ("train", "eval")
+        }
+    else:
+        features = {
+            split: datalib.tokenize_lm(rows, examples["spec" if split == "train" else "eval_spec"], tokenizer, params.max_seq_len, examples["names"][split], examples["splits"][split])
+            for split, rows in examples.items() if split in ("train", "eval")
+        }
+    train_set, eval_set = features["train"], features.get("eval")
+    ctx.log.info("%s: %d train examples, %d eval, task %s", method, len(train_set), len(eval_set or []), task)
+
+    model = _load_model(base, task, method, params, labels)
+    model = _wrap(model, method, params, task)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    ctx.log.info("trainable parameters: %d of %d", trainable, total)
+
+    trainer = _trainer(ctx, model, tokenizer, params, train_set, eval_set, task)
+    checkpoint = _last_checkpoint(ctx.work_dir / CHECKPOINTS)
+    if checkpoint:
+        ctx.log.info("resuming from %s", checkpoint)
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    seconds = time.perf_counter() - started
+    eval_metrics = trainer.evaluate() if eval_set else {}
+
+    metrics = _metrics(trainer, result, eval_metrics, seconds, trainable, checkpoint)
+    _save(model, tokenizer, method, ctx.output_dir)
+    _plot_loss(trainer.state.log_history, ctx.output_dir / "loss.png", f"{ctx.node} ({method})")
+    (ctx.output_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    meta = {
+        "method": method,
+        "task": task,
+        "base_path": str(base),
+        "formatting": datalib.formatting(examples["spec"], tokenizer),
+        "max_seq_len": params.max_seq_len,
+    }
+    if labels:
+        meta["labels"] = labels
+    kind = "hf-model" if method == "full" else "hf-adapter"
+    return Artifact(path=ctx.output_dir, kind=kind, meta=meta, metrics=metrics)
+
+
+def _examples(ctx: PassContext, task: str) -> dict[str, Any]:
+    """Load and check every split the run reads, before any model loads."""
+    params = ctx.params
+    spec = ctx.data[params.data]
+    train_rows = datalib.load_split(spec, params.train_split, params.data)
+    datalib.check_fields(train_rows, spec, params.data, params.train_split, task)
+    out: dict[str, Any] = {"train": train_rows, "spec": spec, "names": {"train": params.data}, "splits": {"train": params.train_split}}
+    eval_name = params.eval_data or params.data
+    eval_spec = ctx.data[eval_name]
+    if params.eval_data or datalib.has_split(eval_spec, params.eval_split):
+        eval_rows = datalib.load_split(eval_spec, params.eval_split, eval_name)
+        datalib.check_fields(eval_rows, eval_spec, eval_name, params.eval_split, task)
+        out.update(eval=eval_rows, eval_spec=eval_spec)
+        out["names"]["eval"], out["splits"]["eval"] = eval_name, params.eval_split
+    elif params.eval_steps:
+        raise DataError(f"pass '{ctx.node}': eval_steps is set but data '{params.data}' has no '{params.eval_split}' split; add one under data.{params.data}.splits or set eval_data")
+    return out
+
+
+def _load_model(base: Path, task: str, method: str, params: Any, labels: list[str]):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=params.quant_type,
+            bnb_4bit_use_double_quant=params.double_quant,
+            bnb_4bit_compute_dtype=torch.bfloat16 if params.precision == "bf16" else torch.float32,
+        )
+    if task == "text-classification":
+        return AutoModelForSequenceClassification.from_pretrained(
+            base, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)}, **kwargs
+        )
+    return AutoModelForCausalLM.from_pretrained(base, **kwargs)
+
+
+def _wrap(model, method: str, params: Any, task: str):
+    """Put the method's trainable parts on `model` (nothing for `full`)."""
+    if method == "full":
+        return model
+    from peft import IA3Config, LoHaConfig, LoKrConfig, LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+
+    task_type = TaskType.SEQ_CLS if task == "text-classification" else TaskType.CAUSAL_LM
+    if method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=params.gradient_checkpointing)
+    if method == "ia3":
+        config = IA3Config(
+            task_type=task_type, target_modules=params.target_modules, feedforward_modules=params.feedforward_modules,
+            modules_to_save=params.modules_to_save,
+        )
+    else:
+        common = dict(task_type=task_type, r=params.r, alpha=params.alpha, target_modules=params.target_modules or "all-linear", modules_to_save=params.modules_to_save)
+        if method in ("lora", "dora", "qlora"):
+            config = LoraConfig(
+                task_type=common["task_type"], r=params.r, lora_alpha=params.alpha, lora_dropout=params.dropout,
+                target_modules=common["target_modules"], modules_to_save=params.modules_to_save, use_dora=method == "dora",
+            )
+        elif method == "loha":
+            config = LoHaConfig(task_type=task_type, r=params.r, alpha=params.alpha, module_dropout=params.dropout, target_modules=common["target_modules"], modules_to_save=params.modules_to_save)
+        else:
+            config = LoKrConfig(task_type=task_type, r=params.r, alpha=params.alpha, module_dropout=params.dropout, target_modules=common["target_modules"], modules_to_save=params.modules_to_save)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:
+        raise ModelError(f"peft cannot apply {method} to this model: {err}; set target_modules to module names it has") from None
+
+
+def _trainer(ctx: PassContext, model, tokenizer, params: Any, train_set, eval_set, task: str):
+    from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments
+
+    steps_per_epoch = math.ceil(len(train_set) / (params.batch_size * params.gradient_accumulation_steps))
+    max_steps = params.max_steps or max(1, math.ceil(steps_per_epoch * params.epochs))
+    save_steps = params.save_steps or max(1, max_steps // 10)
+    eval_steps = params.eval_steps
+    if params.early_stopping_patience:
+        save_steps = eval_steps  # the best checkpoint must exist at each evaluation
+    tensorboard = params.report_to == "tensorboard"
+    args = TrainingArguments(
+        output_dir=str(ctx.work_dir / CHECKPOINTS),
+        max_steps=max_steps,
+        per_device_train_batch_size=params.batch_size,
+        per_device_eval_batch_size=params.batch_size,
+        gradient_accumulation_steps=params.gradient_accumulation_steps,
+        learning_rate=params.learning_rate,
+        lr_scheduler_type=params.lr_scheduler if params.lr_scheduler != "constant" else "constant_with_warmup",
+        warmup_steps=params.warmup_steps if params.warmup_steps is not None else params.warmup_ratio,
+        weight_decay=params.weight_decay,
+        max_grad_norm=params.max_grad_norm,
+        gradient_checkpointing=params.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if params.gradient_checkpointing else None,
+        bf16=params.precision == "bf16",
+        use_cpu=not _has_cuda(),
+        seed=params.seed,
+        data_seed=params.seed,
+        eval_strategy="steps" if eval_steps and eval_set else "no",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=2,
+        load_best_model_at_end=bool(params.early_stopping_patience),
+        metric_for_best_model="eval_loss" if params.early_stopping_patience else None,
+        greater_is_better=False if params.early_stopping_patience else None,
+        logging_steps=params.logging_steps,
+        report_to=[],  # tensorboard, when asked, is a callback below writing into the output
+        train_sampling_strategy="group_by_length",
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        save_only_model=False,
+    )
+    callbacks = [_ProgressCallback(ctx)]
+    if tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(ctx.output_dir / "tensorboard"))))
+    if params.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=params.early_stopping_patience))
+    pad_id = tokenizer.pad_token_id
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=lambda batch: datalib.collate(batch, pad_id),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        compute_loss_func=_custom_loss(params.loss, ctx.config_dir) if params.loss else None,
+        compute_metrics=_accuracy if task == "text-classification" else None,
+    )
+    trainer.remove_callback(PrinterCallback)  # progress goes to the run display and the node log
+    return trainer
+
+
+def _accuracy(prediction) -> dict[str, float]:
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    return {"accuracy": float((logits.argmax(-1) == prediction.label_ids).mean())}
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _custom_loss(spec: str, config_dir: Path):
+    """Import `module:function`, looking next to the pipeline file first."""
+    module_name, _, function = spec.partition(":")
+    if str(config_dir) not in sys.path:
+        sys.path.insert(0, str(config_dir))
+    try:
+        return getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError) as err:
+        raise SlimopsError(f"cannot import loss '{spec}' ({err}); put {module_name}.py next to the pipeline file") from None
+
+
+def _last_checkpoint(folder: Path) -> str | None:
+    """The newest complete checkpoint (a kill mid-save leaves one without trainer_state.json)."""
+    if not folder.is_dir():
+        return None
+    complete = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file() and p.name.split("-")[-1].isdigit()]
+    return str(max(complete, key=lambda p: int(p.name.split("-")[-1]))) if complete else None
+
+
+def _save(model, tokenizer, method: str, out: Path) -> None:
+    if method == "full":
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    else:
+        model.save_pretrained(out)  # a peft model writes only adapter_config.json + adapter weights
+
+
+def _metrics(trainer, result, eval_metrics: dict, seconds: float, trainable: int, checkpoint: str | None) -> dict[str, Any]:
+    state = trainer.state
+    losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+    session_tokens = state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
+    metrics: dict[str, Any] = {
+        "train_loss": round(losses[-1], 4) if losses else None,
+        "train_loss_mean": round(result.training_loss, 4),
+        "steps": state.global_step,
+        "tokens": int(state.num_input_tokens_seen),
+        "tokens_per_s": round(session_tokens / seconds, 1) if seconds > 0 else None,
+        "train_seconds": round(seconds, 2),
+        "trainable_params": trainable,
+    }
+    if checkpoint:
+        metrics["resumed_from_step"] = int(Path(checkpoint).name.rsplit("-", 1)[-1])
+    for key in ("eval_loss", "eval_accuracy"):
+        if key in eval_metrics:
+            metrics[key] = round(eval_metrics[key], 4)
+    return metrics
+
+
+def _plot_loss(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    train = [(e["step"], e["loss"]) for e in history if "loss" in e]
+    evals = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
+    if train:
+        ax.plot(*zip(*train), label="train")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+class _ProgressCallback:
+    """Reports `loss 1.234  812 tok/s` on the pass's line after each step."""
+
+    def __new__(cls, ctx: PassContext):
+        from transformers import TrainerCallback
+
+        class Callback(TrainerCallback):
+            def __init__(self):
+                self.loss: float | None = None
+                self.t0 = time.perf_counter()
+                self.tokens0 = 0
+
+            def on_train_begin(self, args, state, control, **kwargs):
+                self.t0 = time.perf_counter()
+                self.tokens0 = state.num_input_tokens_seen
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and "loss" in logs:
+                    self.loss = logs["loss"]
+                if logs:
+                    ctx.log.info("step %d: %s", state.global_step, json.dumps({k: v for k, v in logs.items() if isinstance(v, (int, float))}))
+
+            def on_step_end(self, args, state, control, **kwargs):
+                elapsed = time.perf_counter() - self.t0
+                tok_s = (state.num_input_tokens_seen - self.tokens0) / elapsed if elapsed > 0 else 0.0
+                loss = f"loss {self.loss:.3f} " if self.loss is not None else ""
+                ctx.progress.update(state.global_step, state.max_steps, f"{loss}{tok_s:.0f} tok/s")
+
+        return Callback()
