@@ -6,6 +6,8 @@ only when a pipeline uses the pass, so heavy libraries stay out of `slimops vali
 
 BUILTIN: dict[str, str] = {
     "fake": "slimops.passes.fake:Fake",
+    "onnx": "slimops.passes.onnx:Onnx",
+    "parity": "slimops.passes.parity:Parity",
     "evaluate": "slimops.passes.evaluate:Evaluate",
     "from_gguf": "slimops.passes.convert:FromGguf",
     "lora": "slimops.passes.finetune:Lora",

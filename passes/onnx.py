@@ -1,0 +1,322 @@
+"""Export to ONNX, once per target.
+
+- Decoder LLMs go through the onnxruntime-genai model builder, run as a subprocess so its
+  memory and its prints stay out of slimops: out comes a genai-model folder (model.onnx and
+  its external data, genai_config.json, tokenizer files, the chat template).
+- Encoders (BERT, MiniLM; with or without a classification head) go through `torch.onnx.export`
+  with dynamic batch and sequence axes: out comes an onnx-model folder (model.onnx, config.json,
+  tokenizer files).
+- Precision and execution provider come from `ctx.target` unless the params say otherwise; the
+  result is checked against the input model (`passes/parity.py`) before the node completes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from slimops.passes.parity import ParityParams, check, is_encoder
+from slimops.plugin import Artifact, Pass, PassContext
+
+BUILDER_EP = {"cpu": "cpu", "cuda": "cuda", "dml": "dml", "npu": "cpu"}
+# (device, precision) -> what the builder supports; others fall back as noted in `builder_precision`.
+BUILDER_PRECISIONS = {
+    "cpu": {"fp32", "int4", "int8"},
+    "cuda": {"fp32", "fp16", "bf16", "int4", "int8"},
+    "dml": {"fp16", "int4"},
+}
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+    "vocab.txt", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+)
+
+
+class OnnxParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    precision: Literal["auto", "fp32", "fp16", "bf16", "int4", "int8"] = Field(
+        "auto",
+        description="Weights of the exported model. auto: the target's precision (QDQ targets export fp32 "
+        "for the quantize pass). Set fp32 when a quantize pass follows.",
+    )
+    task: Literal["auto", "text-generation", "text-classification", "feature-extraction"] = Field(
+        "auto", description="auto: decoders from config.json architectures, encoders otherwise.",
+    )
+    block_size: int | None = Field(None, description="int4/int8 block size (default: target settings, else 32).")
+    accuracy_level: int | None = Field(None, ge=0, le=4, description="MatMulNBits compute type: 4 = int8 (fastest on CPU), 1 = fp32.")
+    symmetric: bool | None = Field(None, description="Symmetric int4/int8 weights (default true).")
+    keep_lm_head_int8: bool = Field(False, description="Quantize lm_head to int8 instead of int4: better accuracy, a little larger.")
+    extra_options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="More model-builder options, passed as KEY=VALUE (see its --help).",
+    )
+    opset: int = Field(17, ge=13, description="ONNX opset for encoders.")
+    exporter: Literal["dynamo", "torchscript"] = Field(
+        "dynamo", description="torch.onnx exporter for encoders: dynamo (maintained) or torchscript (faster, legacy).",
+    )
+    parity: ParityParams = Field(default_factory=ParityParams, description="Check against the input model.")
+
+
+class Onnx(Pass):
+    """Exports an HF model to ONNX: decoders via the onnxruntime-genai builder, encoders via torch.onnx."""
+
+    name = "onnx"
+    version = "1"
+    consumes = ("hf-model",)
+    produces = "genai-model"
+    per_target = True
+    requires = ("onnx", "onnxruntime", "onnxruntime-genai", "transformers", "torch")
+
+    Params = OnnxParams
+
+    def output_kind(self, params, input_kinds):
+        if params.task in ("text-classification", "feature-extraction"):
+            return "onnx-model"
+        return "genai-model"  # an auto-detected encoder returns onnx-model at run time
+
+    def check(self, params, target):
+        precision = resolve_precision(params.precision, target)
+        if precision not in BUILDER_PRECISIONS.get(BUILDER_EP[target.device], set()) and params.precision != "auto":
+            supported = ", ".join(sorted(BUILDER_PRECISIONS[BUILDER_EP[target.device]]))
+            return f"the model builder makes {precision} models for {target.device} only as {supported}"
+        return None
+
+    def run(self, ctx: PassContext) -> Artifact:
+        params = ctx.params
+        source = Path(ctx.input.path)
+        encoder = params.task in ("text-classification", "feature-extraction") or (params.task == "auto" and is_encoder(source))
+        precision = resolve_precision(params.precision, ctx.target)
+        if encoder:
+            artifact = export_encoder(source, ctx.output_dir, params, precision, ctx)
+        else:
+            artifact = build_decoder(source, ctx.output_dir, params, precision, ctx)
+        artifact.meta = {**ctx.input.meta, **artifact.meta}
+        template = chat_template(source)
+        if template:
+            artifact.meta["chat_template"] = template
+            if not (ctx.output_dir / "chat_template.jinja").exists():
+                (ctx.output_dir / "chat_template.jinja").write_text(template)
+        ctx.progress.update(message="parity check")
+        result = check(ctx.input, artifact, params.parity, ctx.target, artifact.meta["precision"], ctx.log)
+        artifact.metrics.update(result["metrics"])
+        artifact.meta.update(result["meta"])
+        artifact.metrics["size_mb"] = round(folder_size(ctx.output_dir) / 2**20, 2)
+        return artifact
+
+
+def resolve_precision(requested: str, target: Any) -> str:
+    """The precision to export at: the param, else the target's; QDQ targets export fp32 for `quantize`."""
+    if requested != "auto":
+        return requested
+    if target.quant_format in ("qdq", "dynamic"):
+        return "fp32"
+    precision = target.precision
+    supported = BUILDER_PRECISIONS.get(BUILDER_EP[target.device], {"fp32"})
+    if precision in supported:
+        return precision
+    return "fp16" if "fp16" in supported and precision in ("bf16", "fp32") else "fp32"
+
+
+# -- decoders: the onnxruntime-genai model builder ---------------------------------------------------------
+
+
+def builder_options(params: OnnxParams, target: Any, precision: str) -> dict[str, str]:
+    settings = dict((target.settings or {}).get("quantize", {})) if target is not None else {}
+    options: dict[str, str] = {"hf_token": "false"}
+    if precision in ("int4", "int8"):
+        block = params.block_size or settings.get("block_size")
+        level = params.accuracy_level if params.accuracy_level is not None else settings.get("accuracy_level")
+        symmetric = params.symmetric if params.symmetric is not None else settings.get("symmetric")
+        if block:
+            options["block_size"] = str(block)
+        if level is not None:
+            options["accuracy_level"] = str(level)
+        if symmetric is not None:
+            options["is_symmetric"] = str(bool(symmetric)).lower()
+        if params.keep_lm_head_int8 and precision == "int4":
+            options["matmul_mixed_precision"] = "last_matmul:int8"
+    for key, value in params.extra_options.items():
+        options[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    return options
+
+
+def run_builder(hf_dir: Path, out_dir: Path, precision: str, ep: str, options: dict[str, str], cache_dir: Path, ctx: PassContext | None = None) -> float:
+    """Run `python -m onnxruntime_genai.models.builder`; its output goes to ctx.log.
+
+    Returns:
+        wall seconds.
+
+    Raises:
+        RuntimeError: the builder failed; the message carries its last lines.
+    """
+    import time
+
+    cmd = [
+        sys.executable, "-m", "onnxruntime_genai.models.builder",
+        "-i", str(hf_dir), "-o", str(out_dir), "-p", precision, "-e", ep, "-c", str(cache_dir),
+        "--extra_options", *(f"{k}={v}" for k, v in options.items()),
+    ]
+    layers = _num_layers(hf_dir)
+    total = layers + 2
+    log = ctx.log if ctx else None
+    if log:
+        log.info("running: %s", " ".join(cmd))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+    t0 = time.perf_counter()
+    tail: list[str] = []
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, errors="replace")
+    assert process.stdout is not None
+    buffer = ""
+    for chunk in iter(lambda: process.stdout.read(256), ""):
+        buffer += chunk
+        *lines, buffer = re.split(r"[\r\n]", buffer)
+        for line in lines:
+            if not line.strip():
+                continue
+            tail = (tail + [line])[-20:]
+            if log:
+                log.info("builder: %s", line)
+            if ctx is None:
+                continue
+            match = re.match(r"Reading layer (\d+)", line)
+            if match:
+                ctx.progress.update(int(match.group(1)) + 1, total, f"builder: layer {int(match.group(1)) + 1}/{layers}")
+            elif line.startswith(("Saving GenAI config", "Saving ONNX model")):
+                ctx.progress.update(layers + 1, total, "builder: saving")
+    code = process.wait()
+    if code != 0:
+        last = next((line for line in reversed(tail) if line.strip() and not line.startswith(" ")), "no output")
+        raise RuntimeError(
+            f"the onnxruntime-genai model builder failed (exit {code}) for {precision}/{ep}: {last.strip()}"
+            + ("\n    " + "\n    ".join(t.strip() for t in tail[-6:]) if tail else "")
+        )
+    return time.perf_counter() - t0
+
+
+def build_decoder(source: Path, out: Path, params: OnnxParams, precision: str, ctx: PassContext) -> Artifact:
+    ep = BUILDER_EP[ctx.target.device]
+    options = builder_options(params, ctx.target, precision)
+    ctx.progress.update(0, _num_layers(source) + 2, f"builder: {precision} for {ep}")
+    seconds = run_builder(source, out, precision, ep, options, ctx.work_dir / "builder-cache", ctx)
+    shutil.rmtree(ctx.work_dir / "builder-cache", ignore_errors=True)
+    if not (out / "genai_config.json").exists():
+        raise RuntimeError("the model builder finished without writing genai_config.json; see the log")
+    if ctx.target.device == "cpu":
+        _check_genai_loads(out)
+    meta = {"precision": precision, "execution_provider": ep, "builder_options": options, "task": "text-generation"}
+    return Artifact(path=out, kind="genai-model", meta=meta, metrics={"build_seconds": round(seconds, 2)})
+
+
+def _check_genai_loads(folder: Path) -> None:
+    import onnxruntime_genai as og
+
+    try:
+        og.Model(str(folder))
+    except Exception as err:  # the message of onnxruntime-genai is the useful part
+        raise RuntimeError(f"onnxruntime-genai cannot load the built model: {err}") from None
+
+
+def _num_layers(hf_dir: Path) -> int:
+    try:
+        config = json.loads((hf_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return 1
+    config = config.get("text_config", config)
+    return int(config.get("num_hidden_layers") or 1)
+
+
+# -- encoders: torch.onnx.export ------------------------------------------------------------------------------
+
+
+def export_encoder(source: Path, out: Path, params: OnnxParams, precision: str, ctx: PassContext) -> Artifact:
+    """Export an encoder with dynamic batch and sequence axes; fp16 converts after export."""
+    import torch
+    import transformers
+
+    from slimops.passes.parity import _has_classifier
+
+    ctx.progress.update(0, 3, "loading")
+    classifier = params.task == "text-classification" or (params.task == "auto" and _has_classifier(source))
+    cls = transformers.AutoModelForSequenceClassification if classifier else transformers.AutoModel
+    model = cls.from_pretrained(str(source), dtype=torch.float32).eval()
+    model.config.return_dict = True
+    forward_names = model.forward.__code__.co_varnames
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in forward_names and getattr(model.config, "type_vocab_size", 0) else [])
+    example = tuple(torch.ones(2, 8, dtype=torch.long) if n != "token_type_ids" else torch.zeros(2, 8, dtype=torch.long) for n in names)
+    output = "logits" if classifier else "last_hidden_state"
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args):
+            result = self.inner(**dict(zip(names, args)))
+            return result.logits if classifier else result.last_hidden_state
+
+    model_file = out / "model.onnx"
+    ctx.progress.update(1, 3, f"torch.onnx.export ({params.exporter})")
+    if params.exporter == "dynamo":
+        batch, seq = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("sequence", min=1, max=getattr(model.config, "max_position_embeddings", 512))
+        shapes = tuple({0: batch, 1: seq} for _ in names)
+        program = torch.onnx.export(Wrapper(model), example, dynamic_shapes=(shapes,), input_names=names,
+                                    output_names=[output], opset_version=max(params.opset, 18), dynamo=True, verbose=False)
+        program.save(str(model_file))
+    else:
+        axes = {n: {0: "batch", 1: "sequence"} for n in names}
+        axes[output] = {0: "batch"} if classifier else {0: "batch", 1: "sequence"}
+        torch.onnx.export(Wrapper(model), example, str(model_file), input_names=names, output_names=[output],
+                          dynamic_axes=axes, opset_version=params.opset, dynamo=False)
+    if precision == "fp16":
+        _to_fp16(model_file)
+    ctx.progress.update(2, 3, "copying tokenizer")
+    copy_tokenizer(source, out)
+    shutil.copy2(source / "config.json", out / "config.json")
+    exported = precision if precision in ("fp32", "fp16") else "fp32"
+    if exported != precision:
+        ctx.log.info("encoders export at fp32; add a quantize pass for %s", precision)
+    meta = {"precision": exported, "task": "text-classification" if classifier else "feature-extraction", "inputs": names, "output": output}
+    return Artifact(path=out, kind="onnx-model", meta=meta)
+
+
+def _to_fp16(model_file: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(model_file))
+    model = convert_float_to_float16(model, keep_io_types=True)
+    for extra in model_file.parent.glob("model.onnx.data"):
+        extra.unlink()
+    onnx.save_model(model, str(model_file))
+
+
+# -- shared helpers ----------------------------------------------------------------------------------------------
+
+
+def chat_template(folder: Path) -> str | None:
+    """The chat template of an HF or genai folder: chat_template.jinja, else tokenizer_config.json."""
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    try:
+        template = json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template")
+    except (OSError, ValueError):
+        return None
+    return template if isinstance(template, str) else None
+
+
+def copy_tokenizer(source: Path, dest: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, dest / name)
+
+
+def folder_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size

@@ -1,0 +1,366 @@
+"""Parity: does an exported or quantized model still behave like the model it came from?
+
+- `ParityParams`: the `parity:` key of the `onnx` and `quantize` passes (thresholds, prompts).
+- `check(...)`: runs the reference and the candidate on the same fixed prompts and reports
+  greedy-token agreement, top-1 agreement and the largest logit difference; raises `ParityError`
+  when a threshold is missed.
+- `open_session(...)`: an onnxruntime session on the target's execution providers that refuses
+  to fall back to the CPU silently.
+- `OnnxCausalLM`, `OnnxEncoder`, `TorchModel`: one `logits(ids)` interface over the three kinds
+  of model a check compares.
+- The `parity` pass: the same check as a pipeline node that runs the model on the target
+  itself (`executes_on_target`), for a machine that has the target's hardware.
+
+Decoders are compared by recomputing the whole sequence each step (no KV cache): slower than
+generation, but exact, and the prompts are short.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from slimops.plugin import Artifact, Pass, PassContext
+
+DEFAULT_MIN_TOP1 = {"fp32": 0.99, "fp16": 0.95, "bf16": 0.95, "int8": 0.9, "int4": 0.8}
+
+DEFAULT_PROMPTS = (
+    "The capital of France is",
+    "def add(a, b):",
+    "Once upon a time",
+)
+
+
+class ParityError(RuntimeError):
+    """A model missed a parity threshold; the scheduler reports it as the node's failure."""
+
+
+class ParityParams(BaseModel):
+    """Thresholds and inputs of a parity check."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Run the check. Off saves a few seconds per node.")
+    min_top1: float | None = Field(
+        None, ge=0, le=1,
+        description="Least share of positions whose top-1 token (or class) matches the reference. "
+        "Default by precision: fp32 0.99, fp16/bf16 0.95, int8 0.9, int4 0.8.",
+    )
+    min_agreement: float = Field(
+        0.0, ge=0, le=1,
+        description="Least share of greedily generated tokens that match the reference before the first divergence.",
+    )
+    max_logit_diff: float | None = Field(
+        None, gt=0, description="Largest allowed absolute logit difference; None only records it.",
+    )
+    prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS), description="Fixed prompts to compare on.")
+    new_tokens: int = Field(8, ge=1, le=256, description="Greedy tokens generated per prompt.")
+    require_target: bool = Field(
+        False,
+        description="Fail when this machine lacks the target's execution provider, instead of skipping the check.",
+    )
+
+
+# -- sessions ----------------------------------------------------------------------------------------
+
+
+def target_providers(target: Any) -> list[str]:
+    return list(target.execution_providers) if target is not None else ["CPUExecutionProvider"]
+
+
+def missing_providers(providers: list[str]) -> list[str]:
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    return [p for p in providers if p not in available]
+
+
+def open_session(model_path: Path, providers: list[str]):
+    """An InferenceSession on `providers` that really uses the first of them.
+
+    Raises:
+        ParityError: onnxruntime registered a different provider than asked (a silent CPU fallback).
+    """
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    wanted = list(providers)
+    if "CPUExecutionProvider" not in wanted:
+        wanted.append("CPUExecutionProvider")  # for the nodes the accelerator does not implement
+    session = onnxruntime.InferenceSession(str(model_path), options, providers=wanted)
+    used = session.get_providers()
+    if providers[0] not in used:
+        raise ParityError(
+            f"asked onnxruntime for {providers[0]} but the session runs on {', '.join(used)}; "
+            "the target's execution provider failed to load (check its drivers and the onnxruntime package)"
+        )
+    return session
+
+
+# -- models behind one interface ----------------------------------------------------------------------
+
+
+class OnnxCausalLM:
+    """A decoder ONNX model (the onnxruntime-genai layout: input_ids, attention_mask, past_key_values.*)."""
+
+    def __init__(self, folder: Path, providers: list[str]):
+        import numpy as np
+
+        self.np = np
+        config = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
+        self.head_size = int(config["head_size"])
+        self.session = open_session(folder / config.get("filename", "model.onnx"), providers)
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        self.providers = self.session.get_providers()
+
+    def logits(self, ids: list[int]):
+        np = self.np
+        x = np.asarray([ids], dtype=np.int64)
+        feed = {"input_ids": x}
+        if "attention_mask" in self.inputs:
+            feed["attention_mask"] = np.ones_like(x)
+        if "position_ids" in self.inputs:
+            feed["position_ids"] = np.arange(len(ids), dtype=np.int64)[None]
+        for name, info in self.inputs.items():
+            if name.startswith("past_key_values"):
+                dtype = np.float16 if "float16" in info.type else np.float32
+                heads = info.shape[1] if isinstance(info.shape[1], int) else 1
+                feed[name] = np.zeros((1, heads, 0, self.head_size), dtype=dtype)
+        out = self.session.run(["logits"], feed)[0]
+        return out[0].astype(np.float32)
+
+
+class OnnxEncoder:
+    """An encoder ONNX model: input_ids, attention_mask (token_type_ids) -> its first output."""
+
+    def __init__(self, model_file: Path, providers: list[str]):
+        import numpy as np
+
+        self.np = np
+        self.session = open_session(model_file, providers)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.providers = self.session.get_providers()
+
+    def logits(self, ids: list[int]):
+        np = self.np
+        x = np.asarray([ids], dtype=np.int64)
+        feed = {"input_ids": x, "attention_mask": np.ones_like(x), "token_type_ids": np.zeros_like(x)}
+        out = self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})[0]
+        return out[0].astype(np.float32)
+
+
+class TorchModel:
+    """A Hugging Face model folder in PyTorch fp32, the reference of an export."""
+
+    def __init__(self, folder: Path, encoder: bool):
+        import torch
+        import transformers
+
+        self.torch = torch
+        cls = transformers.AutoModelForSequenceClassification if encoder else transformers.AutoModelForCausalLM
+        if encoder and not _has_classifier(folder):
+            cls = transformers.AutoModel
+        self.model = cls.from_pretrained(str(folder), dtype=torch.float32).eval()
+        self.encoder = encoder
+        self.providers = ["torch-cpu"]
+
+    def logits(self, ids: list[int]):
+        torch = self.torch
+        with torch.no_grad():
+            out = self.model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+        tensor = out.logits if hasattr(out, "logits") and out.logits is not None else out.last_hidden_state
+        return tensor[0].float().numpy()
+
+
+def _has_classifier(folder: Path) -> bool:
+    try:
+        architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError):
+        return False
+    return any("SequenceClassification" in a for a in architectures)
+
+
+# -- the check ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ParityResult:
+    top1: float
+    agreement: float
+    max_logit_diff: float
+    positions: int
+    providers: list[str]
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "parity_top1": round(self.top1, 4),
+            "parity_agreement": round(self.agreement, 4),
+            "parity_max_logit_diff": float(f"{self.max_logit_diff:.4g}"),
+        }
+
+
+def greedy(model, ids: list[int], new_tokens: int) -> list[int]:
+    out = list(ids)
+    for _ in range(new_tokens):
+        out.append(int(model.logits(out)[-1].argmax()))
+    return out[len(ids):]
+
+
+def compare(reference, candidate, token_lists: list[list[int]], new_tokens: int, decoder: bool) -> ParityResult:
+    """Greedy agreement (decoders) and teacher-forced top-1 / max logit difference on the same tokens."""
+    import numpy as np
+
+    agree_counts, top1_hits, positions, max_diff = [], 0, 0, 0.0
+    for ids in token_lists:
+        sequence = list(ids)
+        if decoder:
+            ref_tokens = greedy(reference, ids, new_tokens)
+            cand_tokens = greedy(candidate, ids, new_tokens)
+            prefix = 0
+            for a, b in zip(ref_tokens, cand_tokens):
+                if a != b:
+                    break
+                prefix += 1
+            agree_counts.append(prefix / new_tokens)
+            sequence = ids + ref_tokens
+        ref = reference.logits(sequence)
+        cand = candidate.logits(sequence)
+        if ref.shape != cand.shape:
+            raise ParityError(f"the model's output shape {cand.shape} differs from the reference's {ref.shape}")
+        if decoder or ref.ndim == 2 and ref.shape[0] == len(sequence):
+            top1_hits += int((ref.argmax(-1) == cand.argmax(-1)).sum())
+            positions += ref.shape[0]
+        else:
+            top1_hits += int(ref.argmax(-1) == cand.argmax(-1))
+            positions += 1
+        max_diff = max(max_diff, float(np.abs(ref - cand).max()))
+    agreement = sum(agree_counts) / len(agree_counts) if agree_counts else 1.0
+    return ParityResult(top1_hits / max(positions, 1), agreement, max_diff, positions, list(candidate.providers))
+
+
+def tokenize_prompts(folder: Path, prompts: list[str]) -> list[list[int]]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    lists = []
+    for prompt in prompts:
+        ids = tokenizer(prompt)["input_ids"]
+        lists.append(list(ids) or [tokenizer.bos_token_id or 0])
+    return lists
+
+
+def open_model(artifact: Artifact, providers: list[str]):
+    """A `logits(ids)` model over an hf-model, genai-model or onnx-model artifact."""
+    path = Path(artifact.path)
+    if artifact.kind == "genai-model":
+        return OnnxCausalLM(path, providers)
+    if artifact.kind == "onnx-model":
+        model_file = path if path.is_file() else path / "model.onnx"
+        if path.is_dir() and (path / "genai_config.json").exists():
+            return OnnxCausalLM(path, providers)
+        return OnnxEncoder(model_file, providers)
+    if artifact.kind == "hf-model":
+        return TorchModel(path, encoder=is_encoder(path))
+    raise ParityError(f"parity cannot read a {artifact.kind} artifact")
+
+
+def is_encoder(folder: Path) -> bool:
+    """Whether an HF folder (or an exported folder carrying its config.json) is an encoder."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return not (folder / "genai_config.json").exists()
+    architectures = config.get("architectures") or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in architectures):
+        return False
+    return config.get("model_type") in ENCODER_TYPES or any(a.endswith(("ForSequenceClassification", "Model")) for a in architectures)
+
+
+ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deberta-v2", "electra", "mpnet", "albert", "camembert", "modernbert"}
+
+
+def check(reference: Artifact, candidate: Artifact, params: ParityParams, target: Any, precision: str = "fp32", log=None) -> dict[str, Any]:
+    """Compare `candidate` (run on the target's providers) with `reference` (on the CPU).
+
+    Args:
+        precision: what the candidate was built at; picks the default `min_top1`.
+
+    Returns:
+        metrics for the Artifact (`parity_top1`, `parity_agreement`, `parity_max_logit_diff`) and a
+        `parity` entry for its meta (providers used, thresholds, or why the check was skipped).
+
+    Raises:
+        ParityError: a threshold was missed, or the target's provider was not the one used.
+    """
+    if not params.enabled:
+        return {"metrics": {}, "meta": {"parity": "disabled"}}
+    providers = target_providers(target)
+    missing = missing_providers(providers)
+    if missing:
+        why = f"this onnxruntime lacks {', '.join(missing)}"
+        if params.require_target:
+            raise ParityError(f"cannot check parity on the target: {why}; run on a machine that has it, or set parity.require_target: false")
+        if log:
+            log.warning("parity check skipped: %s", why)
+        return {"metrics": {}, "meta": {"parity": f"skipped: {why}"}}
+    candidate_model = open_model(candidate, providers)
+    decoder = isinstance(candidate_model, OnnxCausalLM)
+    reference_model = open_model(reference, ["CPUExecutionProvider"])
+    tokenizer_dir = Path(reference.path) if Path(reference.path).is_dir() else Path(candidate.path)
+    token_lists = tokenize_prompts(tokenizer_dir, params.prompts)
+    result = compare(reference_model, candidate_model, token_lists, params.new_tokens, decoder)
+    min_top1 = params.min_top1 if params.min_top1 is not None else DEFAULT_MIN_TOP1.get(precision, 0.9)
+    metrics = result.metrics()
+    meta = {"parity": {**metrics, "positions": result.positions, "providers": result.providers,
+                       "min_top1": min_top1, "min_agreement": params.min_agreement,
+                       "max_logit_diff": params.max_logit_diff}}
+    if log:
+        log.info("parity: %s on %s", metrics, ", ".join(result.providers))
+    problems = []
+    if result.top1 < min_top1:
+        problems.append(f"top-1 agreement {result.top1:.3f} < min_top1 {min_top1}")
+    if decoder and result.agreement < params.min_agreement:
+        problems.append(f"greedy-token agreement {result.agreement:.3f} < min_agreement {params.min_agreement}")
+    if params.max_logit_diff is not None and result.max_logit_diff > params.max_logit_diff:
+        problems.append(f"max logit difference {result.max_logit_diff:.4g} > max_logit_diff {params.max_logit_diff}")
+    if problems:
+        raise ParityError(
+            "parity check failed against the input model: " + "; ".join(problems)
+            + f" (on {result.positions} positions, providers {', '.join(result.providers)}). "
+            "Use a gentler setting (higher precision, smaller block_size, keep_lm_head_int8) or relax `parity:`."
+        )
+    return {"metrics": metrics, "meta": meta}
+
+
+class Parity(Pass):
+    """Checks an ONNX model against its nearest upstream HF model, on the target's hardware."""
+
+    name = "parity"
+    version = "1"
+    consumes = ("genai-model", "onnx-model")
+    produces = None
+    per_target = True
+    executes_on_target = True
+    requires = ("onnxruntime", "transformers")
+
+    class Params(ParityParams):
+        reference: str | None = Field(None, description="Upstream node to compare with (default: the nearest hf-model).")
+
+    def run(self, ctx: PassContext) -> Artifact:
+        params = ctx.params
+        reference = ctx.ancestors.get(params.reference) if params.reference else ctx.nearest("hf-model")
+        if reference is None:
+            raise ParityError("no reference model upstream: give `reference: <node>` or start the pipeline from an HF model")
+        precision = ctx.input.meta.get("precision", ctx.target.precision)
+        result = check(reference, ctx.input, params.model_copy(update={"require_target": True}), ctx.target, precision, ctx.log)
+        report = ctx.output_dir / "parity.json"
+        report.write_text(json.dumps(result["meta"], indent=2))
+        return Artifact(path=ctx.output_dir, kind="metrics", meta=result["meta"], metrics=result["metrics"])
+
+    def output_kind(self, params, input_kinds):
+        return "metrics"
