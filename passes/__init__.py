@@ -8,6 +8,7 @@ BUILTIN: dict[str, str] = {
     "fake": "slimops.passes.fake:Fake",
     "onnx": "slimops.passes.onnx:Onnx",
     "parity": "slimops.passes.parity:Parity",
+    "quantize": "slimops.passes.quantize:Quantize",
     "evaluate": "slimops.passes.evaluate:Evaluate",
     "from_gguf": "slimops.passes.convert:FromGguf",
     "lora": "slimops.passes.finetune:Lora",

@@ -318,5 +318,40 @@ def copy_tokenizer(source: Path, dest: Path) -> None:
             shutil.copy2(source / name, dest / name)
 
 
+def load_model(model_file: Path):
+    """`onnx.load` with external data read here: the cache hard-links artifacts, and onnx's own
+    loader refuses external data files that have more than one link."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    model = onnx.load(str(model_file), load_external_data=False)
+    handles: dict[str, Any] = {}
+    try:
+        for tensor in _all_tensors(model):
+            if not uses_external_data(tensor):
+                continue
+            info = ExternalDataInfo(tensor)
+            location = (model_file.parent / info.location).resolve()
+            if model_file.parent.resolve() not in location.parents:
+                raise RuntimeError(f"{model_file.name} points outside its folder for external data ({info.location})")
+            handle = handles.get(info.location) or handles.setdefault(info.location, open(location, "rb"))
+            handle.seek(info.offset or 0)
+            tensor.raw_data = handle.read(info.length) if info.length else handle.read()
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+    finally:
+        for handle in handles.values():
+            handle.close()
+    return model
+
+
+def _all_tensors(model):
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+
+
 def folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size

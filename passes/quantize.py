@@ -1,0 +1,376 @@
+"""Quantize an ONNX model for a target, with onnxruntime's quantizers.
+
+- Weight-only int4/int8 (MatMulNBits): `rtn` (onnxruntime's blockwise round-to-nearest, what the
+  model builder uses), `hqq`, `k_quant`, and `gptq` (calibrated on a `data:` entry). Options:
+  block size, symmetric, accuracy level, and lm_head (the last MatMul) kept at int8.
+- `int8_dynamic`: int8 weights, activations quantized at run time (MatMulInteger); CPUs.
+- `qdq`: static QuantizeLinear/DequantizeLinear pairs calibrated on a `data:` entry, for NPUs
+  (QNN's own config on npu targets).
+- Defaults come from the target: `precision` and `quant_format` pick the method, and
+  `settings.quantize` gives block_size, accuracy_level, symmetric.
+- The result is checked against the input model (`passes/parity.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from slimops.passes.onnx import folder_size, load_model
+from slimops.passes.parity import ParityParams, check
+from slimops.plugin import Artifact, Pass, PassContext
+
+Method = Literal["auto", "rtn", "hqq", "k_quant", "gptq", "int8_dynamic", "qdq"]
+WEIGHT_ONLY = ("rtn", "hqq", "k_quant", "gptq")
+CALIBRATED = ("gptq", "qdq")
+
+
+class QuantizeParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: Method = Field(
+        "auto",
+        description="auto: from the target (int4/weight_only -> rtn, dynamic -> int8_dynamic, qdq -> qdq). "
+        "rtn is fast; hqq and k_quant are slower and often closer; gptq needs calibration_data.",
+    )
+    bits: Literal[4, 8] | None = Field(None, description="Weight-only bits (default: 8 for an int8 target, else 4).")
+    block_size: int | None = Field(None, description="Weights per scale (default: target settings, else 32). Smaller is closer and larger.")
+    symmetric: bool | None = Field(None, description="Symmetric weights (default: target settings, else true).")
+    accuracy_level: int | None = Field(None, ge=0, le=4, description="MatMulNBits compute type: 4 = int8 activations (fastest on CPU), 1 = fp32.")
+    keep_lm_head_int8: bool = Field(False, description="Quantize the last MatMul (lm_head) to int8 instead of int4: closer logits, a little larger.")
+    nodes_to_exclude: list[str] = Field(default_factory=list, description="Node names to leave unquantized.")
+    calibration_data: str | None = Field(None, description="A `data:` entry for gptq and qdq calibration.")
+    calibration_split: str | None = Field(None, description="Split of the calibration data (default: train, else eval).")
+    calibration_samples: int = Field(32, ge=1, description="Examples used to calibrate.")
+    max_seq_len: int = Field(64, ge=4, description="Calibration examples are cut to this many tokens.")
+    activation_type: Literal["uint8", "uint16"] = Field("uint16", description="qdq activations: uint16 keeps accuracy on QNN HTP; uint8 is smaller and faster.")
+    weight_type: Literal["uint8", "int8"] = Field("uint8", description="qdq weights.")
+    per_channel: bool = Field(False, description="qdq: a scale per output channel.")
+    parity: ParityParams = Field(default_factory=ParityParams, description="Check against the input model.")
+
+    @model_validator(mode="after")
+    def _calibration(self):
+        if self.method == "gptq" and not self.calibration_data:
+            raise ValueError("method gptq needs calibration_data: the name of a data: entry")
+        return self
+
+
+class Quantize(Pass):
+    """Quantizes an ONNX model: weight-only int4/int8 (rtn, hqq, k_quant, gptq), int8 dynamic, or static QDQ."""
+
+    name = "quantize"
+    version = "1"
+    consumes = ("genai-model", "onnx-model")
+    produces = None
+    per_target = True
+    requires = ("onnx", "onnxruntime", "transformers")
+
+    Params = QuantizeParams
+
+    def check(self, params, target):
+        method = resolve_method(params, target)
+        if method is None:
+            return (f"the target's precision is {target.precision} with no quant_format, so there is nothing to quantize; "
+                    "set `method:` or limit this pass with `targets: [...]`")
+        if method in CALIBRATED and not params.calibration_data:
+            return f"method {method} calibrates on data: set calibration_data to a data: entry"
+        return None
+
+    def run(self, ctx: PassContext) -> Artifact:
+        params = ctx.params
+        method = resolve_method(params, ctx.target)
+        assert method is not None
+        source = Path(ctx.input.path)
+        source_dir = source if source.is_dir() else source.parent
+        model_file = source if source.is_file() else _model_file(source)
+        out_file = ctx.output_dir / model_file.name
+        _check_quantizable(model_file)
+        settings = dict((ctx.target.settings or {}).get("quantize", {}))
+        ctx.progress.update(0, 3, f"{method}: preparing")
+        calibration = None
+        if method in CALIBRATED:
+            calibration = calibration_inputs(ctx, source_dir, model_file)
+        ctx.progress.update(1, 3, f"{method}: quantizing")
+        ctx.log.info("quantizing %s with %s (target %s)", model_file, method, ctx.target.precision)
+        with _logs_into(ctx.log):
+            precision, meta = self._quantize(ctx, method, model_file, out_file, calibration, settings)
+        if source.is_dir():
+            _copy_companions(source, ctx.output_dir, model_file.name)
+        if ctx.input.kind == "genai-model" and ctx.target.device == "cpu":
+            from slimops.passes.onnx import _check_genai_loads
+
+            _check_genai_loads(ctx.output_dir)
+        ctx.progress.update(2, 3, "parity check")
+        path = ctx.output_dir if source.is_dir() else out_file
+        artifact = Artifact(path=path, kind=ctx.input.kind, meta={**ctx.input.meta, **meta, "precision": precision})
+        result = check(ctx.input, artifact, params.parity, ctx.target, precision, ctx.log)
+        artifact.metrics.update(result["metrics"])
+        artifact.meta.update(result["meta"])
+        artifact.metrics["size_mb"] = round(folder_size(ctx.output_dir) / 2**20, 2)
+        artifact.metrics["input_size_mb"] = round(folder_size(source) / 2**20, 2)
+        return artifact
+
+    def _quantize(self, ctx: PassContext, method: str, model_file: Path, out_file: Path, calibration, settings) -> tuple[str, dict]:
+        params = ctx.params
+        if method in WEIGHT_ONLY:
+            bits = params.bits or (8 if ctx.target.precision == "int8" else 4)
+            options = {
+                "bits": bits,
+                "block_size": params.block_size or settings.get("block_size", 32),
+                "symmetric": params.symmetric if params.symmetric is not None else settings.get("symmetric", True),
+                "accuracy_level": params.accuracy_level if params.accuracy_level is not None else settings.get("accuracy_level"),
+            }
+            weight_only(model_file, out_file, method, options, params.keep_lm_head_int8, params.nodes_to_exclude, calibration, ctx.log)
+            precision = f"int{bits}"
+            meta = {"quantization": {"method": method, **options, "keep_lm_head_int8": params.keep_lm_head_int8}}
+        elif method == "int8_dynamic":
+            dynamic_int8(model_file, out_file, params.nodes_to_exclude)
+            precision, meta = "int8", {"quantization": {"method": method}}
+        else:
+            static_qdq(model_file, out_file, calibration, params, ctx.target)
+            precision = "int8"
+            meta = {"quantization": {"method": "qdq", "activation_type": params.activation_type, "weight_type": params.weight_type}}
+        return precision, meta
+
+
+@contextlib.contextmanager
+def _logs_into(log: logging.Logger):
+    """Send what onnxruntime's quantizers log (to the root logger, at INFO) into the node's log."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    root.handlers = list(log.handlers)
+    stream = _LogStream(log)
+    try:
+        with contextlib.redirect_stdout(stream):  # INC's gptq/rtn print progress bars
+            yield
+    finally:
+        root.handlers, level = saved
+        root.setLevel(level)
+
+
+class _LogStream:
+    def __init__(self, log: logging.Logger):
+        self.log = log
+
+    def write(self, text: str) -> int:
+        for line in text.replace("\r", "\n").splitlines():
+            if line.strip():
+                self.log.info("%s", line.strip())
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def resolve_method(params: QuantizeParams, target: Any) -> str | None:
+    if params.method != "auto":
+        return params.method
+    if target.quant_format == "qdq":
+        return "qdq"
+    if target.quant_format == "dynamic":
+        return "int8_dynamic"
+    if target.quant_format == "weight_only" or target.precision == "int4":
+        return "rtn"
+    if target.precision == "int8":
+        return "int8_dynamic"
+    return None
+
+
+def _model_file(folder: Path) -> Path:
+    import json
+
+    config = folder / "genai_config.json"
+    if config.exists():
+        return folder / json.loads(config.read_text())["model"]["decoder"].get("filename", "model.onnx")
+    if (folder / "model.onnx").exists():
+        return folder / "model.onnx"
+    found = sorted(folder.glob("*.onnx"))
+    if not found:
+        raise RuntimeError(f"no .onnx file in {folder}")
+    return found[0]
+
+
+def _check_quantizable(model_file: Path) -> None:
+    """Refuse a model with no float MatMul weights left, with a message that says why."""
+    import onnx
+
+    model = onnx.load(str(model_file), load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+    matmuls = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and any(i in initializers for i in n.input)]
+    nbits = sum(n.op_type == "MatMulNBits" for n in model.graph.node)
+    if not matmuls:
+        already = f" it is already quantized ({nbits} MatMulNBits nodes); export at fp32 (onnx: {{precision: fp32}}) before quantizing," if nbits else ""
+        raise RuntimeError(f"{model_file.name} has no MatMul with constant weights to quantize;{already} or drop this pass")
+
+
+def _copy_companions(source: Path, dest: Path, model_name: str) -> None:
+    """Everything beside the model (genai_config.json, tokenizer, chat template, config.json)."""
+    for item in source.iterdir():
+        if item.name in (model_name, model_name + ".data") or item.suffix in (".onnx",) or item.name.endswith(".onnx.data"):
+            continue
+        if item.is_file():
+            shutil.copy2(item, dest / item.name)
+
+
+def _last_matmul(model) -> str | None:
+    initializers = {i.name for i in model.graph.initializer}
+    last = None
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and node.input[1] in initializers:
+            last = node.name
+    return last
+
+
+def weight_only(model_file: Path, out_file: Path, method: str, options: dict[str, Any], keep_lm_head_int8: bool,
+                exclude: list[str], calibration: list[dict] | None, log) -> None:
+    """MatMulNBits quantization; lm_head at int8 takes a second pass over that one node."""
+    import onnx
+    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
+    from onnxruntime.quantization.quant_utils import QuantFormat
+
+    model = load_model(model_file)
+    bits, block, symmetric, level = options["bits"], options["block_size"], options["symmetric"], options["accuracy_level"]
+    lm_head = _last_matmul(model) if keep_lm_head_int8 and bits == 4 else None
+    excluded = list(exclude) + ([lm_head] if lm_head else [])
+    matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
+    algo = None
+    if method == "hqq":
+        algo = mnq.HQQWeightOnlyQuantConfig(block_size=block, bits=bits)
+    elif method == "k_quant":
+        algo = mnq.KQuantWeightOnlyQuantConfig(customized_weight_config={n: {"bits": bits, "group_size": block} for n in matmuls})
+    elif method == "gptq":
+        algo = mnq.GPTQWeightOnlyQuantConfig(calibration_data_reader=_Reader(calibration or []), block_size=block,
+                                             perchannel=False)
+    quantizer = mnq.MatMulNBitsQuantizer(
+        model, bits=bits, block_size=block, is_symmetric=symmetric, accuracy_level=level,
+        nodes_to_exclude=excluded, quant_format=QuantFormat.QOperator, algo_config=algo,
+    )
+    quantizer.process()
+    result = quantizer.model.model if hasattr(quantizer.model, "model") else quantizer.model
+    if lm_head:
+        log.info("quantizing %s to int8", lm_head)
+        second = mnq.MatMulNBitsQuantizer(
+            result, bits=8, block_size=block, is_symmetric=symmetric, accuracy_level=level,
+            nodes_to_exclude=list(exclude), nodes_to_include=[lm_head], quant_format=QuantFormat.QOperator,
+        )
+        second.process()
+        result = second.model.model
+    _save(result, out_file)
+
+
+def _save(model, out_file: Path) -> None:
+    import onnx
+
+    data = out_file.with_name(out_file.name + ".data")
+    if data.exists():
+        data.unlink()
+    onnx.save_model(model, str(out_file), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+
+
+def dynamic_int8(model_file: Path, out_file: Path, exclude: list[str]) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(load_model(model_file), str(out_file), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
+                     nodes_to_exclude=exclude or None, use_external_data_format=True)
+
+
+def static_qdq(model_file: Path, out_file: Path, calibration: list[dict] | None, params: QuantizeParams, target: Any) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize, quantize_static
+
+    activation = QuantType.QUInt16 if params.activation_type == "uint16" else QuantType.QUInt8
+    weight = QuantType.QInt8 if params.weight_type == "int8" else QuantType.QUInt8
+    reader = _Reader(calibration or [])
+    if target.device == "npu":
+        from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+        model = load_model(model_file)
+        config = get_qnn_qdq_config(model, reader, activation_type=activation, weight_type=weight,
+                                    per_channel=params.per_channel, nodes_to_exclude=params.nodes_to_exclude or None)
+        config.use_external_data_format = True
+        quantize(model, str(out_file), config)
+        return
+    quantize_static(load_model(model_file), str(out_file), reader, quant_format=QuantFormat.QDQ, per_channel=params.per_channel,
+                    activation_type=activation, weight_type=weight, nodes_to_exclude=params.nodes_to_exclude or None,
+                    use_external_data_format=True, extra_options={"ActivationSymmetric": False})
+
+
+# -- calibration --------------------------------------------------------------------------------------------
+
+
+class _Reader:
+    """An onnxruntime CalibrationDataReader over a list of input dicts (copyable, for INC's gptq)."""
+
+    def __init__(self, items: list[dict]):
+        self.items = items
+        self.position = 0
+
+    def get_next(self):
+        if self.position >= len(self.items):
+            return None
+        self.position += 1
+        return self.items[self.position - 1]
+
+    def rewind(self):
+        self.position = 0
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __deepcopy__(self, memo):
+        return _Reader(self.items)
+
+
+def calibration_texts(ctx: PassContext, tokenizer) -> list[str]:
+    """Texts of `calibration_samples` examples of the calibration data set, formatted as in training."""
+    from slimops.passes.data import has_split, load_split, render
+
+    params = ctx.params
+    name = params.calibration_data
+    spec = ctx.data[name]
+    split = params.calibration_split or next((s for s in ("train", "eval", "test") if has_split(spec, s)), "train")
+    rows = load_split(spec, split, name)[: params.calibration_samples]
+    texts = []
+    for row in rows:
+        prompt, response = render(row, spec, tokenizer)
+        texts.append(prompt + response)
+    return texts
+
+
+def calibration_inputs(ctx: PassContext, source_dir: Path, model_file: Path) -> list[dict]:
+    """Model inputs for calibration: one dict of numpy arrays per example, batch 1."""
+    import json
+
+    import numpy as np
+    import onnx
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(source_dir))
+    texts = calibration_texts(ctx, tokenizer)
+    model = onnx.load(str(model_file), load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = {i.name: i for i in model.graph.input if i.name not in initializers}
+    head_size = None
+    if (source_dir / "genai_config.json").exists():
+        head_size = json.loads((source_dir / "genai_config.json").read_text())["model"]["decoder"]["head_size"]
+    items = []
+    for text in texts:
+        ids = tokenizer(text)["input_ids"][: ctx.params.max_seq_len] or [0]
+        x = np.asarray([ids], dtype=np.int64)
+        feed = {"input_ids": x, "attention_mask": np.ones_like(x), "token_type_ids": np.zeros_like(x),
+                "position_ids": np.arange(len(ids), dtype=np.int64)[None]}
+        item = {k: v for k, v in feed.items() if k in inputs}
+        for name, info in inputs.items():
+            if name.startswith("past_key_values"):
+                dims = info.type.tensor_type.shape.dim
+                heads = dims[1].dim_value or 1
+                elem = info.type.tensor_type.elem_type
+                dtype = np.float16 if elem == onnx.TensorProto.FLOAT16 else np.float32
+                item[name] = np.zeros((1, heads, 0, head_size or dims[3].dim_value), dtype=dtype)
+        items.append(item)
+    return items
