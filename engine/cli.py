@@ -4,10 +4,12 @@
     slimops validate --config F               check a pipeline file, run nothing
     slimops plan     --config F [--explain]   show the DAG, keys, what is cached and why not
     slimops cache    ls|show|verify|gc|clear  manage the cache
+    slimops report   DIR                      render report.md/report.html again from DIR/run.json
     slimops passes | targets | schema | init  list passes, targets; write the schema; copy a template
 
 Errors print as one message without a traceback (`--debug` shows it): exit 2 for config, plan,
-data and model errors, 1 for a failed pass or cache error, 130 when interrupted.
+data and model errors, 1 for a failed pass or cache error, 3 when an evaluation missed a goal
+(every node is cached then), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="the cache folder (default .slimops/cache)")
     p.add_argument("--older-than", type=float, metavar="DAYS", help="gc: also drop entries unused this long")
     p.add_argument("--yes", action="store_true", help="clear: do not ask")
+
+    p = sub.add_parser("report", help="render report.md and report.html again from an output folder's run.json")
+    p.add_argument("dir", nargs="?", default="out", help="the output folder (default: out)")
 
     sub.add_parser("passes", help="list every pass with its params and kinds")
     sub.add_parser("targets", help="list target profiles and whether this machine runs them")
@@ -130,25 +135,80 @@ def cmd_run(args) -> int:
     from slimops import run
     from slimops.display import RunDisplay
 
-    result = run(args.config, args.overrides, display=RunDisplay(quiet=args.quiet))
-    hits = sum(node.cached for node in result.nodes.values())
-    print(f"{result.name}: {len(result.nodes)} nodes, {hits} from cache, {result.seconds:.1f}s; outputs in {result.output_dir}", file=sys.stderr)
-    _print_metrics(result)
+    from slimops.errors import GoalError
+
+    try:
+        result = run(args.config, args.overrides, display=RunDisplay(quiet=args.quiet))
+    except GoalError as err:
+        _print_summary(err.result)
+        _print_goals(err.result)
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return err.exit_code
+    _print_summary(result)
+    _print_goals(result)
     return 0
 
 
+def _print_summary(result) -> None:
+    hits = sum(node.cached for node in result.nodes.values())
+    print(f"{result.name}: {len(result.nodes)} nodes, {hits} from cache, {result.seconds:.1f}s; outputs in {result.output_dir}", file=sys.stderr)
+    _print_metrics(result)
+    if (result.output_dir / "report.html").exists():
+        print(f"report: {result.output_dir / 'report.html'}", file=sys.stderr)
+
+
 def _print_metrics(result) -> None:
-    rows = [(node_id, node) for node_id, node in result.nodes.items() if node.metrics]
+    from slimops.report import comparison, fmt, is_comparison
+
+    rows = [(node_id, node) for node_id, node in result.nodes.items() if node.metrics and node.meta.get("role") != "before"]
     if not rows:
         return
     from rich.table import Table
 
-    table = Table(title="metrics", box=None, header_style="bold")
-    table.add_column("node")
-    table.add_column("metrics")
-    for node_id, node in rows:
-        table.add_row(node_id, ", ".join(f"{k}={_fmt(v)}" for k, v in node.metrics.items()))
+    compared = [(node_id, node) for node_id, node in rows if is_comparison(node.metrics)]
+    if compared:
+        table = Table(title="before / after", box=None, header_style="bold")
+        for column in ("node", "metric", "before", "after", "change"):
+            table.add_column(column, justify="right" if column in ("before", "after") else "left")
+        for node_id, node in compared:
+            for index, (name, old, new, change) in enumerate(comparison(node.metrics)):
+                colour = "green" if change.endswith("better") else ("red" if change.endswith("worse") else "")
+                table.add_row(node_id if index == 0 else "", name, fmt(old), fmt(new), f"[{colour}]{change}[/]" if colour else change)
+        _console().print(table)
+    plain = [(node_id, node) for node_id, node in rows if not is_comparison(node.metrics)]
+    if plain:
+        table = Table(title="metrics", box=None, header_style="bold")
+        table.add_column("node")
+        table.add_column("metrics")
+        for node_id, node in plain:
+            table.add_row(node_id, ", ".join(f"{k}={_fmt(v)}" for k, v in node.metrics.items()))
+        _console().print(table)
+
+
+def _print_goals(result) -> None:
+    """A table of goals that were missed (fatal ones fail the run; `on_miss: warn` ones only show)."""
+    missed = [(node_id, goal) for node_id, node in result.nodes.items() for goal in node.goals if not goal.get("ok")]
+    if not missed:
+        return
+    from rich.table import Table
+
+    from slimops.report import fmt
+
+    table = Table(title="goals missed", box=None, header_style="bold")
+    for column in ("node", "metric", "goal", "before", "after", "why", "on miss"):
+        table.add_column(column)
+    for node_id, goal in missed:
+        table.add_row(node_id, goal["metric"], goal["rule"], fmt(goal.get("before")), fmt(goal.get("value")), goal.get("why", ""),
+                      "[red]fail[/]" if goal.get("fatal", True) else "[yellow]warn[/]")
     _console().print(table)
+
+
+def cmd_report(args) -> int:
+    from slimops.report import write_report
+
+    md, page = write_report(Path(args.dir))
+    print(f"wrote {md}\nwrote {page}")
+    return 0
 
 
 def _fmt(value) -> str:
@@ -288,6 +348,7 @@ COMMANDS = {
     "validate": cmd_validate,
     "plan": cmd_plan,
     "cache": cmd_cache,
+    "report": cmd_report,
     "passes": cmd_passes,
     "targets": cmd_targets,
     "schema": cmd_schema,

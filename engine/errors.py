@@ -8,7 +8,9 @@
     ├── DataError                a data set is missing, unreadable or does not fit its template (exit 2)
     ├── ModelError               a model is not a local path, a registered name, nor reachable (exit 2)
     ├── PassError                a pass failed while running; names the node and its log (exit 1)
-    └── CacheError               the cache is unreadable, locked out, or an entry is corrupt (exit 1)
+    ├── CacheError               the cache is unreadable, locked out, or an entry is corrupt (exit 1)
+    └── GoalError                every node ran and is cached, but an evaluation missed a goal (exit 3);
+                                 carries `misses` (one dict per missed goal) and the `result`
 
 Each message says where (file, line, key path, node) and what to do next.
 """
@@ -91,3 +93,17 @@ class CacheError(SlimopsError):
     """The cache cannot be read or written, or an entry is corrupt."""
 
     exit_code = 1
+
+
+class GoalError(SlimopsError):
+    """Every node completed (and is cached), but a goal set with `on_miss: fail` was missed."""
+
+    exit_code = 3
+
+    def __init__(self, misses: list[dict], result=None):
+        self.misses = misses
+        self.result = result
+        lines = [f"{len(misses)} goal{'s' if len(misses) != 1 else ''} missed (every node is cached; relax the goal or set on_miss: warn):"]
+        for miss in misses:
+            lines.append(f"  {miss['node']}: {miss['metric']} {miss['rule']}: {miss['why']}")
+        super().__init__("\n".join(lines))

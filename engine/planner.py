@@ -22,7 +22,7 @@ from slimops.config import MODEL_INPUT, PassConfig, PipelineConfig
 from slimops.errors import ModelError, PlanError
 from slimops.fingerprint import canonical, sha256_text
 from slimops.models import resolve_model
-from slimops.plugin import Artifact, Pass
+from slimops.plugin import BASELINE_SUFFIX, Artifact, Pass
 from slimops.targets import TargetProfile, builtin, machine_has_cuda, machine_support
 
 DEFAULT_TARGET = "cpu"
@@ -150,6 +150,7 @@ def build_plan(config: PipelineConfig, cache: Cache | None = None) -> Plan:
         input_names = pc.inputs if pc.inputs is not None else ([] if inst.consumes == () else ([previous] if previous else []))
         if inst.consumes is not None and inst.consumes and not input_names:
             raise PlanError(f"{config.where('passes', name)} pass '{name}' ({pc.type}) needs an input ({', '.join(inst.consumes)}); add 'model:' or 'inputs:'")
+        baseline_id = _baseline_node(config, nodes, graph, expanded, pc, inst, input_names, first_target)
         by_target = any(None not in expanded[i] for i in input_names) or pc.cls.per_target
         target_names: list[str | None] = list(pc.targets or targets) if by_target else [None]
         expanded[name] = {}
@@ -163,6 +164,8 @@ def build_plan(config: PipelineConfig, cache: Cache | None = None) -> Plan:
                     raise PlanError(f"{config.where('passes', name)} pass '{name}' reads '{input_name}', which is not built for target '{target_name}'")
                 input_ids.append(_convert_if_needed(config, nodes, graph, input_id, pc, inst))
             kinds = [nodes[i].kind for i in input_ids]
+            if baseline_id is not None:
+                input_ids.append(baseline_id)
             node_id = f"{name}@{target_name}" if target_name else name
             node = Node(node_id, name, pc, target_name, target, input_ids, inst.output_kind(pc.params, kinds))
             _check_needs(config, node, inst)
@@ -227,6 +230,25 @@ def _convert_if_needed(config: PipelineConfig, nodes: dict[str, Node], graph: nx
     )
 
 
+def _baseline_node(config: PipelineConfig, nodes: dict[str, Node], graph: nx.DiGraph, expanded: dict, pc: PassConfig, inst: Pass, input_names: list[str], target: TargetProfile) -> str | None:
+    """For a `baseline` pass, the node `<name>.before`: the same pass and params on the input model.
+
+    It is target-independent and keyed like any node, so every target (and every search trial)
+    shares one cached evaluation of the input model. None when there is no input model, or when
+    the pass reads only the input model anyway.
+    """
+    if not pc.cls.baseline or MODEL_INPUT not in expanded or input_names == [MODEL_INPUT]:
+        return None
+    model_id = _convert_if_needed(config, nodes, graph, expanded[MODEL_INPUT][None], pc, inst)
+    node_id = f"{pc.name}{BASELINE_SUFFIX}"
+    node = Node(node_id, node_id, pc, None, target, [model_id], inst.output_kind(pc.params, [nodes[model_id].kind]))
+    _check_needs(config, node, inst)
+    nodes[node_id] = node
+    graph.add_node(node_id)
+    graph.add_edge(model_id, node_id)
+    return node_id
+
+
 def _check_needs(config: PipelineConfig, node: Node, inst: Pass) -> None:
     assert node.config is not None
     pc = node.config
@@ -275,7 +297,7 @@ def _key(plan: Plan, node: Node) -> None:
         if isinstance(value, str) and value in plan.config.spec.data:
             data[field_name] = data_fingerprint(plan.config, plan.cache, value)
     node.parts = key_parts(
-        cls, pc.params.model_dump(mode="json"),
+        cls, pc.params.model_dump(mode="json", exclude=set(cls.unkeyed)),
         {plan.nodes[i].name: plan.nodes[i].key for i in node.inputs},
         data, node.target.fields_for_key() if cls.per_target else None, node.parts.get("libraries", {}),
     )

@@ -24,6 +24,9 @@ KINDS = {
     "metrics": "an evaluation result (metrics.json)",
 }
 
+# A pass with `baseline = True` also runs on the pipeline's input model, as the node `<name>.before`.
+BASELINE_SUFFIX = ".before"
+
 
 @dataclass
 class Artifact:
@@ -121,6 +124,11 @@ class Pass:
         converts: True when the planner may insert it to turn `consumes` into `produces`
             automatically (a GGUF file into an HF folder, say).
         data_fields: Params fields that name a `data:` entry; their fingerprints join the key.
+        baseline: True when the planner should also run this pass, with the same params, on the
+            pipeline's input model as the node `<name>.before`; each node of the pass then gets
+            that node's artifact as an extra, last input (before/after comparisons).
+        unkeyed: Params fields that do not change the artifact (goals, say); left out of the key,
+            so changing them reuses the cached artifact.
     """
 
     name: ClassVar[str] = ""
@@ -134,6 +142,8 @@ class Pass:
     executes_on_target: ClassVar[bool] = False
     converts: ClassVar[bool] = False
     data_fields: ClassVar[tuple[str, ...]] = ("data", "eval_data", "calibration_data")
+    baseline: ClassVar[bool] = False
+    unkeyed: ClassVar[tuple[str, ...]] = ()
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -150,6 +160,15 @@ class Pass:
         Called at plan time; override for needs the class attributes cannot express.
         """
         return None
+
+    def goals(self, params: Any, artifact: Artifact) -> list[dict[str, Any]]:
+        """Goals checked on the finished artifact, fresh or cached (default: none).
+
+        Returns:
+            one dict per goal: `metric`, `rule`, `value`, `ok`, `why`, and `fatal` (a missed
+            fatal goal fails the run once every node is cached).
+        """
+        return []
 
     def run(self, ctx: PassContext) -> Artifact:  # pragma: no cover - the contract
         raise NotImplementedError(f"pass '{self.name}' does not implement run(ctx)")

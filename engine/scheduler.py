@@ -22,7 +22,7 @@ from filelock import Timeout
 from slimops.cache import ARTIFACT, Cache, Entry
 from slimops.config import DataSpec, PipelineConfig
 from slimops.display import RunDisplay
-from slimops.errors import PassError, SlimopsError
+from slimops.errors import GoalError, PassError, SlimopsError
 from slimops.planner import Node, Plan
 from slimops.plugin import Artifact, PassContext
 
@@ -43,6 +43,8 @@ class NodeResult:
     seconds: float
     metrics: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+    goals: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -118,11 +120,16 @@ def execute(plan: Plan, display: RunDisplay | None = None) -> RunResult:
             path = _materialize(entry, artifact, _out_path(out_dir, node), previous.get(node.id) == node.key)
             results[node.id] = NodeResult(
                 node.id, node.pass_name, node.target_name, node.key, cached, str(path), artifact.kind,
-                round(time.perf_counter() - t0, 3), artifact.metrics, artifact.meta,
+                round(time.perf_counter() - t0, 3), artifact.metrics, artifact.meta, list(node.inputs),
+                node.config.cls().goals(node.config.params, artifact) if node.config else [],
             )
             display.set(line, "cached" if cached else "done")
     result = RunResult(config.name, out_dir, results, round(time.perf_counter() - started, 3))
+    misses = [{"node": n.id, **goal} for n in results.values() for goal in n.goals if not goal.get("ok") and goal.get("fatal", True)]
+    if failure is None and misses:
+        failure = GoalError(misses, result)
     _write_run_json(result, plan, failure)
+    _write_report(result)
     cache.memo.save()
     if failure is not None:
         raise failure
@@ -293,10 +300,20 @@ def _write_run_json(result: RunResult, plan: Plan, failure: SlimopsError | None)
         "name": result.name,
         "config": str(plan.config.file) if plan.config.file else None,
         "seconds": result.seconds,
-        "status": "failed" if failure else "ok",
+        "status": ("goals missed" if isinstance(failure, GoalError) else "failed") if failure else "ok",
         "error": str(failure) if failure else None,
         "nodes": {node_id: asdict(node) for node_id, node in result.nodes.items()},
     }
     tmp = result.run_json.with_name(f".{RUN_JSON}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(body, indent=2, default=str))
     os.replace(tmp, result.run_json)
+
+
+def _write_report(result: RunResult) -> None:
+    """report.md and report.html next to run.json; a report that cannot be drawn never fails a run."""
+    from slimops.report import write_report
+
+    try:
+        write_report(result.output_dir)
+    except Exception as err:  # the run's own outcome matters more than its pictures
+        logging.getLogger("slimops").warning("could not write the run report: %s: %s", type(err).__name__, err)

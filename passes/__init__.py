@@ -9,6 +9,7 @@ BUILTIN: dict[str, str] = {
     "onnx": "slimops.passes.onnx:Onnx",
     "parity": "slimops.passes.parity:Parity",
     "quantize": "slimops.passes.quantize:Quantize",
+    "optimize": "slimops.passes.optimize:Optimize",
     "evaluate": "slimops.passes.evaluate:Evaluate",
     "from_gguf": "slimops.passes.convert:FromGguf",
     "lora": "slimops.passes.finetune:Lora",

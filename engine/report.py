@@ -1,0 +1,268 @@
+"""The run report: `report.md` and `report.html` in the output folder, rendered from `run.json`.
+
+- `comparison(metrics)`: rows of (metric, before, after, change) from a node's before/after metrics.
+- `write_report(out_dir)`: the config summary, the plan with hits and misses, per-node timings,
+  before/after tables with bar charts, goals, and any PNG a pass left (loss curves).
+
+`slimops run` writes it after every run; `slimops report DIR` renders it again from `run.json`.
+matplotlib is imported only when there is something to draw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from slimops.errors import SlimopsError
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+CHART_DIR = "report"
+LOWER_IS_BETTER = {"perplexity", "ttft_ms", "latency_p50_ms", "latency_p90_ms", "peak_mb", "size_mb"}
+# the order tables show metrics in (the cache stores them sorted); others follow by name
+ORDER = ["accuracy", "exact_match", "f1", "perplexity", "rouge_l", "bleu", "ttft_ms", "latency_p50_ms",
+         "latency_p90_ms", "tokens_per_s", "peak_mb", "size_mb"]
+
+
+def is_comparison(metrics: dict[str, Any]) -> bool:
+    """Whether a node's metrics have the evaluate shape `{"before": {...}, "after": {...}}`."""
+    return isinstance(metrics.get("after"), dict) and isinstance(metrics.get("before", {}), dict)
+
+
+def comparison(metrics: dict[str, Any]) -> list[tuple[str, float | None, float | None, str]]:
+    """(metric, before, after, change) per metric; change reads `+0.05 (+6.2%) better`."""
+    before, after = metrics.get("before") or {}, metrics.get("after") or {}
+    rows = []
+    names = sorted({*after, *before}, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    for name in names:
+        old, new = before.get(name), after.get(name)
+        rows.append((name, old, new, change_text(name, old, new)))
+    return rows
+
+
+def change_text(name: str, old: float | None, new: float | None) -> str:
+    if old is None or new is None:
+        return ""
+    delta = new - old
+    if delta == 0:
+        return "same"
+    pct = f" ({delta / abs(old) * 100:+.1f}%)" if old else ""
+    better = (delta < 0) if name in LOWER_IS_BETTER else (delta > 0)
+    return f"{delta:+.4g}{pct} {'better' if better else 'worse'}"
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def load_run(out_dir: Path) -> dict[str, Any]:
+    """run.json of an output folder.
+
+    Raises:
+        SlimopsError: there is no readable run.json there.
+    """
+    path = Path(out_dir) / "run.json"
+    try:
+        return json.loads(path.read_text())
+    except OSError:
+        raise SlimopsError(f"no run.json in {out_dir}; run 'slimops run --config FILE' first, or give the output folder") from None
+    except ValueError as err:
+        raise SlimopsError(f"{path} is not valid JSON ({err}); rerun the pipeline to rewrite it") from None
+
+
+def write_report(out_dir: Path) -> tuple[Path, Path]:
+    """Render report.md, report.html and their charts from `out_dir/run.json`.
+
+    Returns:
+        the paths of report.md and report.html.
+    """
+    out_dir = Path(out_dir)
+    run = load_run(out_dir)
+    nodes: dict[str, dict[str, Any]] = run.get("nodes", {})
+    evaluations = {nid: n for nid, n in nodes.items() if n.get("metrics") and is_comparison(n["metrics"])}
+    charts = {nid: _chart(out_dir, nid, n["metrics"]) for nid, n in evaluations.items()}
+    images = _pass_images(out_dir, nodes)
+    config_text, config_hash = _config(run.get("config"))
+
+    md = _markdown(run, nodes, evaluations, charts, images, config_text, config_hash, out_dir)
+    page = _html(run, nodes, evaluations, charts, images, config_text, config_hash, out_dir)
+    md_path, html_path = out_dir / REPORT_MD, out_dir / REPORT_HTML
+    md_path.write_text(md)
+    html_path.write_text(page)
+    return md_path, html_path
+
+
+def _config(path_text: str | None) -> tuple[str | None, str | None]:
+    if not path_text:
+        return None, None
+    try:
+        text = Path(path_text).read_text()
+    except OSError:
+        return None, None
+    return text, hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _pass_images(out_dir: Path, nodes: dict[str, dict]) -> dict[str, list[str]]:
+    """PNG files inside each node's output (loss curves from fine-tuning), relative to out_dir."""
+    found: dict[str, list[str]] = {}
+    for node_id, node in nodes.items():
+        path = Path(node.get("path", ""))
+        if node.get("pass_name") == "model" or not path.exists():
+            continue
+        folder = path if path.is_dir() else path.parent
+        if not folder.resolve().is_relative_to(out_dir.resolve()):
+            continue  # never list files outside the output folder
+        pngs = sorted(folder.rglob("*.png"))[:8]
+        if pngs:
+            found[node_id] = [os.path.relpath(p, out_dir) for p in pngs]
+    return found
+
+
+def _chart(out_dir: Path, node_id: str, metrics: dict[str, Any]) -> str | None:
+    """One small bar chart per metric (before vs after), saved as a PNG; its path relative to out_dir."""
+    rows = [(name, old, new) for name, old, new, _ in comparison(metrics) if new is not None]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(4, len(rows))
+    lines = (len(rows) + columns - 1) // columns
+    fig, axes = plt.subplots(lines, columns, figsize=(2.6 * columns, 2.4 * lines), squeeze=False)
+    for ax in axes.flat[len(rows):]:
+        ax.axis("off")
+    for ax, (name, old, new) in zip(axes.flat, rows):
+        labels, values, colors = [], [], []
+        if old is not None:
+            labels.append("before"), values.append(old), colors.append("#9aa5b1")
+        labels.append("after"), values.append(new), colors.append("#2f6fdf")
+        bars = ax.bar(labels, values, color=colors)
+        ax.bar_label(bars, labels=[fmt(v) for v in values], fontsize=8)
+        arrow = "lower is better" if name in LOWER_IS_BETTER else "higher is better"
+        ax.set_title(f"{name}\n({arrow})", fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.margins(y=0.2)
+    fig.suptitle(node_id, fontsize=10)
+    fig.tight_layout()
+    folder = out_dir / CHART_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{node_id.replace('@', '-at-').replace('/', '-')}-metrics.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return os.path.relpath(path, out_dir)
+
+
+def _plan_rows(nodes: dict[str, dict]) -> list[list[str]]:
+    rows = []
+    for node_id, node in nodes.items():
+        status = "input" if node.get("pass_name") == "model" else ("hit" if node.get("cached") else "ran")
+        rows.append([node_id, node.get("pass_name", ""), node.get("target") or "-", ", ".join(node.get("inputs", [])) or "-",
+                     status, f"{node.get('seconds', 0):.2f}", node.get("key", "")[:12]])
+    return rows
+
+
+PLAN_HEAD = ["node", "pass", "target", "inputs", "cache", "seconds", "key"]
+METRIC_HEAD = ["metric", "before", "after", "change"]
+GOAL_HEAD = ["metric", "goal", "before", "after", "result"]
+
+
+def _goal_rows(node: dict) -> list[list[str]]:
+    rows = []
+    for goal in node.get("goals", []):
+        result = "met" if goal.get("ok") else ("MISSED: " if goal.get("fatal", True) else "missed (warn): ") + goal.get("why", "")
+        rows.append([goal["metric"], goal["rule"], fmt(goal.get("before")), fmt(goal.get("value")), result])
+    return rows
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return out + [""]
+
+
+def _markdown(run, nodes, evaluations, charts, images, config_text, config_hash, out_dir) -> str:
+    hits = sum(1 for n in nodes.values() if n.get("cached") and n.get("pass_name") != "model")
+    ran = sum(1 for n in nodes.values() if not n.get("cached"))
+    lines = [f"# slimops run: {run.get('name', '')}", ""]
+    lines += [f"- status: **{run.get('status', '?')}**", f"- total: {run.get('seconds', 0):.1f} s, {ran} nodes ran, {hits} from cache"]
+    if run.get("config"):
+        lines.append(f"- config: `{run['config']}`" + (f" (sha256 {config_hash})" if config_hash else ""))
+    if run.get("error"):
+        lines += ["", "```", run["error"], "```"]
+    lines.append("")
+    if evaluations:
+        lines += ["## Before and after", ""]
+        for node_id, node in evaluations.items():
+            lines += [f"### {node_id}", ""]
+            lines += _md_table(METRIC_HEAD, [[m, fmt(b), fmt(a), c] for m, b, a, c in comparison(node["metrics"])])
+            if node.get("goals"):
+                lines += ["Goals:", ""] + _md_table(GOAL_HEAD, _goal_rows(node))
+            if charts.get(node_id):
+                lines += [f"![{node_id} metrics]({charts[node_id]})", ""]
+    others = {nid: n for nid, n in nodes.items() if n.get("metrics") and nid not in evaluations and n.get("meta", {}).get("role") != "before"}
+    if others:
+        lines += ["## Other metrics", ""]
+        lines += _md_table(["node", "metrics"], [[nid, ", ".join(f"{k}={fmt(v)}" for k, v in n["metrics"].items())] for nid, n in others.items()])
+    if images:
+        lines += ["## Plots from passes", ""]
+        for node_id, paths in images.items():
+            lines += [f"![{node_id}]({p})" for p in paths] + [""]
+    lines += ["## Plan", ""] + _md_table(PLAN_HEAD, _plan_rows(nodes))
+    if config_text:
+        lines += ["## Config", "", "```yaml", config_text.rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def _html_table(head: list[str], rows: list[list[str]]) -> str:
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
+
+
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1f2933}"
+    "table{border-collapse:collapse;margin:.5rem 0 1rem}th,td{border:1px solid #cbd2d9;padding:.25rem .6rem;text-align:left}"
+    "th{background:#f0f4f8}img{max-width:100%}pre{background:#f5f7fa;padding:.8rem;overflow:auto}"
+)
+
+
+def _html(run, nodes, evaluations, charts, images, config_text, config_hash, out_dir) -> str:
+    esc = html.escape
+    hits = sum(1 for n in nodes.values() if n.get("cached") and n.get("pass_name") != "model")
+    ran = sum(1 for n in nodes.values() if not n.get("cached"))
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>slimops run: {esc(run.get('name', ''))}</title>",
+             f"<style>{STYLE}</style></head><body>", f"<h1>slimops run: {esc(run.get('name', ''))}</h1>",
+             f"<p>status: <b>{esc(run.get('status', '?'))}</b>; total {run.get('seconds', 0):.1f} s; {ran} nodes ran, {hits} from cache"]
+    if run.get("config"):
+        parts.append(f"; config <code>{esc(run['config'])}</code>" + (f" (sha256 {config_hash})" if config_hash else ""))
+    parts.append("</p>")
+    if run.get("error"):
+        parts.append(f"<pre>{esc(run['error'])}</pre>")
+    if evaluations:
+        parts.append("<h2>Before and after</h2>")
+        for node_id, node in evaluations.items():
+            parts.append(f"<h3>{esc(node_id)}</h3>")
+            parts.append(_html_table(METRIC_HEAD, [[m, fmt(b), fmt(a), c] for m, b, a, c in comparison(node["metrics"])]))
+            if node.get("goals"):
+                parts.append("<p>Goals:</p>" + _html_table(GOAL_HEAD, _goal_rows(node)))
+            if charts.get(node_id):
+                parts.append(f"<img src='{esc(charts[node_id])}' alt='{esc(node_id)} metrics'>")
+    if images:
+        parts.append("<h2>Plots from passes</h2>")
+        for node_id, paths in images.items():
+            parts += [f"<figure><img src='{esc(p)}' alt='{esc(node_id)}'><figcaption>{esc(node_id)}: {esc(p)}</figcaption></figure>" for p in paths]
+    parts.append("<h2>Plan</h2>" + _html_table(PLAN_HEAD, _plan_rows(nodes)))
+    if config_text:
+        parts.append(f"<h2>Config</h2><pre>{esc(config_text)}</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

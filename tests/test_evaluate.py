@@ -1,0 +1,395 @@
+"""The evaluate pass on tiny models: before/after, every model kind, goals, caching, reports.
+
+Each model is built in the test: a word-level tokenizer (the `tokenizers` library) and a random
+2-layer llama or BERT, or a hand-made ONNX graph. Expected numbers are computed independently,
+with transformers or numpy directly, and compared with what the pass reports.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import slimops
+from slimops.display import RunDisplay
+
+TONES = ["happy", "sad", "calm"]
+PHRASES = {
+    "happy": "what a lovely sunny day",
+    "sad": "i miss her so much",
+    "calm": "the lake is still now",
+}
+TEMPLATE = "user {phrase} assistant {tone} <|im_end|>"
+ALL_METRICS = ["accuracy", "exact_match", "f1", "perplexity", "rouge_l", "bleu", "ttft_ms", "latency_p50_ms",
+               "latency_p90_ms", "tokens_per_s", "peak_mb", "size_mb"]
+
+# A plugin pass that makes a different model: the input's weights scaled, so before != after.
+PERTURB = '''
+import shutil
+from pydantic import BaseModel, ConfigDict
+import slimops
+
+class Perturb(slimops.Pass):
+    name = "perturb"
+    consumes = ("hf-model",)
+    produces = "hf-model"
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        scale: float = 1.5
+
+    def run(self, ctx):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        model = AutoModelForCausalLM.from_pretrained(ctx.input.path)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(ctx.params.scale)
+        model.save_pretrained(ctx.output_dir)
+        AutoTokenizer.from_pretrained(ctx.input.path).save_pretrained(ctx.output_dir)
+        return slimops.Artifact(path=ctx.output_dir, kind="hf-model")
+
+class Adapter(slimops.Pass):
+    name = "adapter"
+    consumes = ("hf-model",)
+    produces = "hf-adapter"
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    def run(self, ctx):
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+        torch.manual_seed(1)
+        model = AutoModelForCausalLM.from_pretrained(ctx.input.path)
+        config = LoraConfig(r=2, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        get_peft_model(model, config).save_pretrained(ctx.output_dir)
+        return slimops.Artifact(path=ctx.output_dir, kind="hf-adapter")
+'''
+
+
+def quiet():
+    return RunDisplay(quiet=True)
+
+
+def build_tokenizer(folder: Path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for text in PHRASES.values() for w in text.split()} | set(TONES) | {"user", "assistant"})
+    vocab = {token: i for i, token in enumerate(["<unk>", "<pad>", "<s>", "<|im_end|>", *words])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="<|im_end|>")
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def tiny_llama(folder: Path) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory) -> Path:
+    return tiny_llama(tmp_path_factory.mktemp("llama") / "tiny")
+
+
+def rows(count: int = 9) -> list[dict]:
+    return [{"phrase": PHRASES[TONES[i % 3]], "tone": TONES[i % 3]} for i in range(count)]
+
+
+def write_project(root: Path, model: Path, evaluate: str, extra_passes: str = "", data_rows: list | None = None) -> Path:
+    (root / "tone.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (data_rows or rows())))
+    (root / "plugin.py").write_text(PERTURB)
+    text = f"""
+    name: tiny-eval
+    model: {{path: "{model}"}}
+    data:
+      tone:
+        files: tone.jsonl
+        splits: {{train: "[:3]", eval: "[3:]"}}
+        template: "{TEMPLATE}"
+        label: tone
+    passes:
+    {textwrap.indent(textwrap.dedent(extra_passes).strip(), "  ") if extra_passes else ""}
+      eval: {evaluate}
+    """
+    path = root / "pipeline.yaml"
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def hf_perplexity(folder: Path, texts: list[str], adapter: Path | None = None) -> float:
+    """Perplexity computed directly with transformers, pooling tokens over texts."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for text in texts:
+            ids = torch.tensor([tokenizer(text)["input_ids"]])
+            total += float(model(input_ids=ids, labels=ids).loss) * (ids.shape[1] - 1)
+            count += ids.shape[1] - 1
+    return math.exp(total / count)
+
+
+def hf_greedy(folder: Path, prompts: list[str], max_new_tokens: int) -> list[str]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    out = []
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+            generated = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, attention_mask=torch.ones_like(ids))
+            out.append(tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True))
+    return out
+
+
+EVAL_ALL = "{type: evaluate, data: tone, metrics: [accuracy, exact_match, f1, perplexity, rouge_l, bleu, latency, peak_mb, size_mb], max_samples: 4, max_new_tokens: 3, latency_runs: 2, warmup: 1}"
+
+
+def test_before_and_after_on_a_tiny_llama(tmp_path, llama):
+    path = write_project(tmp_path, llama, EVAL_ALL, "perturb: {type: plugin:Perturb}")
+    result = slimops.run(path, display=quiet())
+    metrics = result["eval"].metrics
+    assert set(metrics) == {"before", "after"}
+    assert set(metrics["after"]) == set(ALL_METRICS) and set(metrics["before"]) == set(ALL_METRICS)
+    # the input model is evaluated by its own node, with the same settings
+    assert result["eval.before"].metrics == metrics["before"]
+    assert result["eval.before"].inputs == ["model"] and result["eval"].inputs == ["perturb", "eval.before"]
+
+    texts = [TEMPLATE.format(**r) for r in rows()[3:7]]
+    assert metrics["before"]["perplexity"] == pytest.approx(hf_perplexity(llama, texts), rel=1e-4)
+    assert metrics["after"]["perplexity"] == pytest.approx(hf_perplexity(Path(result["perturb"].path), texts), rel=1e-4)
+    assert metrics["before"]["perplexity"] != pytest.approx(metrics["after"]["perplexity"], rel=1e-3)
+
+    # answers come from greedy decoding of the prompt part of the template (checked against HF generate)
+    from slimops.passes import metrics as M
+
+    prompts = [f"user {r['phrase']} assistant " for r in rows()[3:7]]
+    expected = [M.answer_of(t.split("<|im_end|>")[0]) for t in hf_greedy(llama, prompts, 3)]
+    labels = [r["tone"] for r in rows()[3:7]]
+    assert metrics["before"]["accuracy"] == pytest.approx(M.accuracy(expected, labels))
+    written = [json.loads(line) for line in (Path(result["eval.before"].path) / "predictions.jsonl").read_text().splitlines()]
+    assert [w["answer"] for w in written] == [t.split("<|im_end|>")[0].strip() for t in hf_greedy(llama, prompts, 3)]
+
+    size = sum(f.stat().st_size for f in llama.iterdir() if f.is_file()) / 2**20
+    assert metrics["before"]["size_mb"] == pytest.approx(size)
+    assert metrics["after"]["latency_p90_ms"] >= metrics["after"]["latency_p50_ms"] > 0
+    assert metrics["after"]["tokens_per_s"] > 0
+
+    on_disk = json.loads((tmp_path / "out" / "eval" / "metrics.json").read_text())
+    assert on_disk["after"] == metrics["after"]
+    run_json = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run_json["nodes"]["eval"]["metrics"]["before"]["perplexity"] == metrics["before"]["perplexity"]
+
+
+def test_evaluations_are_cached_and_rekeyed_by_their_settings(tmp_path, llama):
+    evaluate = "{type: evaluate, data: tone, metrics: [perplexity, size_mb], max_samples: 2}"
+    path = write_project(tmp_path, llama, evaluate, "perturb: {type: plugin:Perturb}")
+    first = slimops.run(path, display=quiet())
+    again = slimops.run(path, display=quiet())
+    assert again["eval"].cached and again["eval.before"].cached
+    assert again["eval"].metrics == first["eval"].metrics
+
+    # a new sample count re-evaluates both models; the model pass stays cached
+    more = slimops.run(path, ["passes.eval.max_samples=3"], display=quiet())
+    assert more["perturb"].cached and not more["eval"].cached and not more["eval.before"].cached
+    assert more["eval"].key != first["eval"].key
+
+    # a new split or metric list re-evaluates too
+    assert not slimops.run(path, ["passes.eval.split=train"], display=quiet())["eval"].cached
+    assert not slimops.run(path, ["passes.eval.metrics=[perplexity]"], display=quiet())["eval"].cached
+
+    # an upstream change re-evaluates the after model only: the before node is shared
+    scaled = slimops.run(path, ["passes.perturb.scale=2.0"], display=quiet())
+    assert scaled["eval.before"].cached and not scaled["eval"].cached
+
+    # goals are checked, not measured: changing one reuses the evaluation
+    goal = slimops.run(path, ["passes.eval.goals={size_mb: {max: 1000}}"], display=quiet())
+    assert goal["eval"].cached and goal["eval"].goals[0]["ok"]
+
+
+def test_goals_that_miss_fail_with_a_table_and_stay_cached(tmp_path, llama, cli):
+    evaluate = ("{type: evaluate, data: tone, metrics: [perplexity, size_mb], max_samples: 2, "
+                "goals: {perplexity: {max_increase: '1%'}, size_mb: {max: 1000}}}")
+    path = write_project(tmp_path, llama, evaluate, "perturb: {type: plugin:Perturb, scale: 3.0}")
+    code, out, err = cli("run", "--config", path, "--quiet")
+    assert code == 3
+    assert "goals missed" in out and "max_increase 1%" in out and "perplexity" in out
+    assert "size_mb" not in out.split("goals missed", 1)[1]  # only the missed goal is listed
+    assert "1 goal missed" in err
+    run_json = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run_json["status"] == "goals missed"
+    assert [g["ok"] for g in run_json["nodes"]["eval"]["goals"]] == [False, True]
+
+    # rerunning is all cache hits, and still fails
+    with pytest.raises(slimops.errors.GoalError) as caught:
+        slimops.run(path, display=quiet())
+    assert all(node.cached for node in caught.value.result.nodes.values())
+
+    # on_miss: warn reports and succeeds, from the cache
+    code, out, err = cli("run", "--config", path, "--quiet", "--set", "passes.eval.on_miss=warn")
+    assert code == 0 and "goals missed" in out and "warn" in out
+    # a goal that holds passes
+    code, out, _ = cli("run", "--config", path, "--quiet", "--set", "passes.eval.goals={perplexity: {max_increase: '100000%'}}")
+    assert code == 0 and "goals missed" not in out
+
+
+def test_goal_and_metric_mistakes_are_config_errors(tmp_path, llama, cli):
+    path = write_project(tmp_path, llama, "{type: evaluate, data: tone, metrics: [acuracy]}")
+    code, _, err = cli("validate", "--config", path)
+    assert code == 2 and "unknown metric 'acuracy'" in err and "pipeline.yaml:" in err
+    path = write_project(tmp_path, llama, "{type: evaluate, data: tone, metrics: [perplexity], goals: {bleu: {min: 1}}}")
+    code, _, err = cli("validate", "--config", path)
+    assert code == 2 and "goal on 'bleu'" in err
+    path = write_project(tmp_path, llama, "{type: evaluate, data: tone, metrics: [perplexity], goals: {perplexity: {max: '5%'}}}")
+    code, _, err = cli("validate", "--config", path)
+    assert code == 2 and "percentage only makes sense" in err
+
+
+def test_reports_hold_the_numbers_and_render_again(tmp_path, llama, cli):
+    evaluate = "{type: evaluate, data: tone, metrics: [perplexity, size_mb], max_samples: 2}"
+    path = write_project(tmp_path, llama, evaluate, "perturb: {type: plugin:Perturb}")
+    code, out, err = cli("run", "--config", path, "--quiet")
+    assert code == 0
+    assert "before / after" in out and "perplexity" in out
+    out_dir = tmp_path / "out"
+    metrics = json.loads((out_dir / "run.json").read_text())["nodes"]["eval"]["metrics"]
+    md = (out_dir / "report.md").read_text()
+    page = (out_dir / "report.html").read_text()
+    for value in (metrics["before"]["perplexity"], metrics["after"]["perplexity"], metrics["after"]["size_mb"]):
+        assert f"{value:.4g}" in md and f"{value:.4g}" in page
+    assert "## Plan" in md and "perturb" in md and "eval.before" in md
+    chart = out_dir / "report" / "eval-metrics.png"
+    assert chart.is_file() and chart.read_bytes()[:4] == b"\x89PNG"
+    assert "report/eval-metrics.png" in md and "report/eval-metrics.png" in page
+
+    (out_dir / "report.md").unlink()
+    code, out, _ = cli("report", out_dir)
+    assert code == 0 and (out_dir / "report.md").read_text() == md
+    code, _, err = cli("report", tmp_path / "nowhere")
+    assert code == 1 and "no run.json" in err
+
+
+def test_adapter_is_evaluated_on_its_base(tmp_path, llama):
+    evaluate = "{type: evaluate, data: tone, metrics: [perplexity], max_samples: 3}"
+    path = write_project(tmp_path, llama, evaluate, "adapter: {type: plugin:Adapter}")
+    result = slimops.run(path, display=quiet())
+    texts = [TEMPLATE.format(**r) for r in rows()[3:6]]
+    after = result["eval"].metrics["after"]["perplexity"]
+    assert after == pytest.approx(hf_perplexity(llama, texts, adapter=Path(result["adapter"].path)), rel=1e-4)
+    assert after != pytest.approx(result["eval"].metrics["before"]["perplexity"], rel=1e-3)
+
+
+def test_classifier_head_predictions(tmp_path):
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    folder = tmp_path / "bert"
+    tokenizer = build_tokenizer(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        max_position_embeddings=64, num_labels=3, id2label=dict(enumerate(TONES)), label2id={t: i for i, t in enumerate(TONES)})
+    model = BertForSequenceClassification(config)
+    model.save_pretrained(folder)
+    path = write_project(tmp_path, folder, "{type: evaluate, data: tone, metrics: [accuracy, f1, exact_match, latency], max_samples: 6, inputs: [model]}")
+    text = path.read_text().replace(f'template: "{TEMPLATE}"', 'text: phrase')
+    path.write_text(text)
+    result = slimops.run(path, display=quiet())
+    from slimops.passes import metrics as M
+
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    predictions = []
+    with torch.no_grad():
+        for row in rows()[3:9]:
+            predictions.append(TONES[int(model(**tok(row["phrase"], return_tensors="pt")).logits[0].argmax())])
+    labels = [r["tone"] for r in rows()[3:9]]
+    after = result["eval"].metrics["after"]
+    assert after["accuracy"] == pytest.approx(M.accuracy(predictions, labels))
+    assert after["f1"] == pytest.approx(M.macro_f1(predictions, labels))
+    assert after["latency_p50_ms"] > 0
+    # evaluating the input model itself: before is the same measurement, and no extra node
+    assert result["eval"].metrics["before"] == after and "eval.before" not in result.nodes
+
+
+def tiny_onnx_lm(folder: Path, vocab: int, seed: int = 0) -> tuple[Path, "object", "object"]:
+    """An ONNX 'language model' with no KV cache: logits = embedding[input_ids] @ W."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(size=(vocab, 8)).astype(np.float32)
+    out = rng.normal(size=(8, vocab)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["emb", "input_ids"], ["hidden"]), helper.make_node("MatMul", ["hidden", "out"], ["logits"])],
+        "tiny",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", vocab])],
+        [numpy_helper.from_array(emb, "emb"), numpy_helper.from_array(out, "out")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, folder / "model.onnx")
+    return folder / "model.onnx", emb, out
+
+
+def test_onnx_model_perplexity_matches_numpy(tmp_path):
+    import math
+
+    import numpy as np
+
+    folder = tmp_path / "onnx"
+    tokenizer = build_tokenizer(folder)
+    _, emb, out = tiny_onnx_lm(folder, len(tokenizer))
+    path = write_project(tmp_path, folder, "{type: evaluate, data: tone, metrics: [perplexity, accuracy, latency, size_mb], max_samples: 3, max_new_tokens: 2, inputs: [model]}")
+    result = slimops.run(path, display=quiet())
+    after = result["eval"].metrics["after"]
+    total, count = 0.0, 0
+    for row in rows()[3:6]:
+        ids = tokenizer(TEMPLATE.format(**row))["input_ids"]
+        logits = (emb[ids] @ out).astype(np.float64)
+        log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+        total -= sum(log_probs[i, ids[i + 1]] for i in range(len(ids) - 1))
+        count += len(ids) - 1
+    assert after["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-4)
+    assert after["size_mb"] == pytest.approx((folder / "model.onnx").stat().st_size / 2**20 + sum(
+        f.stat().st_size for f in folder.iterdir() if f.name != "model.onnx") / 2**20)
+    assert after["tokens_per_s"] > 0
+
+
+def test_custom_metric_by_import_path(tmp_path, llama):
+    evaluate = "{type: evaluate, data: tone, metrics: [accuracy, 'my_metrics:answer_chars', {metric: 'my_metrics:answer_chars', name: chars2}], max_samples: 3, max_new_tokens: 2}"
+    path = write_project(tmp_path, llama, evaluate, "perturb: {type: plugin:Perturb}")
+    (tmp_path / "my_metrics.py").write_text("def answer_chars(predictions, references, examples):\n    return sum(len(p) for p in predictions) + 1000 * len(examples)\n")
+    result = slimops.run(path, display=quiet())
+    written = [json.loads(line) for line in (Path(result["eval"].path) / "predictions.jsonl").read_text().splitlines()]
+    expected = sum(len(w["answer"]) for w in written) + 3000
+    assert result["eval"].metrics["after"]["answer_chars"] == expected
+    assert result["eval"].metrics["after"]["chars2"] == expected
