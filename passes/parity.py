@@ -195,13 +195,14 @@ class ParityResult:
     max_logit_diff: float
     positions: int
     providers: list[str]
+    decoder: bool = True
 
     def metrics(self) -> dict[str, Any]:
-        return {
-            "parity_top1": round(self.top1, 4),
-            "parity_agreement": round(self.agreement, 4),
-            "parity_max_logit_diff": float(f"{self.max_logit_diff:.4g}"),
-        }
+        metrics = {"parity_top1": round(self.top1, 4)}
+        if self.decoder:
+            metrics["parity_agreement"] = round(self.agreement, 4)
+        metrics["parity_max_logit_diff"] = float(f"{self.max_logit_diff:.4g}")
+        return metrics
 
 
 def greedy(model, ids: list[int], new_tokens: int) -> list[int]:
@@ -240,7 +241,7 @@ def compare(reference, candidate, token_lists: list[list[int]], new_tokens: int,
             positions += 1
         max_diff = max(max_diff, float(np.abs(ref - cand).max()))
     agreement = sum(agree_counts) / len(agree_counts) if agree_counts else 1.0
-    return ParityResult(top1_hits / max(positions, 1), agreement, max_diff, positions, list(candidate.providers))
+    return ParityResult(top1_hits / max(positions, 1), agreement, max_diff, positions, list(candidate.providers), decoder)
 
 
 def tokenize_prompts(folder: Path, prompts: list[str]) -> list[list[int]]:
