@@ -1,0 +1,226 @@
+"""Every fine-tuning pass through `slimops.run` on a tiny random llama (table-driven), the
+classifier path on a tiny BERT, merge_adapter, resume after a kill, and plan-time needs.
+The e2e test at the bottom trains the real smollm2-135m for a few steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import slimops
+from slimops.display import RunDisplay
+from tiny_models import tiny_bert, tiny_llama, tone_rows, write_jsonl
+
+PROMPT = "<|im_start|>user\\n{phrase}<|im_end|>\\n<|im_start|>assistant\\n"
+
+# pass type, artifact kind, extra params
+METHODS = [
+    ("lora", "hf-adapter", {}),
+    ("dora", "hf-adapter", {}),
+    ("qlora", "hf-adapter", {"quant_type": "nf4"}),
+    ("loha", "hf-adapter", {}),
+    ("lokr", "hf-adapter", {}),
+    ("ia3", "hf-adapter", {"learning_rate": 0.2}),
+    ("full", "hf-model", {"learning_rate": 0.003}),
+]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("assets")
+    write_jsonl(root / "tone.jsonl", tone_rows(48))
+    return {"llama": tiny_llama(root / "llama"), "bert": tiny_bert(root / "bert"), "data": root / "tone.jsonl"}
+
+
+def pipeline(tmp_path: Path, assets: dict, passes: str, model: str = "llama", task: str = "text-generation", fmt: str | None = None) -> Path:
+    fmt = fmt or f'prompt: "{PROMPT}"\nresponse: "{{tone}}"'
+    lines = [
+        "name: t",
+        f"model: {{path: {assets[model]}, task: {task}}}",
+        "data:",
+        "  tone:",
+        f"    files: {assets['data']}",
+        '    splits: {train: "[:40]", eval: "[40:]"}',
+        *(f"    {line}" for line in fmt.splitlines()),
+        "passes:",
+        *(f"  {line}" for line in textwrap.dedent(passes).strip().splitlines()),
+    ]
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run(path: Path, *overrides: str):
+    return slimops.run(path, list(overrides), display=RunDisplay(quiet=True))
+
+
+def losses(folder: Path) -> list[float]:
+    return [entry["loss"] for entry in json.loads((Path(folder) / "train_log.json").read_text()) if "loss" in entry]
+
+
+@pytest.mark.parametrize("method, kind, extra", METHODS, ids=[m[0] for m in METHODS])
+def test_every_finetuning_pass(tmp_path, assets, method, kind, extra):
+    if method == "qlora":
+        pytest.importorskip("bitsandbytes")
+    params = {"type": method, "data": "tone", "max_steps": 16, "batch_size": 4, "learning_rate": 0.01, "eval_steps": 8, **extra}
+    passes = f"ft: {json.dumps(params)}\n"
+    if kind == "hf-adapter":
+        passes += "merge: {type: merge_adapter}\n"
+    result = run(pipeline(tmp_path, assets, passes))
+
+    ft = result["ft"]
+    out = Path(ft.path)
+    assert ft.kind == kind
+    assert ft.metrics["steps"] == 16
+    assert ft.metrics["tokens_per_s"] > 0 and ft.metrics["eval_loss"] > 0
+    curve = losses(out)
+    assert len(curve) == 16 and sum(curve[-4:]) < sum(curve[:4]), f"{method}: loss did not fall: {curve}"
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert ft.meta["formatting"]["response"] == "{tone}" and "chat_template" in ft.meta["formatting"]
+    if kind == "hf-adapter":
+        assert (out / "adapter_config.json").is_file()
+        assert not (out / "model.safetensors").exists(), "an adapter pass must not copy the base"
+        merged = Path(result["merge"].path)
+        assert result["merge"].kind == "hf-model"
+        assert _weights_differ(assets["llama"], merged), "merging changed no weight"
+    else:
+        assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+        assert _weights_differ(assets["llama"], out)
+    assert not list((tmp_path / ".slimops/cache/work").glob("*/checkpoints")), "checkpoints must go once the node completes"
+
+
+def _weights_differ(a: Path, b: Path) -> bool:
+    from safetensors.torch import load_file
+
+    left, right = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    shared = [k for k in left if k in right and left[k].shape == right[k].shape]
+    assert shared, "no common tensors"
+    return any(not left[k].equal(right[k]) for k in shared)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_classifier_on_tiny_encoder(tmp_path, assets, method):
+    passes = f"ft: {{type: {method}, data: tone, max_steps: 12, batch_size: 8, learning_rate: 0.01}}\n"
+    if method == "lora":
+        passes += "merge: {type: merge_adapter}\n"
+    result = run(pipeline(tmp_path, assets, passes, model="bert", task="text-classification", fmt="text: phrase\nlabel: tone"))
+    ft = result["ft"]
+    assert ft.meta["task"] == "text-classification"
+    assert ft.meta["labels"] == sorted({"happy", "sad", "angry", "calm", "fearful", "excited"})
+    assert 0 <= ft.metrics["eval_accuracy"] <= 1
+    final = Path(result["merge"].path if method == "lora" else ft.path)
+    config = json.loads((final / "config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"]
+    assert set(config["label2id"]) == set(ft.meta["labels"])
+
+
+def test_chat_messages_format(tmp_path, assets):
+    rows = [{"messages": [{"role": "user", "content": r["phrase"]}, {"role": "assistant", "content": r["tone"]}]} for r in tone_rows(48)]
+    write_jsonl(tmp_path / "chat.jsonl", rows)
+    assets = {**assets, "data": tmp_path / "chat.jsonl"}
+    result = run(pipeline(tmp_path, assets, "ft: {type: lora, data: tone, max_steps: 4}\n", fmt="messages: messages"))
+    assert result["ft"].meta["formatting"]["messages"] == "messages"
+    assert result["ft"].metrics["steps"] == 4
+
+
+def test_custom_loss_is_called(tmp_path, assets):
+    (tmp_path / "my_loss.py").write_text(textwrap.dedent(
+        """
+        from pathlib import Path
+        import torch.nn.functional as F
+
+        def shifted_ce(outputs, labels, num_items_in_batch=None):
+            Path(__file__).with_name("called").touch()
+            logits = outputs.logits[:, :-1].flatten(0, 1)
+            return F.cross_entropy(logits, labels[:, 1:].flatten(), ignore_index=-100)
+        """
+    ))
+    result = run(pipeline(tmp_path, assets, "ft: {type: lora, data: tone, max_steps: 2, loss: 'my_loss:shifted_ce'}\n"))
+    assert (tmp_path / "called").exists()
+    assert result["ft"].metrics["steps"] == 2
+
+
+def test_eval_steps_without_eval_split_is_a_data_error(tmp_path, assets):
+    path = pipeline(tmp_path, assets, "ft: {type: lora, data: tone, max_steps: 2, eval_steps: 1, eval_split: dev}\n")
+    with pytest.raises(slimops.PassError, match="no 'dev' split"):
+        run(path)
+
+
+def test_qlora_without_bitsandbytes_suggests_lora(tmp_path, assets, monkeypatch):
+    import importlib.metadata
+
+    real = importlib.metadata.version
+
+    def version(dist):
+        if dist == "bitsandbytes":
+            raise importlib.metadata.PackageNotFoundError(dist)
+        return real(dist)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    path = pipeline(tmp_path, assets, "ft: {type: qlora, data: tone, max_steps: 2}\n")
+    with pytest.raises(slimops.PlanError, match=r"needs the package 'bitsandbytes'.*use type: lora instead"):
+        slimops.plan(path)
+
+
+def test_resume_after_kill_continues_the_step_count(tmp_path, assets):
+    path = pipeline(tmp_path, assets, "ft: {type: lora, data: tone, max_steps: 40, batch_size: 2, save_steps: 3, learning_rate: 0.01}\n")
+    work = tmp_path / ".slimops" / "cache" / "work"
+    proc = subprocess.Popen([sys.executable, "-m", "slimops.cli", "run", "--config", str(path), "--quiet"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(work.glob("*/checkpoints/checkpoint-*/trainer_state.json")):
+            assert proc.poll() is None, "training ended before any checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    saved = max(int(p.parent.name.split("-")[1]) for p in work.glob("*/checkpoints/checkpoint-*/trainer_state.json"))
+    assert saved < 40
+
+    result = run(path)
+    ft = result["ft"]
+    assert ft.metrics["resumed_from_step"] == saved
+    assert ft.metrics["steps"] == 40
+    log = (tmp_path / ".slimops" / "cache" / "entries" / ft.key / "log.txt").read_text()
+    steps = [int(line.split("step ")[1].split(":")[0]) for line in log.splitlines() if " step " in line]
+    assert steps[0] == saved + 1, f"the rerun trained from step {steps[0]}, not {saved + 1}"
+    assert not work.exists() or not any(work.iterdir()), "the work dir goes once the node completes"
+
+
+@pytest.mark.e2e
+def test_e2e_smollm2_lora_loss_falls(tmp_path):
+    """The real model: GGUF -> HF (auto-inserted), LoRA for a few steps, merge."""
+    rows = tone_rows(48)
+    write_jsonl(tmp_path / "tone.jsonl", rows)
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(textwrap.dedent(
+        f"""
+        name: e2e
+        model: smollm2-135m
+        data:
+          tone:
+            files: tone.jsonl
+            splits: {{train: "[:40]", eval: "[40:]"}}
+            prompt: "{PROMPT}"
+            response: "{{tone}}"
+        passes:
+          ft: {{type: lora, data: tone, r: 8, alpha: 16, max_steps: 12, batch_size: 4, max_seq_len: 64, learning_rate: 0.002, logging_steps: 1}}
+          merge: {{type: merge_adapter}}
+        """
+    ))
+    result = run(path)
+    assert "model.from_gguf" in result.nodes
+    curve = losses(Path(result["ft"].path))
+    first, last = sum(curve[:3]) / 3, sum(curve[-3:]) / 3
+    assert last < first * 0.8, f"loss did not fall: {curve}"
+    assert (Path(result["merge"].path) / "model.safetensors").is_file()
