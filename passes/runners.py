@@ -108,12 +108,19 @@ class OnnxRunner:
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
         config = _read_json((config_dir or tokenizer_dir) / "config.json")
+        decoder = _read_json(model_file.parent / "genai_config.json").get("model", {}).get("decoder", {})
+        if decoder and "num_attention_heads" not in config:  # a genai folder read as plain ONNX
+            config = {"num_key_value_heads": decoder.get("num_key_value_heads"), "num_attention_heads": decoder.get("num_attention_heads"),
+                      "head_dim": decoder.get("head_size"), **config}
         self.eos_ids = _eos_ids(self.tokenizer, None, config)
         self.labels = {int(k): v for k, v in (config.get("id2label") or {}).items()}
         logits_shape = self.session.get_outputs()[0].shape
         self.task = CLASSIFIER if len(logits_shape) == 2 else CAUSAL
         self.past_names = [name for name in self.inputs if name.startswith("past")]
         self.present_names = [name for name in self.outputs if name.startswith("present")]
+        # past_key_values.3.key <- present.3.key (by name; by position when names differ)
+        by_name = [(p, p.replace("past_key_values", "present")) for p in self.past_names]
+        self._pairs = by_name if all(q in self.outputs for _, q in by_name) else list(zip(self.past_names, self.present_names))
         self._config = config
         self._ids: list[int] = []
         self._past: dict[str, Any] = {}
@@ -162,7 +169,7 @@ class OnnxRunner:
             total = len(self._ids) + len(new_ids)
             outputs = self.session.run(None, self._feed(new_ids, total, past))
             named = dict(zip(self.outputs, outputs))
-            self._past = {p: named[q] for p, q in zip(self.past_names, self.present_names)}
+            self._past = {p: named[q] for p, q in self._pairs}
             self._ids = self._ids + new_ids
             return named[self.outputs[0]]
         self._ids = self._ids + new_ids
@@ -208,7 +215,14 @@ class GenaiRunner:
         self.np = np
         self.task = CAUSAL
         self.model = og.Model(str(folder))
-        self.tokenizer = og.Tokenizer(self.model)
+        # the folder's HF tokenizer when it has one: the same token ids as the HF model it came
+        # from (so perplexities compare), and it reads tokenizers ort-extensions does not
+        self.hf_tokenizer = None
+        if _has_tokenizer(folder):
+            import transformers
+
+            self.hf_tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        self.tokenizer = self.hf_tokenizer or og.Tokenizer(self.model)
         config = _read_json(folder / "genai_config.json").get("model", {})
         eos = config.get("eos_token_id", [])
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
@@ -216,9 +230,13 @@ class GenaiRunner:
         self._generator = None
 
     def encode(self, text: str) -> list[int]:
+        if self.hf_tokenizer is not None:
+            return self.hf_tokenizer(text, add_special_tokens=True)["input_ids"]
         return [int(t) for t in self.tokenizer.encode(text)]
 
     def decode(self, ids: list[int]) -> str:
+        if self.hf_tokenizer is not None:
+            return self.hf_tokenizer.decode(ids, skip_special_tokens=True)
         return self.tokenizer.decode(self.np.array(ids, dtype=self.np.int32))
 
     def _new(self, length: int) -> None:

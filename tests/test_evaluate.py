@@ -89,13 +89,13 @@ def build_tokenizer(folder: Path):
     return tokenizer
 
 
-def tiny_llama(folder: Path) -> Path:
+def tiny_llama(folder: Path, hidden: int = 32) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_tokenizer(folder)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     LlamaForCausalLM(config).save_pretrained(folder)
@@ -393,3 +393,35 @@ def test_custom_metric_by_import_path(tmp_path, llama):
     expected = sum(len(w["answer"]) for w in written) + 3000
     assert result["eval"].metrics["after"]["answer_chars"] == expected
     assert result["eval"].metrics["after"]["chars2"] == expected
+
+
+@pytest.fixture(scope="module")
+def genai_folder(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny llama (head size 16, which GroupQueryAttention needs) built by the onnxruntime-genai builder."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("genai")
+    llama = tiny_llama(root / "llama", hidden=64)
+    done = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(llama), "-o", str(root / "genai"),
+                           "-p", "fp32", "-e", "cpu", "-c", str(root / "cache")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return llama, root / "genai"
+
+
+@pytest.mark.parametrize("kind", ["genai-model", "onnx-model"])
+def test_genai_folder_and_its_kv_cached_onnx_match_transformers(tmp_path, genai_folder, kind):
+    llama, folder = genai_folder
+    evaluate = "{type: evaluate, data: tone, metrics: [perplexity, accuracy, latency], max_samples: 3, max_new_tokens: 3, inputs: [model]}"
+    path = write_project(tmp_path, folder, evaluate)
+    path.write_text(path.read_text().replace(f'model: {{path: "{folder}"}}', f'model: {{path: "{folder}", kind: {kind}}}'))
+    result = slimops.run(path, display=quiet())
+    after = result["eval"].metrics["after"]
+    texts = [TEMPLATE.format(**r) for r in rows()[3:6]]
+    assert after["perplexity"] == pytest.approx(hf_perplexity(llama, texts), rel=1e-4)
+    prompts = [f"user {r['phrase']} assistant " for r in rows()[3:6]]
+    from slimops.passes import metrics as M
+
+    expected = [M.answer_of(t.split("<|im_end|>")[0]) for t in hf_greedy(llama, prompts, 3)]
+    assert after["accuracy"] == pytest.approx(M.accuracy(expected, [r["tone"] for r in rows()[3:6]]))
+    assert after["latency_p50_ms"] > 0 and after["tokens_per_s"] > 0
