@@ -7,6 +7,7 @@ Finished artifacts are hard-linked into the output folder, and `run.json` record
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -167,7 +168,8 @@ def _build(plan: Plan, node: Node, artifacts: dict[str, Artifact], display: RunD
     )
     t0 = time.perf_counter()
     try:
-        artifact = pc.cls().run(ctx)
+        with _library_output_to(handler):
+            artifact = pc.cls().run(ctx)
         if not isinstance(artifact, Artifact):
             raise TypeError(f"run() returned {type(artifact).__name__}, not slimops.Artifact")
         rel = Path(ARTIFACT) / Path(artifact.path).resolve().relative_to((tmp / ARTIFACT).resolve())
@@ -209,6 +211,33 @@ def _build(plan: Plan, node: Node, artifacts: dict[str, Artifact], display: RunD
         "artifact": {"path": rel.as_posix(), "kind": artifact.kind, "meta": artifact.meta, "metrics": artifact.metrics},
     }
     return cache.publish(node.key, tmp, manifest)
+
+
+# Libraries' own progress bars and warnings would tear the live table and flood CI logs: a pass
+# reports through ctx.progress, and the rest goes to the node's log. Users can set these to override.
+_QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+
+
+@contextlib.contextmanager
+def _library_output_to(handler: logging.Handler):
+    saved = {name: os.environ.get(name) for name in _QUIET_ENV}
+    for name, value in _QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+    warnings_logger = logging.getLogger("py.warnings")
+    logging.captureWarnings(True)
+    warnings_logger.addHandler(handler)
+    propagate, warnings_logger.propagate = warnings_logger.propagate, False
+    try:
+        yield
+    finally:
+        warnings_logger.removeHandler(handler)
+        warnings_logger.propagate = propagate
+        logging.captureWarnings(False)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _ancestors(plan: Plan, node: Node, artifacts: dict[str, Artifact]) -> dict[str, Artifact]:

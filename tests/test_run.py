@@ -163,3 +163,26 @@ def test_data_file_contents_are_part_of_the_key(project):
     assert slimops.plan(path).nodes["a"].key == first
     data.write_text('{"x": 2}\n')
     assert slimops.plan(path).nodes["a"].key != first
+
+
+def test_library_progress_bars_and_warnings_go_to_the_node_log_not_the_terminal(project, cli):
+    (project.root / "noisy.py").write_text(
+        "import warnings\n"
+        "from tqdm import tqdm\n"
+        "from slimops.passes.fake import Fake\n"
+        "class Noisy(Fake):\n"
+        "    name = 'noisy'\n"
+        "    def run(self, ctx):\n"
+        "        for _ in tqdm(range(3), desc='library-bar'):\n"
+        "            pass\n"
+        "        warnings.warn('library-warning')\n"
+        "        return super().run(ctx)\n"
+    )
+    path = project.write("passes:\n  a: {type: 'noisy:Noisy'}\n")
+    code, out, err = cli("run", "--config", path)
+    assert code == 0
+    assert "library-bar" not in err + out
+    assert "library-warning" not in err + out
+    plan = slimops.plan(path)
+    log = (plan.cache.get(plan.nodes["a"].key).dir / "log.txt").read_text()
+    assert "library-warning" in log
