@@ -213,13 +213,13 @@ def _build(plan: Plan, node: Node, artifacts: dict[str, Artifact], display: RunD
     return cache.publish(node.key, tmp, manifest)
 
 
-# Libraries' own progress bars and warnings would tear the live table and flood CI logs: a pass
-# reports through ctx.progress, and the rest goes to the node's log. Users can set these to override.
+# Libraries' own progress bars, prints and warnings would tear the live table and flood CI logs: a
+# pass reports through ctx.progress, and everything else it writes goes to the node's log.
 _QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
 
 
 @contextlib.contextmanager
-def _library_output_to(handler: logging.Handler):
+def _library_output_to(handler: logging.FileHandler):
     saved = {name: os.environ.get(name) for name in _QUIET_ENV}
     for name, value in _QUIET_ENV.items():
         os.environ.setdefault(name, value)
@@ -228,7 +228,8 @@ def _library_output_to(handler: logging.Handler):
     warnings_logger.addHandler(handler)
     propagate, warnings_logger.propagate = warnings_logger.propagate, False
     try:
-        yield
+        with contextlib.redirect_stdout(handler.stream), contextlib.redirect_stderr(handler.stream):
+            yield
     finally:
         warnings_logger.removeHandler(handler)
         warnings_logger.propagate = propagate
