@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a pipeline")
     _add_config(p)
     p.add_argument("--quiet", "-q", action="store_true", help="print only the summary")
+    p.add_argument("--no-search", action="store_true", help="with a search: block, run the pipeline once as written")
 
     p = sub.add_parser("validate", help="check a pipeline file; runs nothing")
     _add_config(p)
@@ -135,15 +136,40 @@ def cmd_run(args) -> int:
     from slimops import run
     from slimops.display import RunDisplay
 
+    from slimops.config import load_config
     from slimops.errors import GoalError
 
+    config = load_config(args.config, args.overrides)
+    if config.spec.search is not None and not args.no_search:
+        return _run_search(config, args)
     try:
-        result = run(args.config, args.overrides, display=RunDisplay(quiet=args.quiet))
+        result = run(config, display=RunDisplay(quiet=args.quiet))
     except GoalError as err:
         _print_summary(err.result)
         _print_goals(err.result)
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return err.exit_code
+    _print_summary(result)
+    _print_goals(result)
+    return 0
+
+
+def _run_search(config, args) -> int:
+    from rich.table import Table
+
+    from slimops.display import RunDisplay
+    from slimops.search import TRIALS_JSON, run_search, trials_rows
+
+    trials, result = run_search(config, args.overrides, RunDisplay(quiet=True), echo=lambda text: print(text, file=sys.stderr))
+    head, rows = trials_rows(json.loads((config.output_dir / TRIALS_JSON).read_text()))
+    table = Table(title="trials", box=None, header_style="bold")
+    for column in head:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    _console().print(table)
+    best = next(t for t in trials if t.best)
+    print(f"best: trial {best.number} ({', '.join(f'{k}={v}' for k, v in best.params.items())}); its artifacts are in {result.output_dir}", file=sys.stderr)
     _print_summary(result)
     _print_goals(result)
     return 0

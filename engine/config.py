@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from slimops.errors import ConfigError, Issue
 from slimops.plugin import Pass
 from slimops.registry import PassNotFound, Registry
+from slimops.search import SearchSpec
 from slimops.source import Lines, apply_overrides, dotted_path, load_yaml, parse_yaml
 from slimops.targets import TargetProfile
 
@@ -109,6 +110,7 @@ class PipelineFile(BaseModel):
         default_factory=dict, description="Passes in order; each consumes the previous output unless `inputs` says."
     )
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    search: SearchSpec | None = Field(None, description="A search over pass params; `slimops run` then runs its trials.")
 
 
 @dataclass

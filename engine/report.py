@@ -100,6 +100,17 @@ def write_report(out_dir: Path) -> tuple[Path, Path]:
     return md_path, html_path
 
 
+def _trials(out_dir: Path) -> tuple[list[str], list[list[str]]] | None:
+    """The trials table when this folder holds a search's trials.json."""
+    from slimops.search import TRIALS_JSON, trials_rows
+
+    try:
+        body = json.loads((out_dir / TRIALS_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    return trials_rows(body)
+
+
 def _config(path_text: str | None) -> tuple[str | None, str | None]:
     if not path_text:
         return None, None
@@ -213,6 +224,10 @@ def _markdown(run, nodes, evaluations, charts, images, config_text, config_hash,
     if others:
         lines += ["## Other metrics", ""]
         lines += _md_table(["node", "metrics"], [[nid, ", ".join(f"{k}={fmt(v)}" for k, v in n["metrics"].items())] for nid, n in others.items()])
+    trials = _trials(out_dir)
+    if trials:
+        head, rows = trials
+        lines += ["## Search trials", ""] + _md_table(head, rows)
     if images:
         lines += ["## Plots from passes", ""]
         for node_id, paths in images.items():
@@ -257,6 +272,9 @@ def _html(run, nodes, evaluations, charts, images, config_text, config_hash, out
                 parts.append("<p>Goals:</p>" + _html_table(GOAL_HEAD, _goal_rows(node)))
             if charts.get(node_id):
                 parts.append(f"<img src='{esc(charts[node_id])}' alt='{esc(node_id)} metrics'>")
+    trials = _trials(out_dir)
+    if trials:
+        parts.append("<h2>Search trials</h2>" + _html_table(*trials))
     if images:
         parts.append("<h2>Plots from passes</h2>")
         for node_id, paths in images.items():

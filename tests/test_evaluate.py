@@ -8,7 +8,6 @@ with transformers or numpy directly, and compared with what the pass reports.
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -114,21 +113,22 @@ def rows(count: int = 9) -> list[dict]:
 def write_project(root: Path, model: Path, evaluate: str, extra_passes: str = "", data_rows: list | None = None) -> Path:
     (root / "tone.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (data_rows or rows())))
     (root / "plugin.py").write_text(PERTURB)
-    text = f"""
-    name: tiny-eval
-    model: {{path: "{model}"}}
-    data:
-      tone:
-        files: tone.jsonl
-        splits: {{train: "[:3]", eval: "[3:]"}}
-        template: "{TEMPLATE}"
-        label: tone
-    passes:
-    {textwrap.indent(textwrap.dedent(extra_passes).strip(), "  ") if extra_passes else ""}
-      eval: {evaluate}
-    """
+    passes = [f"  {line.strip()}" for line in extra_passes.strip().splitlines() if line.strip()]
+    lines = [
+        "name: tiny-eval",
+        f'model: {{path: "{model}"}}',
+        "data:",
+        "  tone:",
+        "    files: tone.jsonl",
+        '    splits: {train: "[:3]", eval: "[3:]"}',
+        f'    template: "{TEMPLATE}"',
+        "    label: tone",
+        "passes:",
+        *passes,
+        f"  eval: {evaluate}",
+    ]
     path = root / "pipeline.yaml"
-    path.write_text(textwrap.dedent(text).lstrip())
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 

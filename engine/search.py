@@ -1,0 +1,336 @@
+"""Search over pass params: each trial is a run with overrides, so trials share cached prefixes.
+
+    search:
+      space:
+        passes.finetune.r: [8, 16]                     # a list: one of these values
+        passes.finetune.lr: {log_uniform: [1e-5, 1e-3]}
+        passes.finetune.alpha: {int: [8, 32]}           # also {uniform: [a, b]}
+      strategy: tpe                                     # grid | random | tpe (Optuna samplers)
+      trials: 8
+      objectives: [{metric: accuracy, direction: maximize}, {metric: latency_p50_ms}]
+      seed: 0
+
+- `SearchSpec`: the block's shape (pydantic only; optuna is imported when a search runs).
+- `run_search(config, overrides, display)`: prints the space and a cost estimate, runs the
+  trials, writes `trials.json`, and materialises the best trial's artifacts into the output folder.
+Objectives read an evaluate node's "after" metrics (the first node that has the metric, unless
+`node:` names one). With several objectives the best trials are the Pareto front.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from slimops.errors import ConfigError, GoalError, SlimopsError
+
+TRIALS_JSON = "trials.json"
+LOWER_IS_BETTER = {"perplexity", "ttft_ms", "latency_p50_ms", "latency_p90_ms", "peak_mb", "size_mb"}
+
+
+class Distribution(BaseModel):
+    """A range to sample from: exactly one of uniform, log_uniform, int."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    uniform: tuple[float, float] | None = None
+    log_uniform: tuple[float, float] | None = None
+    int: tuple[int, int] | None = None
+
+    def kind(self) -> tuple[str, tuple]:
+        set_fields = [(name, value) for name, value in (("uniform", self.uniform), ("log_uniform", self.log_uniform), ("int", self.int)) if value is not None]
+        if len(set_fields) != 1:
+            raise ValueError("give exactly one of uniform, log_uniform or int, e.g. {log_uniform: [1e-5, 1e-3]}")
+        name, (low, high) = set_fields[0]
+        if not low < high or (name == "log_uniform" and low <= 0):
+            raise ValueError(f"{name}: need low < high{' and low > 0' if name == 'log_uniform' else ''} (got {low}, {high})")
+        return name, (low, high)
+
+
+class Objective(BaseModel):
+    """A metric to optimise: from an evaluate node's "after" values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = Field(description="A metric name the evaluate pass reports (accuracy, perplexity, latency_p50_ms...).")
+    direction: Literal["maximize", "minimize"] | None = Field(None, description="Default: minimize for perplexity, latency, memory and size; maximize otherwise.")
+    node: str | None = Field(None, description="The evaluate node to read (eval, or eval@laptop); default: the first that has the metric.")
+
+    @property
+    def resolved_direction(self) -> str:
+        return self.direction or ("minimize" if self.metric in LOWER_IS_BETTER else "maximize")
+
+
+class SearchSpec(BaseModel):
+    """A search over pass params; each trial is a run with overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    space: dict[str, list[Any] | Distribution] = Field(description="Override path (passes.NAME.PARAM) to a list of values or a range.")
+    strategy: Literal["grid", "random", "tpe"] = Field("tpe", description="grid tries every combination; random and tpe sample.")
+    trials: int | None = Field(None, ge=1, description="How many trials; default: the grid's size, or 10.")
+    objectives: list[Objective] = Field(min_length=1, description="Metrics to optimise; several give a Pareto front.")
+    seed: int = Field(0, description="Sampler seed, so a search repeats.")
+
+    @field_validator("space")
+    @classmethod
+    def _paths(cls, value):
+        for path, choice in value.items():
+            if not path.startswith("passes.") or path.count(".") < 2:
+                raise ValueError(f"search key '{path}' must be passes.NAME.PARAM")
+            if isinstance(choice, list) and not choice:
+                raise ValueError(f"search key '{path}': give at least one value")
+            if isinstance(choice, Distribution):
+                choice.kind()
+        return value
+
+    def grid_size(self) -> int | None:
+        """Points in the space, or None when a range makes it continuous."""
+        if any(isinstance(choice, Distribution) for choice in self.space.values()):
+            return None
+        return math.prod(len(choice) for choice in self.space.values())
+
+    def trial_count(self) -> int:
+        size = self.grid_size()
+        if self.strategy == "grid":
+            return min(self.trials or size, size) if size else 0
+        return self.trials or 10
+
+
+@dataclass
+class TrialResult:
+    number: int
+    params: dict[str, Any]
+    values: list[float | None]
+    status: str
+    seconds: float
+    ran: int
+    hits: int
+    output_dir: str
+    error: str | None = None
+    best: bool = False
+    goals_missed: list[dict] = field(default_factory=list)
+
+
+def _override(path: str, value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True).strip()
+    if text.endswith("\n..."):
+        text = text[: -len("\n...")]
+    return f"{path}={text.removesuffix('...').strip()}"
+
+
+def _check_space(config, overrides: list[str]) -> None:
+    """Load the config once per listed value (and each range's ends), so a bad key fails now."""
+    from slimops.config import load_config
+
+    spec: SearchSpec = config.spec.search
+    for path, choice in spec.space.items():
+        values = choice if isinstance(choice, list) else list(choice.kind()[1])
+        for value in values:
+            load_config(config.file, [*overrides, _override(path, value)])
+
+
+def estimate(config, overrides: list[str]) -> tuple[float | None, float | None, list[str]]:
+    """(seconds of the first trial, seconds of each later trial, nodes never run) from the cache."""
+    import networkx as nx
+
+    from slimops.planner import build_plan
+
+    plan = build_plan(config)
+    searched = {path.split(".")[1] for path in config.spec.search.space}
+    affected = set()
+    for node in plan.nodes.values():
+        if node.name in searched or node.name.split(".")[0] in searched:
+            affected.add(node.id)
+            affected |= nx.descendants(plan.graph, node.id)
+    first, later, unknown = 0.0, 0.0, []
+    for node in plan.order():
+        if node.source is not None:
+            continue
+        cached = plan.cache.get(node.key)
+        seconds = _last_seconds(plan, node)
+        if seconds is None:
+            unknown.append(node.id)
+            seconds = 0.0
+        if cached is None:
+            first += seconds
+        if node.id in affected:
+            later += seconds
+    return first, later, unknown
+
+
+def _last_seconds(plan, node) -> float | None:
+    entry = plan.cache.get(node.key)
+    if entry is not None:
+        return float(entry.manifest.get("seconds", 0))
+    same = [e for e in plan.cache.entries() if e.manifest.get("node") == node.id]
+    if not same:
+        return None
+    latest = max(same, key=lambda e: e.manifest.get("created", ""))
+    return float(latest.manifest.get("seconds", 0))
+
+
+def _objective_values(result, objectives: list[Objective]) -> list[float | None]:
+    values = []
+    for objective in objectives:
+        value = None
+        for node_id, node in result.nodes.items():
+            if objective.node is not None and node_id != objective.node:
+                continue
+            after = node.metrics.get("after") if isinstance(node.metrics.get("after"), dict) else None
+            if after is not None and objective.metric in after:
+                value = float(after[objective.metric])
+                break
+        values.append(value)
+    return values
+
+
+def _sampler(spec: SearchSpec):
+    import optuna
+
+    if spec.strategy in ("grid", "random"):  # grid points are enqueued; see run_search
+        return optuna.samplers.RandomSampler(seed=spec.seed)
+    return optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=min(5, max(1, (spec.trials or 10) // 2)))
+
+
+def _suggest(trial, path: str, choice) -> Any:
+    if isinstance(choice, list):
+        return trial.suggest_categorical(path, choice)
+    name, (low, high) = choice.kind()
+    if name == "int":
+        return trial.suggest_int(path, int(low), int(high))
+    return trial.suggest_float(path, float(low), float(high), log=name == "log_uniform")
+
+
+def pareto(trials: list[TrialResult], objectives: list[Objective]) -> list[int]:
+    """Numbers of the completed trials no other completed trial dominates."""
+    signs = [1 if o.resolved_direction == "maximize" else -1 for o in objectives]
+    done = [t for t in trials if t.status != "failed" and all(v is not None for v in t.values)]
+
+    def dominates(a: TrialResult, b: TrialResult) -> bool:
+        pairs = [(s * x, s * y) for s, x, y in zip(signs, a.values, b.values)]
+        return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
+
+    return [t.number for t in done if not any(dominates(o, t) for o in done if o is not t)]
+
+
+def run_search(config, overrides: list[str] | None = None, display=None, echo=print) -> tuple[list[TrialResult], Any]:
+    """Run every trial of `config.spec.search`, then materialise the best into the output folder.
+
+    Returns:
+        (trials, the best trial's RunResult rerun into the main output folder, from the cache).
+
+    Raises:
+        ConfigError: a search key or value does not validate as an override.
+        SlimopsError: no trial completed.
+    """
+    import optuna
+
+    from slimops.config import load_config
+    from slimops.planner import build_plan
+    from slimops.scheduler import execute
+
+    overrides = list(overrides or [])
+    spec: SearchSpec = config.spec.search
+    if config.file is None:
+        raise ConfigError("a search needs its pipeline in a file (each trial reloads it with overrides)")
+    _check_space(config, overrides)
+    count = spec.trial_count()
+    size = spec.grid_size()
+    first, later, unknown = estimate(config, overrides)
+    echo(f"search: {len(spec.space)} params, space of {size if size else 'continuous'} points, {count} trials ({spec.strategy}); "
+         f"objectives: {', '.join(f'{o.metric} ({o.resolved_direction})' for o in spec.objectives)}")
+    cost = f"estimated {first:.0f} s for the first trial, {later:.0f} s for each later one, ~{first + later * (count - 1):.0f} s in all"
+    echo(cost + (f" (no timing yet for: {', '.join(unknown)})" if unknown else ""))
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=[o.resolved_direction for o in spec.objectives], sampler=_sampler(spec))
+    if spec.strategy == "grid":
+        # enqueued rather than optuna's GridSampler, which stops the study from inside tell()
+        # and so cannot run under ask/tell
+        paths = list(spec.space)
+        for point in itertools.islice(itertools.product(*(spec.space[p] for p in paths)), count):
+            study.enqueue_trial(dict(zip(paths, point)))
+    out_root = config.output_dir
+    trials: list[TrialResult] = []
+    for number in range(count):
+        trial = study.ask()
+        params = {path: _suggest(trial, path, choice) for path, choice in spec.space.items()}
+        trial_dir = out_root / "trials" / f"{number:03d}"
+        trial_overrides = [*overrides, *(_override(p, v) for p, v in params.items()), f"engine.output_dir={trial_dir}"]
+        t0 = time.perf_counter()
+        result, error, missed = None, None, []
+        try:
+            result = execute(build_plan(load_config(config.file, trial_overrides)), display)
+        except GoalError as err:
+            result, missed = err.result, err.misses
+        except SlimopsError as err:
+            error = str(err).splitlines()[0]
+        seconds = round(time.perf_counter() - t0, 2)
+        values = _objective_values(result, spec.objectives) if result is not None else [None] * len(spec.objectives)
+        if result is None or any(v is None for v in values):
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            status = "failed"
+            error = error or f"no evaluate node reported {', '.join(o.metric for o, v in zip(spec.objectives, values) if v is None)}"
+        else:
+            study.tell(trial, values if len(values) > 1 else values[0])
+            status = "goals missed" if missed else "ok"
+        ran = sum(not n.cached for n in result.nodes.values()) if result else 0
+        hits = sum(n.cached and n.pass_name != "model" for n in result.nodes.values()) if result else 0
+        trials.append(TrialResult(number, params, values, status, seconds, ran, hits, str(trial_dir), error, goals_missed=missed))
+        shown = ", ".join(f"{p.split('.', 2)[2]}={_fmt(v)}" for p, v in params.items())
+        echo(f"trial {number}: {shown} -> {', '.join(_fmt(v) for v in values)} [{status}; {ran} ran, {hits} from cache, {seconds:.1f} s]")
+
+    front = pareto(trials, spec.objectives)
+    if not front:
+        _write_trials(out_root, spec, trials, front)
+        raise SlimopsError(f"no search trial completed; see {out_root / TRIALS_JSON} and the first trial's error: {trials[0].error if trials else 'none ran'}")
+    signs = [1 if o.resolved_direction == "maximize" else -1 for o in spec.objectives]
+    best = max((t for t in trials if t.number in front), key=lambda t: [s * v for s, v in zip(signs, t.values)])
+    best.best = True
+    _write_trials(out_root, spec, trials, front)
+    best_overrides = [*overrides, *(_override(p, v) for p, v in best.params.items())]
+    try:
+        result = execute(build_plan(load_config(config.file, best_overrides)), display)
+    except GoalError as err:
+        result = err.result
+    return trials, result
+
+
+def _write_trials(out_root: Path, spec: SearchSpec, trials: list[TrialResult], front: list[int]) -> None:
+    out_root.mkdir(parents=True, exist_ok=True)
+    body = {
+        "objectives": [{"metric": o.metric, "direction": o.resolved_direction, "node": o.node} for o in spec.objectives],
+        "strategy": spec.strategy,
+        "pareto": front,
+        "best": next((t.number for t in trials if t.best), None),
+        "trials": [asdict(t) for t in trials],
+    }
+    (out_root / TRIALS_JSON).write_text(json.dumps(body, indent=2, default=str))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def trials_rows(body: dict) -> tuple[list[str], list[list[str]]]:
+    """The trials table (head, rows) from trials.json, for the CLI and the report."""
+    trials = body.get("trials", [])
+    params = list(trials[0]["params"]) if trials else []
+    head = ["trial", *(p.split(".", 2)[2] for p in params), *(o["metric"] for o in body.get("objectives", [])), "status", "seconds", "cache hits"]
+    rows = []
+    for t in trials:
+        mark = " (best)" if t["number"] == body.get("best") else (" (pareto)" if t["number"] in body.get("pareto", []) else "")
+        rows.append([f"{t['number']}{mark}", *(_fmt(t["params"][p]) for p in params), *(_fmt(v) for v in t["values"]),
+                     t["status"], f"{t['seconds']:.1f}", str(t["hits"])])
+    return head, rows
