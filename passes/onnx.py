@@ -23,8 +23,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from slimops.errors import SlimopsError
 from slimops.passes.parity import ParityParams, check, is_encoder
 from slimops.plugin import Artifact, Pass, PassContext
+
+
+class OnnxError(SlimopsError):
+    """An export or quantization step failed; the message says which and what to try."""
+
 
 BUILDER_EP = {"cpu": "cpu", "cuda": "cuda", "dml": "dml", "npu": "cpu"}
 # (device, precision) -> what the builder supports; others fall back as noted in `builder_precision`.
@@ -154,7 +160,7 @@ def run_builder(hf_dir: Path, out_dir: Path, precision: str, ep: str, options: d
         wall seconds.
 
     Raises:
-        RuntimeError: the builder failed; the message carries its last lines.
+        OnnxError: the builder failed; the message carries its last lines.
     """
     import time
 
@@ -193,7 +199,7 @@ def run_builder(hf_dir: Path, out_dir: Path, precision: str, ep: str, options: d
     code = process.wait()
     if code != 0:
         last = next((line for line in reversed(tail) if line.strip() and not line.startswith(" ")), "no output")
-        raise RuntimeError(
+        raise OnnxError(
             f"the onnxruntime-genai model builder failed (exit {code}) for {precision}/{ep}: {last.strip()}"
             + ("\n    " + "\n    ".join(t.strip() for t in tail[-6:]) if tail else "")
         )
@@ -207,7 +213,7 @@ def build_decoder(source: Path, out: Path, params: OnnxParams, precision: str, c
     seconds = run_builder(source, out, precision, ep, options, ctx.work_dir / "builder-cache", ctx)
     shutil.rmtree(ctx.work_dir / "builder-cache", ignore_errors=True)
     if not (out / "genai_config.json").exists():
-        raise RuntimeError("the model builder finished without writing genai_config.json; see the log")
+        raise OnnxError("the model builder finished without writing genai_config.json; see the log")
     if ctx.target.device == "cpu":
         _check_genai_loads(out)
     meta = {"precision": precision, "execution_provider": ep, "builder_options": options, "task": "text-generation"}
@@ -220,7 +226,7 @@ def _check_genai_loads(folder: Path) -> None:
     try:
         og.Model(str(folder))
     except Exception as err:  # the message of onnxruntime-genai is the useful part
-        raise RuntimeError(f"onnxruntime-genai cannot load the built model: {err}") from None
+        raise OnnxError(f"onnxruntime-genai cannot load the built model: {err}") from None
 
 
 def _num_layers(hf_dir: Path) -> int:
@@ -333,7 +339,7 @@ def load_model(model_file: Path):
             info = ExternalDataInfo(tensor)
             location = (model_file.parent / info.location).resolve()
             if model_file.parent.resolve() not in location.parents:
-                raise RuntimeError(f"{model_file.name} points outside its folder for external data ({info.location})")
+                raise OnnxError(f"{model_file.name} points outside its folder for external data ({info.location})")
             handle = handles.get(info.location) or handles.setdefault(info.location, open(location, "rb"))
             handle.seek(info.offset or 0)
             tensor.raw_data = handle.read(info.length) if info.length else handle.read()

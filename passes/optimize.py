@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from slimops.passes.onnx import folder_size, load_model
+from slimops.passes.onnx import OnnxError, folder_size, load_model
 from slimops.passes.parity import ParityParams, check
 from slimops.plugin import Artifact, Pass, PassContext
 
@@ -61,7 +61,7 @@ class Optimize(Pass):
         source = Path(ctx.input.path)
         folder = source if source.is_dir() else source.parent
         if (folder / "genai_config.json").exists():
-            raise RuntimeError("this model comes from the onnxruntime-genai builder, which already fuses it for its target; drop the optimize pass")
+            raise OnnxError("this model comes from the onnxruntime-genai builder, which already fuses it for its target; drop the optimize pass")
         model_file = source if source.is_file() else folder / "model.onnx"
         config = _hf_config(folder)
         model_type = params.model_type if params.model_type != "auto" else FUSION_TYPES.get(config.get("model_type", ""), "bert")

@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from slimops.errors import SlimopsError
 from slimops.plugin import Artifact, Pass, PassContext
 
 DEFAULT_MIN_TOP1 = {"fp32": 0.99, "fp16": 0.95, "bf16": 0.95, "int8": 0.9, "int4": 0.8}
@@ -35,7 +36,7 @@ DEFAULT_PROMPTS = (
 )
 
 
-class ParityError(RuntimeError):
+class ParityError(SlimopsError):
     """A model missed a parity threshold; the scheduler reports it as the node's failure."""
 
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from slimops.passes.onnx import folder_size, load_model
+from slimops.passes.onnx import OnnxError, folder_size, load_model
 from slimops.passes.parity import ParityParams, check
 from slimops.plugin import Artifact, Pass, PassContext
 
@@ -191,7 +191,7 @@ def _model_file(folder: Path) -> Path:
         return folder / "model.onnx"
     found = sorted(folder.glob("*.onnx"))
     if not found:
-        raise RuntimeError(f"no .onnx file in {folder}")
+        raise OnnxError(f"no .onnx file in {folder}")
     return found[0]
 
 
@@ -205,7 +205,7 @@ def _check_quantizable(model_file: Path) -> None:
     nbits = sum(n.op_type == "MatMulNBits" for n in model.graph.node)
     if not matmuls:
         already = f" it is already quantized ({nbits} MatMulNBits nodes); export at fp32 (onnx: {{precision: fp32}}) before quantizing," if nbits else ""
-        raise RuntimeError(f"{model_file.name} has no MatMul with constant weights to quantize;{already} or drop this pass")
+        raise OnnxError(f"{model_file.name} has no MatMul with constant weights to quantize;{already} or drop this pass")
 
 
 def _copy_companions(source: Path, dest: Path, model_name: str) -> None:

@@ -1,0 +1,377 @@
+"""ONNX passes on tiny models: export (builder and torch.onnx), every quantization method, the
+optimizer, parity checks that pass and one that must fail, and what a missing provider does.
+
+The tiny llama is trained for a few seconds on four sentences so that its next-token
+predictions are confident, as a real model's are: parity on an untrained random model measures
+noise. Its head size is 16 (GroupQueryAttention's minimum) and its vocabulary differs from every
+hidden width (the builder finds lm_head by its output size). Builder runs are shared across
+tests through one cache folder.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import slimops
+from slimops.errors import PassError, PlanError
+
+onnxruntime = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxruntime_genai")
+
+CORPUS = [
+    "The capital of France is Paris, and the capital of Spain is Madrid.",
+    "def add(a, b): return a + b",
+    "Once upon a time there was a small cat that sat on the mat.",
+    "one two three four five six seven eight nine ten",
+]
+CHAT_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+
+
+def tiny_trained_llama(folder: Path) -> Path:
+    """A 2-layer llama (hidden 64, 4 heads of 16) with a byte-level BPE tokenizer, fit to CORPUS."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.train_from_iterator(CORPUS, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    ))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    assert config.vocab_size not in (64, 128)
+    model = LlamaForCausalLM(config)
+    rows = [tokenizer(text)["input_ids"] for text in CORPUS]
+    length = max(map(len, rows))
+    ids = torch.tensor([row + [tokenizer.pad_token_id] * (length - len(row)) for row in rows])
+    mask = (torch.arange(length)[None] < torch.tensor([len(row) for row in rows])[:, None]).long()
+    labels = ids.masked_fill(mask == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(40):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tiny_bert_classifier(folder: Path) -> Path:
+    """A random 2-layer BERT with a 3-way classification head, and a word-level tokenizer."""
+    import torch
+    from tiny_models import build_tokenizer
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tokenizer = build_tokenizer(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=2, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id, num_labels=3)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("onnx-assets")
+    (root / "data.jsonl").write_text("".join(json.dumps({"text": text}) + "\n" for text in CORPUS))
+    return {
+        "root": root,
+        "llama": tiny_trained_llama(root / "llama"),
+        "bert": tiny_bert_classifier(root / "bert"),
+        "cache": root / "cache",
+    }
+
+
+def write_pipeline(folder: Path, assets, body: str) -> Path:
+    head = f"""\
+        name: onnx-test
+        model: {{path: {assets['llama']}}}
+        data: {{calib: {{type: jsonl, files: {assets['root'] / 'data.jsonl'}, text: text}}}}
+        engine: {{cache_dir: {assets['cache']}, output_dir: out}}
+        """
+    path = folder / "pipeline.yaml"
+    path.write_text(textwrap.dedent(head) + textwrap.dedent(body))
+    return path
+
+
+def quiet():
+    from slimops.display import RunDisplay
+
+    return RunDisplay(quiet=True)
+
+
+def op_types(model_file: Path) -> list[str]:
+    import onnx
+
+    return [node.op_type for node in onnx.load(str(model_file), load_external_data=False).graph.node]
+
+
+# -- export -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported(assets, tmp_path_factory):
+    """One run: the llama exported at fp32 (for the quantizers) and at int4 by the builder."""
+    folder = tmp_path_factory.mktemp("export")
+    path = write_pipeline(folder, assets, """\
+        targets: {cpu: cpu, laptop: cpu-int4}
+        passes:
+          export: {type: onnx}
+        """)
+    return slimops.run(path, display=quiet())
+
+
+def test_decoder_export_is_a_genai_folder_that_matches_pytorch(exported):
+    fp32 = exported["export@cpu"]
+    folder = Path(fp32.path)
+    assert fp32.kind == "genai-model"
+    assert {"model.onnx", "genai_config.json", "tokenizer.json", "chat_template.jinja"} <= {p.name for p in folder.iterdir()}
+    assert fp32.meta["precision"] == "fp32"
+    assert fp32.meta["chat_template"] == CHAT_TEMPLATE
+    assert fp32.metrics["parity_top1"] == 1.0
+    assert fp32.metrics["parity_agreement"] == 1.0
+    assert fp32.metrics["parity_max_logit_diff"] < 1e-3
+    assert fp32.meta["parity"]["providers"][0] == "CPUExecutionProvider"
+
+
+def test_int4_target_gets_matmulnbits_within_thresholds(exported):
+    int4 = exported["export@laptop"]
+    assert int4.meta["precision"] == "int4"
+    assert int4.meta["builder_options"]["block_size"] == "32"  # from the cpu-int4 profile's settings
+    assert "MatMulNBits" in op_types(Path(int4.path) / "model.onnx")
+    assert int4.metrics["parity_top1"] >= 0.8
+    assert int4.metrics["size_mb"] < exported["export@cpu"].metrics["size_mb"]
+
+
+def test_genai_model_generates_with_onnxruntime_genai(exported):
+    import onnxruntime_genai as og
+
+    model = og.Model(exported["export@laptop"].path)
+    tokenizer = og.Tokenizer(model)
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=24, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(tokenizer.encode("Once upon a time"))
+    while not generator.is_done():
+        generator.generate_next_token()
+    text = tokenizer.decode(generator.get_sequence(0))
+    assert text.startswith("Once upon a time") and len(text) > len("Once upon a time")
+
+
+# -- quantize: one row per method -------------------------------------------------------------------------
+
+METHODS = {
+    # node: (params, op that must appear, min top-1)
+    "rtn": ("method: rtn", "MatMulNBits", 0.8),
+    "rtn_head8": ("method: rtn, keep_lm_head_int8: true", "MatMulNBits", 0.8),
+    "hqq": ("method: hqq", "MatMulNBits", 0.8),
+    "k_quant": ("method: k_quant", "MatMulNBits", 0.8),
+    "gptq": ("method: gptq, calibration_data: calib", "MatMulNBits", 0.7),
+    "int8": ("method: int8_dynamic", "MatMulInteger", 0.9),
+    "qdq": ("method: qdq, calibration_data: calib", "QuantizeLinear", 0.9),
+}
+
+
+@pytest.fixture(scope="module")
+def quantized(assets, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("quantize")
+    rows = "\n".join(f"  {name}: {{type: quantize, inputs: [export], {spec}}}" for name, (spec, _, _) in METHODS.items())
+    path = write_pipeline(folder, assets, "targets: {cpu: cpu}\npasses:\n  export: {type: onnx}\n" + rows + "\n")
+    return slimops.run(path, display=quiet())
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_quantize_method(quantized, name):
+    _, op, min_top1 = METHODS[name]
+    node = quantized[f"{name}@cpu"]
+    folder = Path(node.path)
+    assert node.kind == "genai-model" and (folder / "genai_config.json").exists()
+    assert op in op_types(folder / "model.onnx")
+    assert node.metrics["parity_top1"] >= min_top1
+    assert node.metrics["size_mb"] < node.metrics["input_size_mb"]
+    assert node.meta["parity"]["min_top1"] == {"int4": 0.8, "int8": 0.9}[node.meta["precision"]]
+
+
+def test_lm_head_kept_at_int8(quantized):
+    import onnx
+
+    def head_bits(name):
+        graph = onnx.load(str(Path(quantized[f"{name}@cpu"].path) / "model.onnx"), load_external_data=False).graph
+        head = [n for n in graph.node if n.op_type == "MatMulNBits"][-1]
+        return next(a.i for a in head.attribute if a.name == "bits")
+
+    assert head_bits("rtn_head8") == 8
+    assert head_bits("rtn") == 4
+
+
+def test_quantize_refuses_an_already_quantized_model(assets, tmp_path):
+    path = write_pipeline(tmp_path, assets, """\
+        targets: {laptop: cpu-int4}
+        passes:
+          export: {type: onnx}
+          quant: {type: quantize}
+        """)
+    with pytest.raises(PassError, match="already quantized .*precision: fp32"):
+        slimops.run(path, display=quiet())
+
+
+def test_gptq_without_data_is_a_config_error(assets, tmp_path):
+    path = write_pipeline(tmp_path, assets, "passes:\n  quant: {type: quantize, method: gptq}\n")
+    with pytest.raises(slimops.ConfigError, match="calibration_data"):
+        slimops.load_config(path)
+
+
+# -- parity that must fail ----------------------------------------------------------------------------------
+
+CORRUPT = '''
+import shutil
+from pathlib import Path
+import onnx
+from onnx import numpy_helper
+from slimops.plugin import Artifact, Pass
+from slimops.passes.onnx import load_model
+
+
+class Corrupt(Pass):
+    """Copies a genai-model and shuffles the rows of its lm_head weight."""
+    name = "corrupt"
+    consumes = ("genai-model",)
+    per_target = True
+
+    def run(self, ctx):
+        source = Path(ctx.input.path)
+        for item in source.iterdir():
+            if item.suffix != ".onnx" and not item.name.endswith(".onnx.data"):
+                shutil.copy2(item, ctx.output_dir / item.name)
+        model = load_model(source / "model.onnx")
+        for tensor in model.graph.initializer:
+            if tensor.name.startswith("lm_head"):
+                array = numpy_helper.to_array(tensor)
+                tensor.CopyFrom(numpy_helper.from_array(array[:, ::-1].copy(), tensor.name))
+        onnx.save_model(model, str(ctx.output_dir / "model.onnx"))
+        return Artifact(path=ctx.output_dir, kind="genai-model", meta={"precision": "fp32"})
+'''
+
+
+def test_corrupted_weights_fail_the_parity_check(assets, tmp_path, cli):
+    (tmp_path / "corrupt.py").write_text(CORRUPT)
+    path = write_pipeline(tmp_path, assets, """\
+        targets: {cpu: cpu}
+        passes:
+          export: {type: onnx}
+          broken: {type: "corrupt:Corrupt"}
+          check: {type: parity}
+        """)
+    code, out, err = cli("run", "--config", path, "--quiet")
+    assert code == 1
+    assert "pass 'check@cpu' failed: parity check failed against the input model: top-1 agreement" in err
+    assert "Traceback" not in err
+    # the same chain without the corruption passes
+    path.write_text(path.read_text().replace('  broken: {type: "corrupt:Corrupt"}\n', ""))
+    code, out, err = cli("run", "--config", path, "--quiet")
+    assert code == 0, err
+
+
+def test_parity_threshold_is_configurable(assets, tmp_path):
+    path = write_pipeline(tmp_path, assets, """\
+        targets: {laptop: cpu-int4}
+        passes:
+          export: {type: onnx, parity: {max_logit_diff: 0.000001}}
+        """)
+    with pytest.raises(PassError, match=r"max logit difference .* > max_logit_diff 1e-06"):
+        slimops.run(path, display=quiet())
+
+
+# -- providers ------------------------------------------------------------------------------------------------
+
+
+def test_missing_provider_is_a_plan_error_only_for_passes_that_run_on_the_target(assets, tmp_path):
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    writes = write_pipeline(tmp_path, assets, "targets: {gpu: cuda-fp16}\npasses:\n  export: {type: onnx}\n")
+    plan = slimops.plan(writes)
+    assert "export@gpu" in plan.nodes
+    runs = write_pipeline(tmp_path, assets, "targets: {gpu: cuda-fp16}\npasses:\n  export: {type: onnx}\n  check: {type: parity}\n")
+    with pytest.raises(PlanError, match="must run the model on target 'gpu'.*CUDAExecutionProvider"):
+        slimops.plan(runs)
+
+
+def test_a_session_that_falls_back_to_cpu_is_refused(exported):
+    from slimops.passes.parity import ParityError, open_session
+
+    model = Path(exported["export@cpu"].path) / "model.onnx"
+    assert open_session(model, ["CPUExecutionProvider"]).get_providers() == ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(ParityError, match="asked onnxruntime for CUDAExecutionProvider but the session runs on CPUExecutionProvider"):
+        open_session(model, ["CUDAExecutionProvider"])
+
+
+def test_cuda_export_writes_files_and_skips_parity_here(assets, tmp_path):
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    path = write_pipeline(tmp_path, assets, "targets: {gpu: cuda-fp16}\npasses:\n  export: {type: onnx}\n")
+    node = slimops.run(path, display=quiet())["export@gpu"]
+    config = json.loads((Path(node.path) / "genai_config.json").read_text())
+    assert "cuda" in json.dumps(config["model"]["decoder"]["session_options"]["provider_options"])
+    assert node.meta["precision"] == "fp16"
+    assert node.meta["parity"] == "skipped: this onnxruntime lacks CUDAExecutionProvider"
+    strict = write_pipeline(tmp_path, assets, "targets: {gpu: cuda-fp16}\npasses:\n  export: {type: onnx, parity: {require_target: true}}\n")
+    with pytest.raises(PassError, match="cannot check parity on the target"):
+        slimops.run(strict, display=quiet())
+
+
+# -- encoders ---------------------------------------------------------------------------------------------------
+
+
+def test_encoder_exports_with_dynamic_axes_and_matches_pytorch(assets, tmp_path):
+    import numpy as np
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    path = write_pipeline(tmp_path, assets, """\
+        targets: {cpu: cpu}
+        passes:
+          export: {type: onnx}
+          fused: {type: optimize}
+          int8: {type: quantize, method: int8_dynamic}
+        """)
+    path.write_text(path.read_text().replace(str(assets["llama"]), str(assets["bert"])))
+    result = slimops.run(path, display=quiet())
+    export = result["export@cpu"]
+    assert export.kind == "onnx-model" and export.meta["task"] == "text-classification"
+    assert export.metrics["parity_top1"] == 1.0
+
+    reference = AutoModelForSequenceClassification.from_pretrained(assets["bert"]).eval()
+    ids = torch.randint(4, 40, (3, 11))  # a batch and length the export never saw
+    with torch.no_grad():
+        expected = reference(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.numpy()
+    session = onnxruntime.InferenceSession(str(Path(export.path) / "model.onnx"), providers=["CPUExecutionProvider"])
+    feed = {"input_ids": ids.numpy(), "attention_mask": np.ones((3, 11), np.int64), "token_type_ids": np.zeros((3, 11), np.int64)}
+    got = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})[0]
+    assert np.abs(got - expected).max() < 1e-4
+
+    fused = result["fused@cpu"]
+    assert fused.metrics["fused_ops"] > 0 and "SkipLayerNormalization" in op_types(Path(fused.path) / "model.onnx")
+    assert fused.metrics["parity_top1"] == 1.0
+    assert "MatMulInteger" in op_types(Path(result["int8@cpu"].path) / "model.onnx")
+
+
+def test_optimize_refuses_builder_output(assets, tmp_path, exported):
+    path = write_pipeline(tmp_path, assets, "targets: {cpu: cpu}\npasses:\n  export: {type: onnx}\n  fused: {type: optimize}\n")
+    with pytest.raises(PassError, match="already fuses it"):
+        slimops.run(path, display=quiet())
