@@ -64,6 +64,9 @@ class Evaluate(Pass):
     produces = "metrics"
     baseline = True
     unkeyed = ("goals", "on_miss")
+    # per target (when its input is), it runs the model on the target's execution providers:
+    # a target this machine cannot run is a plan error, not a silent CPU measurement
+    executes_on_target = True
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -147,7 +150,7 @@ class Evaluate(Pass):
         base_name = ctx.node.split("@", 1)[0]
         is_before = base_name.endswith(BASELINE_SUFFIX)
         before_artifact = ctx.inputs.get(f"{base_name}{BASELINE_SUFFIX}")
-        model = next(a for n, a in ctx.inputs.items() if n != f"{base_name}{BASELINE_SUFFIX}")
+        input_name, model = next((n, a) for n, a in ctx.inputs.items() if n != f"{base_name}{BASELINE_SUFFIX}")
         after, details = measure(ctx, model)
         (ctx.output_dir / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in details.pop("rows")))
         if is_before:
@@ -156,8 +159,8 @@ class Evaluate(Pass):
             return Artifact(path=ctx.output_dir, kind="metrics", meta={"role": "before", **details}, metrics=after)
         if before_artifact is not None:
             before = dict(before_artifact.metrics)
-        elif ctx.source is not None and Path(model.path) == Path(ctx.source.path):
-            before = dict(after)  # this pass reads the input model itself
+        elif input_name == "model" or input_name.startswith("model."):
+            before = dict(after)  # this pass reads the input model itself (maybe converted)
         else:
             before = {}
         body = {"model": str(model.path), "kind": model.kind, "before": before, "after": after, **details}
@@ -296,7 +299,7 @@ def prompt_and_reference(example: dict[str, Any], spec: Any, tokenizer: Any = No
     field, stop = answer_template(spec)
     if spec.prompt or spec.messages:
         prompt, response = render(example, spec, tokenizer)
-        reference = M.answer_of(response, stop) if stop else response.strip()
+        reference = response.split(stop, 1)[0].strip() if stop else response.strip()
     elif spec.template and field:
         head = spec.template.rsplit("{" + field + "}", 1)[0]
         prompt, reference = head.format_map(example), str(example[field])
@@ -450,8 +453,11 @@ class PeakMemory:
         self.peak_mb = 0.0
 
     def __enter__(self):
+        import gc
+
         import psutil
 
+        gc.collect()  # drop what an earlier evaluation left, so the base is what is really held
         self._process = psutil.Process(os.getpid())
         self._base = self._process.memory_info().rss
         self._peak = self._base
