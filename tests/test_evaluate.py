@@ -51,6 +51,15 @@ class Perturb(slimops.Pass):
         AutoTokenizer.from_pretrained(ctx.input.path).save_pretrained(ctx.output_dir)
         return slimops.Artifact(path=ctx.output_dir, kind="hf-model")
 
+class PerTarget(Perturb):
+    name = "per_target_perturb"
+    per_target = True
+
+    def run(self, ctx):
+        artifact = super().run(ctx)
+        (ctx.output_dir / "loss.png").write_bytes(b"PNG-" + ctx.target.precision.encode())
+        return artifact
+
 class Adapter(slimops.Pass):
     name = "adapter"
     consumes = ("hf-model",)
@@ -425,3 +434,18 @@ def test_genai_folder_and_its_kv_cached_onnx_match_transformers(tmp_path, genai_
     expected = [M.answer_of(t.split("<|im_end|>")[0]) for t in hf_greedy(llama, prompts, 3)]
     assert after["accuracy"] == pytest.approx(M.accuracy(expected, [r["tone"] for r in rows()[3:6]]))
     assert after["latency_p50_ms"] > 0 and after["tokens_per_s"] > 0
+
+
+def test_per_target_evaluations_share_one_before_node(tmp_path, llama):
+    evaluate = "{type: evaluate, data: tone, metrics: [perplexity, size_mb], max_samples: 2}"
+    path = write_project(tmp_path, llama, evaluate, "perturb: {type: plugin:PerTarget}")
+    path.write_text(path.read_text() + "targets: {a: cpu, b: cpu-int8}\n")
+    result = slimops.run(path, display=quiet())
+    assert {"eval@a", "eval@b", "eval.before"} <= set(result.nodes) and "eval.before@a" not in result.nodes
+    before = result["eval.before"].metrics
+    assert result["eval@a"].metrics["before"] == before == result["eval@b"].metrics["before"]
+    assert (tmp_path / "out" / "a" / "eval" / "metrics.json").is_file()
+    # PNGs a pass leaves (loss curves) are shown in the report
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "a/perturb/loss.png" in md and "b/perturb/loss.png" in md
+    assert "### eval@a" in md and "### eval@b" in md
