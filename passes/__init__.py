@@ -10,6 +10,7 @@ BUILTIN: dict[str, str] = {
     "parity": "slimops.passes.parity:Parity",
     "quantize": "slimops.passes.quantize:Quantize",
     "optimize": "slimops.passes.optimize:Optimize",
+    "generate_adapter": "slimops.passes.adapters:GenerateAdapter",
     "evaluate": "slimops.passes.evaluate:Evaluate",
     "from_gguf": "slimops.passes.convert:FromGguf",
     "lora": "slimops.passes.finetune:Lora",

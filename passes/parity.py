@@ -109,10 +109,17 @@ def open_session(model_path: Path, providers: list[str]):
 class OnnxCausalLM:
     """A decoder ONNX model (the onnxruntime-genai layout: input_ids, attention_mask, past_key_values.*)."""
 
-    def __init__(self, folder: Path, providers: list[str]):
+    def __init__(self, folder: Path, providers: list[str], adapter: Path | None = None):
         import numpy as np
+        import onnxruntime
 
         self.np = np
+        self.run_options = None
+        if adapter is not None:  # a .onnx_adapter file: its LoRA weights feed the model's inputs
+            self.run_options = onnxruntime.RunOptions()
+            self.adapter = onnxruntime.LoraAdapter()
+            self.adapter.Load(str(adapter))
+            self.run_options.add_active_adapter(self.adapter)
         config = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
         self.head_size = int(config["head_size"])
         self.session = open_session(folder / config.get("filename", "model.onnx"), providers)
@@ -132,7 +139,7 @@ class OnnxCausalLM:
                 dtype = np.float16 if "float16" in info.type else np.float32
                 heads = info.shape[1] if isinstance(info.shape[1], int) else 1
                 feed[name] = np.zeros((1, heads, 0, self.head_size), dtype=dtype)
-        out = self.session.run(["logits"], feed)[0]
+        out = self.session.run(["logits"], feed, self.run_options)[0]
         return out[0].astype(np.float32)
 
 
@@ -158,7 +165,7 @@ class OnnxEncoder:
 class TorchModel:
     """A Hugging Face model folder in PyTorch fp32, the reference of an export."""
 
-    def __init__(self, folder: Path, encoder: bool):
+    def __init__(self, folder: Path, encoder: bool, adapter: Path | None = None):
         import torch
         import transformers
 
@@ -167,6 +174,10 @@ class TorchModel:
         if encoder and not _has_classifier(folder):
             cls = transformers.AutoModel
         self.model = cls.from_pretrained(str(folder), dtype=torch.float32).eval()
+        if adapter is not None:
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(self.model, str(adapter)).eval()
         self.encoder = encoder
         self.providers = ["torch-cpu"]
 
@@ -256,18 +267,22 @@ def tokenize_prompts(folder: Path, prompts: list[str]) -> list[list[int]]:
     return lists
 
 
-def open_model(artifact: Artifact, providers: list[str]):
-    """A `logits(ids)` model over an hf-model, genai-model or onnx-model artifact."""
+def open_model(artifact: Artifact, providers: list[str], adapter: Path | None = None):
+    """A `logits(ids)` model over an hf-model, genai-model or onnx-model artifact.
+
+    Args:
+        adapter: a PEFT folder (hf-model) or a .onnx_adapter file (genai-model) to apply.
+    """
     path = Path(artifact.path)
     if artifact.kind == "genai-model":
-        return OnnxCausalLM(path, providers)
+        return OnnxCausalLM(path, providers, adapter)
     if artifact.kind == "onnx-model":
         model_file = path if path.is_file() else path / "model.onnx"
         if path.is_dir() and (path / "genai_config.json").exists():
             return OnnxCausalLM(path, providers)
         return OnnxEncoder(model_file, providers)
     if artifact.kind == "hf-model":
-        return TorchModel(path, encoder=is_encoder(path))
+        return TorchModel(path, encoder=is_encoder(path), adapter=adapter)
     raise ParityError(f"parity cannot read a {artifact.kind} artifact")
 
 
@@ -286,11 +301,13 @@ def is_encoder(folder: Path) -> bool:
 ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deberta-v2", "electra", "mpnet", "albert", "camembert", "modernbert"}
 
 
-def check(reference: Artifact, candidate: Artifact, params: ParityParams, target: Any, precision: str = "fp32", log=None) -> dict[str, Any]:
+def check(reference: Artifact, candidate: Artifact, params: ParityParams, target: Any, precision: str = "fp32", log=None,
+          reference_adapter: Path | None = None, candidate_adapter: Path | None = None) -> dict[str, Any]:
     """Compare `candidate` (run on the target's providers) with `reference` (on the CPU).
 
     Args:
         precision: what the candidate was built at; picks the default `min_top1`.
+        reference_adapter, candidate_adapter: compare with a LoRA adapter applied on both sides.
 
     Returns:
         metrics for the Artifact (`parity_top1`, `parity_agreement`, `parity_max_logit_diff`) and a
@@ -310,9 +327,9 @@ def check(reference: Artifact, candidate: Artifact, params: ParityParams, target
         if log:
             log.warning("parity check skipped: %s", why)
         return {"metrics": {}, "meta": {"parity": f"skipped: {why}"}}
-    candidate_model = open_model(candidate, providers)
+    candidate_model = open_model(candidate, providers, candidate_adapter)
     decoder = isinstance(candidate_model, OnnxCausalLM)
-    reference_model = open_model(reference, ["CPUExecutionProvider"])
+    reference_model = open_model(reference, ["CPUExecutionProvider"], reference_adapter)
     tokenizer_dir = Path(reference.path) if Path(reference.path).is_dir() else Path(candidate.path)
     token_lists = tokenize_prompts(tokenizer_dir, params.prompts)
     result = compare(reference_model, candidate_model, token_lists, params.new_tokens, decoder)

@@ -375,3 +375,57 @@ def test_optimize_refuses_builder_output(assets, tmp_path, exported):
     path = write_pipeline(tmp_path, assets, "targets: {cpu: cpu}\npasses:\n  export: {type: onnx}\n  fused: {type: optimize}\n")
     with pytest.raises(PassError, match="already fuses it"):
         slimops.run(path, display=quiet())
+
+
+# -- multi-adapter ------------------------------------------------------------------------------------------------
+
+
+def lora_adapter(base: Path, folder: Path, rank: int, seed: int) -> Path:
+    """A PEFT LoRA adapter on `base` with random (non-zero) B matrices."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0))
+    for name, tensor in model.named_parameters():
+        if "lora_B" in name:
+            tensor.data.normal_(0, 0.2)
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_generate_adapter_makes_one_base_and_an_adapter_file_each(assets, tmp_path):
+    import onnxruntime_genai as og
+
+    lora_adapter(assets["llama"], tmp_path / "tone", rank=8, seed=1)
+    lora_adapter(assets["llama"], tmp_path / "legal", rank=4, seed=2)  # another rank: the rank axis is symbolic
+    path = write_pipeline(tmp_path, assets, """\
+        targets: {cpu: cpu}
+        passes:
+          multi: {type: generate_adapter, adapters: {tone: tone, legal: legal}}
+        """)
+    node = slimops.run(path, display=quiet())["multi@cpu"]
+    folder = Path(node.path)
+    assert node.meta["adapters"] == {"tone": "adapters/tone.onnx_adapter", "legal": "adapters/legal.onnx_adapter"}
+    for suffix in ("", "_tone", "_legal"):  # the base alone, then each adapter against PEFT
+        assert node.metrics[f"parity_top1{suffix}"] == 1.0
+        assert node.metrics[f"parity_max_logit_diff{suffix}"] < 1e-3
+
+    model = og.Model(str(folder))
+    adapters = og.Adapters(model)
+    for name in ("tone", "legal"):
+        adapters.load(str(folder / node.meta["adapters"][name]), name)
+
+    def last_logits(active):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=32)
+        generator = og.Generator(model, params)
+        if active:
+            generator.set_active_adapter(adapters, active)
+        generator.append_tokens([40, 41, 42])
+        return generator.get_output("logits")[0, -1]
+
+    base, tone, legal = last_logits(None), last_logits("tone"), last_logits("legal")
+    assert abs(base - tone).max() > 1e-2 and abs(tone - legal).max() > 1e-2

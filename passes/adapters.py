@@ -1,0 +1,184 @@
+"""`generate_adapter`: one base ONNX model that takes LoRA weights as inputs, and one
+`.onnx_adapter` file per adapter (onnxruntime's adapter format), for multi-LoRA serving.
+
+How it is made:
+1. The onnxruntime-genai builder exports base + first adapter at full precision (fp32 on CPU,
+   fp16 on GPUs): each adapted MatMul gets a `lora_A -> lora_B -> Add` branch whose weights are
+   initializers (lora_B already scaled by alpha / r).
+2. Those initializers become graph inputs with a symbolic rank (`lora_rank`), so adapters of
+   different ranks fit; each keeps a rank-1 zero initializer as its default, so with no adapter
+   active the model is exactly the base.
+3. Each other adapter is exported the same way and only its LoRA weights are kept; they must
+   target the same modules as the first.
+4. For an int4 target, the base MatMuls are then quantized (rtn) and the LoRA branches left in
+   float.
+
+Run it with onnxruntime-genai: `adapters = og.Adapters(model); adapters.load(file, name);
+generator.set_active_adapter(adapters, name)`; or with onnxruntime: `RunOptions.add_active_adapter`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from slimops.passes.onnx import BUILDER_EP, OnnxError, builder_options, folder_size, load_model, run_builder, OnnxParams
+from slimops.passes.parity import ParityParams, check
+from slimops.plugin import Artifact, Pass, PassContext
+
+RANK = "lora_rank"
+
+
+class GenerateAdapterParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description="More PEFT LoRA adapter folders by name (relative to the pipeline file), beside any hf-adapter inputs.",
+    )
+    precision: str = Field("auto", description="Base weights: auto (the target's; int4 quantizes the base with rtn), fp32, fp16, int4.")
+    block_size: int | None = Field(None, description="int4 block size of the base (default: target settings, else 32).")
+    parity: ParityParams = Field(default_factory=ParityParams, description="Base model (no adapter) and each adapter, against PyTorch/PEFT.")
+
+
+class GenerateAdapter(Pass):
+    """Exports a base model with LoRA weights as inputs, and one .onnx_adapter file per adapter."""
+
+    name = "generate_adapter"
+    version = "1"
+    consumes = ("hf-adapter", "hf-model")
+    produces = "genai-model"
+    per_target = True
+    requires = ("onnx", "onnxruntime", "onnxruntime-genai", "transformers", "torch", "peft")
+
+    Params = GenerateAdapterParams
+
+    def run(self, ctx: PassContext) -> Artifact:
+        params = ctx.params
+        adapters: dict[str, Path] = {}
+        base: Artifact | None = None
+        for name, artifact in ctx.inputs.items():
+            if artifact.kind == "hf-adapter":
+                adapters[name] = Path(artifact.path)
+            else:
+                base = artifact
+        base = base or ctx.nearest("hf-model")
+        if base is None:
+            raise OnnxError("generate_adapter needs a base HF model upstream (the model the adapters were trained on)")
+        for name, text in params.adapters.items():
+            path = (ctx.config_dir / text).resolve()
+            if not (path / "adapter_config.json").is_file():
+                raise OnnxError(f"adapters.{name}: {path} is not a PEFT adapter folder (no adapter_config.json)")
+            adapters[name] = path
+        if not adapters:
+            raise OnnxError("generate_adapter has no adapter: read a fine-tuning node (inputs: [...]) or list folders under `adapters:`")
+        base_dir = Path(base.path)
+        device = ctx.target.device
+        float_precision = "fp32" if BUILDER_EP[device] == "cpu" else "fp16"
+        target_precision = params.precision if params.precision != "auto" else ctx.target.precision
+        ep = BUILDER_EP[device]
+        options = builder_options(OnnxParams(), ctx.target, float_precision)
+        out = ctx.output_dir
+        (out / "adapters").mkdir()
+        names = list(adapters)
+        total = len(names) + 2
+        weights: dict[str, dict[str, Any]] = {}
+        for index, name in enumerate(names):
+            ctx.progress.update(index, total, f"builder with adapter '{name}'")
+            build = out if index == 0 else ctx.work_dir / f"build-{name}"
+            shutil.rmtree(build, ignore_errors=True) if index else None
+            run_builder(base_dir, build, float_precision, ep, {**options, "adapter_path": str(adapters[name])}, ctx.work_dir / "builder-cache", None if index else ctx)
+            model = load_model(build / "model.onnx")
+            weights[name] = lora_initializers(model)
+            if not weights[name]:
+                raise OnnxError(f"adapter '{name}': the builder made no LoRA branches; is it a LoRA adapter (peft_type LORA)?")
+            if index == 0:
+                base_model = model
+            else:
+                expected, got = set(weights[names[0]]), set(weights[name])
+                if expected != got:
+                    raise OnnxError(f"adapter '{name}' adapts other modules than '{names[0]}' ({len(got ^ expected)} differ); "
+                                    "adapters sharing one base model need the same target_modules")
+                shutil.rmtree(build, ignore_errors=True)
+        shutil.rmtree(ctx.work_dir / "builder-cache", ignore_errors=True)
+        ctx.progress.update(len(names), total, "LoRA weights -> inputs")
+        lora_to_inputs(base_model, weights[names[0]])
+        precision = float_precision
+        if target_precision == "int4":
+            base_model = quantize_base(base_model, params.block_size or (ctx.target.settings or {}).get("quantize", {}).get("block_size", 32), ctx.log)
+            precision = "int4"
+        (out / "model.onnx.data").unlink(missing_ok=True)
+        import onnx
+
+        onnx.save_model(base_model, str(out / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="model.onnx.data", size_threshold=1024)
+        files = {}
+        for name in names:
+            files[name] = f"adapters/{name}.onnx_adapter"
+            write_adapter(weights[name], out / files[name])
+        meta = {**base.meta, "precision": precision, "adapters": files, "execution_provider": ep}
+        artifact = Artifact(path=out, kind="genai-model", meta=meta)
+        ctx.progress.update(len(names) + 1, total, "parity check")
+        result = check(base, artifact, params.parity, ctx.target, precision, ctx.log)
+        artifact.metrics.update(result["metrics"])
+        artifact.meta["parity"] = {"base": result["meta"].get("parity")}
+        for name in names:
+            one = check(base, artifact, params.parity, ctx.target, precision, ctx.log,
+                        reference_adapter=adapters[name], candidate_adapter=out / files[name])
+            artifact.meta["parity"][name] = one["meta"].get("parity")
+            for key, value in one["metrics"].items():
+                artifact.metrics[f"{key}_{name}"] = value
+        artifact.metrics["adapters"] = len(names)
+        artifact.metrics["size_mb"] = round(folder_size(out) / 2**20, 2)
+        return artifact
+
+
+def lora_initializers(model) -> dict[str, Any]:
+    """The builder's LoRA weights by initializer name, as numpy arrays."""
+    from onnx import numpy_helper
+
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if ".lora_A." in t.name or ".lora_B." in t.name}
+
+
+def lora_to_inputs(model, weights: dict[str, Any]) -> None:
+    """Make each LoRA initializer a graph input of rank `lora_rank`, with a rank-1 zero default."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    kept = [t for t in model.graph.initializer if t.name not in weights]
+    for name, array in weights.items():
+        is_a = ".lora_A." in name
+        shape = [array.shape[0], RANK] if is_a else [RANK, array.shape[1]]
+        elem = helper.np_dtype_to_tensor_dtype(array.dtype)
+        model.graph.input.append(helper.make_tensor_value_info(name, elem, shape))
+        zeros = np.zeros((array.shape[0], 1) if is_a else (1, array.shape[1]), dtype=array.dtype)
+        kept.append(numpy_helper.from_array(zeros, name))
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+
+
+def quantize_base(model, block_size: int, log):
+    """rtn int4 on the base MatMuls; the LoRA branches stay float (they read inputs)."""
+    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
+    from onnxruntime.quantization.quant_utils import QuantFormat
+
+    lora_nodes = [n.name for n in model.graph.node if "/lora" in n.name]
+    quantizer = mnq.MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True, accuracy_level=4,
+                                         nodes_to_exclude=lora_nodes, quant_format=QuantFormat.QOperator)
+    quantizer.process()
+    log.info("int4 base: %d LoRA nodes kept in float", len(lora_nodes))
+    return quantizer.model.model
+
+
+def write_adapter(weights: dict[str, Any], path: Path) -> None:
+    import onnxruntime
+
+    adapter = onnxruntime.AdapterFormat()
+    adapter.set_adapter_version(1)
+    adapter.set_model_version(1)
+    adapter.set_parameters({name: onnxruntime.OrtValue.ortvalue_from_numpy(array) for name, array in weights.items()})
+    adapter.export_adapter(str(path))
