@@ -50,16 +50,18 @@ def save_gguf_as_hf(gguf_file: Path, out_dir: Path, log=None) -> None:
     Raises:
         ModelError: transformers cannot read the file (unsupported architecture or quant type).
     """
+    import copy
+
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf_file.parent), gguf_file.name
     try:
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        config = AutoConfig.from_pretrained(folder, gguf_file=name)
     except (ValueError, KeyError, OSError, NotImplementedError) as err:
         raise ModelError(f"transformers cannot read {gguf_file}: {err}") from None
+    config = copy.deepcopy(loaded.config)  # reading it from the file again costs seconds
     # The GGUF config carries a quantization block that would make the fresh model "quantized" too.
     for attr in ("quantization_config", "_pre_quantization_dtype"):
         if hasattr(config, attr):

@@ -214,7 +214,7 @@ def test_e2e_smollm2_lora_loss_falls(tmp_path):
             prompt: "{PROMPT}"
             response: "{{tone}}"
         passes:
-          ft: {{type: lora, data: tone, r: 8, alpha: 16, max_steps: 12, batch_size: 4, max_seq_len: 64, learning_rate: 0.002, logging_steps: 1}}
+          ft: {{type: lora, data: tone, r: 8, alpha: 16, max_steps: 10, batch_size: 2, max_seq_len: 48, learning_rate: 0.003}}
           merge: {{type: merge_adapter}}
         """
     ))
