@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -182,49 +180,51 @@ def measure(ctx: PassContext, model: Artifact) -> tuple[dict[str, float], dict[s
         DataError: the data set cannot give what a metric needs.
         ModelError: the model cannot be loaded for its kind.
     """
-    from slimops.passes.runners import open_runner
+    from slimops.passes.runners import open_runner, probe_memory
 
     params = ctx.params
     target = ctx.target
     providers = list(target.execution_providers) if target is not None else ["CPUExecutionProvider"]
     device = getattr(target, "device", "cpu")
-    memory = PeakMemory()
-    with memory:
-        ctx.progress.update(0, None, f"loading {model.kind}")
-        runner = open_runner(model, upstream_model(ctx), providers, device, params.max_new_tokens)
-        try:
-            names = params.metric_names(runner.task)
-            out: dict[str, float] = {}
-            rows: list[dict[str, Any]] = []
-            examples = _examples(ctx, runner.task) if params.data else []
-            spec = ctx.data.get(params.data) if params.data else None
-            if "perplexity" in names:
-                out["perplexity"] = _perplexity(runner, examples, spec, ctx)
-            custom = params.custom()
-            if any(n in M.GENERATED for n in names) or custom:
-                answers, references, labels, prompts = _answers(runner, examples, spec, params, ctx)
-                rows = [{"prompt": p, "answer": a, "label": l} for p, a, l in zip(prompts, answers, labels)]
-                firsts = [M.answer_of(a) for a in answers]
-                if "accuracy" in names:
-                    out["accuracy"] = M.accuracy(firsts, labels)
-                if "exact_match" in names:
-                    out["exact_match"] = M.exact_match(firsts, labels)
-                if "f1" in names:
-                    out["f1"] = M.macro_f1(firsts, labels)
-                if "rouge_l" in names:
-                    out["rouge_l"] = M.rouge_l(answers, references)
-                if "bleu" in names:
-                    out["bleu"] = M.bleu(answers, references)
-                for item in custom:
-                    out[item.label] = _call_custom(item, answers, references, examples, ctx.config_dir)
-            if any(n in M.TIMED for n in names):
-                prompts = [_prompt_of(e, spec, runner) for e in examples[: params.latency_runs]] if examples else []
-                timed = _latency(runner, prompts or [DEFAULT_PROMPT], params, ctx)
-                out.update({k: v for k, v in timed.items() if k in names})
-        finally:
-            runner.close()
+    ctx.progress.update(0, None, f"loading {model.kind}")
+    base = upstream_model(ctx)
+    runner = open_runner(model, base, providers, device, params.max_new_tokens)
+    try:
+        names = params.metric_names(runner.task)
+        out: dict[str, float] = {}
+        rows: list[dict[str, Any]] = []
+        examples = _examples(ctx, runner.task) if params.data else []
+        spec = ctx.data.get(params.data) if params.data else None
+        prompts = [_prompt_of(e, spec, runner) for e in examples[: params.latency_runs]] or [DEFAULT_PROMPT]
+        if "perplexity" in names:
+            out["perplexity"] = _perplexity(runner, examples, spec, ctx)
+        custom = params.custom()
+        if any(n in M.GENERATED for n in names) or custom:
+            answers, references, labels, asked = _answers(runner, examples, spec, params, ctx)
+            rows = [{"prompt": p, "answer": a, "label": l} for p, a, l in zip(asked, answers, labels)]
+            firsts = [M.answer_of(a) for a in answers]
+            if "accuracy" in names:
+                out["accuracy"] = M.accuracy(firsts, labels)
+            if "exact_match" in names:
+                out["exact_match"] = M.exact_match(firsts, labels)
+            if "f1" in names:
+                out["f1"] = M.macro_f1(firsts, labels)
+            if "rouge_l" in names:
+                out["rouge_l"] = M.rouge_l(answers, references)
+            if "bleu" in names:
+                out["bleu"] = M.bleu(answers, references)
+            for item in custom:
+                out[item.label] = _call_custom(item, answers, references, examples, ctx.config_dir)
+        if any(n in M.TIMED for n in names):
+            timed = _latency(runner, prompts, params, ctx)
+            out.update({k: v for k, v in timed.items() if k in names})
+    finally:
+        runner.close()
     if "peak_mb" in names:
-        out["peak_mb"] = memory.peak_mb
+        # a fresh process: this one's allocator still holds what earlier models (the before
+        # evaluation, a fine-tune) freed, which would hide most of this model's cost
+        ctx.progress.update(None, None, "peak memory, in a fresh process")
+        out["peak_mb"] = probe_memory(model, base, providers, device, params.max_new_tokens, prompts[0])
     if "size_mb" in names:
         out["size_mb"] = size_mb(Path(model.path))
     ordered = {name: float(out[name]) for name in names if name in out}
@@ -439,39 +439,3 @@ def size_mb(path: Path) -> float:
                 seen.add((stat.st_dev, stat.st_ino))
                 total += stat.st_size
     return total / 2**20
-
-
-class PeakMemory:
-    """Peak resident memory added while the block runs, sampled every 5 ms (MiB).
-
-    What it reports is the growth over the resident size at entry, so memory an earlier
-    evaluation in the same process still holds is not counted again.
-    """
-
-    def __init__(self, interval: float = 0.005):
-        self.interval = interval
-        self.peak_mb = 0.0
-
-    def __enter__(self):
-        import gc
-
-        import psutil
-
-        gc.collect()  # drop what an earlier evaluation left, so the base is what is really held
-        self._process = psutil.Process(os.getpid())
-        self._base = self._process.memory_info().rss
-        self._peak = self._base
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._peak = max(self._peak, self._process.memory_info().rss)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._peak = max(self._peak, self._process.memory_info().rss)
-        self.peak_mb = (self._peak - self._base) / 2**20

@@ -32,7 +32,7 @@ METRICS: dict[str, tuple[bool, str]] = {
     "latency_p50_ms": (False, "median time per generated token after the first"),
     "latency_p90_ms": (False, "90th percentile time per generated token after the first"),
     "tokens_per_s": (True, "generated tokens per second, first token included"),
-    "peak_mb": (False, "peak resident memory added by loading and running the model"),
+    "peak_mb": (False, "resident memory a fresh process adds to load the model and generate"),
     "size_mb": (False, "size on disk of the evaluated artifact"),
 }
 

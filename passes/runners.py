@@ -6,6 +6,8 @@
   has `past_key_values.*` inputs, and recomputes the whole sequence when it has none.
 - `GenaiRunner`: an onnxruntime-genai folder.
 - `open_runner(artifact, ...)`: the runner for an artifact, or a `ModelError` saying why not.
+- `probe_memory(...)`: peak memory of a fresh process that loads the model and generates, so
+  that what an earlier model left in this process's allocator does not hide the cost.
 
 A runner of a causal LM offers `encode`/`decode`, `start(ids)` (logits after a prompt) and
 `step(token)` (logits after one more token), so that `evaluate` drives greedy decoding and times
@@ -335,3 +337,74 @@ def open_runner(artifact: Any, base: Any, providers: list[str], device: str, max
     if kind == "genai-model":
         return GenaiRunner(path if path.is_dir() else path.parent, max_new_tokens)
     raise ModelError(f"evaluate cannot run a model of kind '{kind}'; it reads hf-model, hf-adapter, onnx-model and genai-model")
+
+
+def probe_memory(artifact: Any, base: Any, providers: list[str], device: str, max_new_tokens: int, prompt: str, timeout: float = 600) -> float:
+    """Resident memory (MiB) a fresh Python process adds to load `artifact` and answer `prompt`.
+
+    The child imports the libraries first and measures from there, so the figure is the model's
+    weights, buffers and activations, not torch itself.
+
+    Raises:
+        ModelError: the child failed (its last error line is in the message).
+    """
+    import subprocess
+    import sys
+
+    request = {
+        "path": str(artifact.path), "kind": artifact.kind, "base": str(base.path) if base is not None else None,
+        "providers": providers, "device": device, "max_new_tokens": max_new_tokens, "prompt": prompt,
+    }
+    done = subprocess.run([sys.executable, "-m", "slimops.passes.runners", json.dumps(request)], capture_output=True, text=True, timeout=timeout)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ModelError(f"measuring peak memory in a child process failed: {last}")
+    return float(json.loads(lines[-1])["peak_mb"])
+
+
+def _probe_main(request: dict[str, Any]) -> None:
+    import threading
+    from types import SimpleNamespace
+
+    import psutil
+
+    kind = request["kind"]
+    if kind in ("hf-model", "hf-adapter"):
+        import torch  # noqa: F401  (imported before the baseline is taken)
+        import transformers  # noqa: F401
+    else:
+        import onnxruntime  # noqa: F401
+        import transformers  # noqa: F401
+        if kind == "genai-model":
+            import onnxruntime_genai  # noqa: F401
+    process = psutil.Process()
+    base_rss = process.memory_info().rss
+    peak = [base_rss]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.005):
+            peak[0] = max(peak[0], process.memory_info().rss)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    artifact = SimpleNamespace(path=request["path"], kind=kind)
+    base = SimpleNamespace(path=request["base"], kind="hf-model") if request["base"] else None
+    runner = open_runner(artifact, base, request["providers"], request["device"], request["max_new_tokens"])
+    if runner.task == CLASSIFIER:
+        runner.classify(request["prompt"])
+    else:
+        logits = runner.start(runner.encode(request["prompt"]))
+        for _ in range(request["max_new_tokens"] - 1):
+            logits = runner.step(int(logits.argmax()))
+    stop.set()
+    thread.join()
+    peak[0] = max(peak[0], process.memory_info().rss)
+    print(json.dumps({"peak_mb": (peak[0] - base_rss) / 2**20}))
+
+
+if __name__ == "__main__":
+    import sys
+
+    _probe_main(json.loads(sys.argv[1]))

@@ -210,6 +210,8 @@ def test_before_and_after_on_a_tiny_llama(tmp_path, llama):
     assert metrics["before"]["size_mb"] == pytest.approx(size)
     assert metrics["after"]["latency_p90_ms"] >= metrics["after"]["latency_p50_ms"] > 0
     assert metrics["after"]["tokens_per_s"] > 0
+    # measured in a fresh process each: the after model is not hidden by what the before one freed
+    assert metrics["before"]["peak_mb"] > 0 and metrics["after"]["peak_mb"] > 0
 
     on_disk = json.loads((tmp_path / "out" / "eval" / "metrics.json").read_text())
     assert on_disk["after"] == metrics["after"]
