@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("template", nargs="?")
     p.add_argument("dir", nargs="?", default=".")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
+
+    from slimops import shortcuts_onnx
+
+    shortcuts_onnx.add_parsers(sub)  # optimize, quantize, generate-adapter
     return parser
 
 
@@ -379,7 +383,17 @@ COMMANDS = {
     "targets": cmd_targets,
     "schema": cmd_schema,
     "init": cmd_init,
+    "optimize": lambda args: _shortcut(args),
+    "quantize": lambda args: _shortcut(args),
+    "generate-adapter": lambda args: _shortcut(args),
 }
+
+
+def _shortcut(args) -> int:
+    from slimops.shortcuts_onnx import COMMANDS as SHORTCUTS
+
+    return SHORTCUTS[args.command](args)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -429,3 +429,79 @@ def test_generate_adapter_makes_one_base_and_an_adapter_file_each(assets, tmp_pa
 
     base, tone, legal = last_logits(None), last_logits("tone"), last_logits("legal")
     assert abs(base - tone).max() > 1e-2 and abs(tone - legal).max() > 1e-2
+
+
+# -- templates and CLI shortcuts ---------------------------------------------------------------------------------
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", ["int4-cpu", "npu-qdq", "cuda-fp16", "multi-adapter"])
+def test_template_plans_here(name):
+    first_lines = (TEMPLATES / f"{name}.yaml").read_text().splitlines()[:2]
+    assert first_lines[0] == "# yaml-language-server: $schema=../schemas/pipeline.schema.json"
+    assert first_lines[1].startswith("# ") and len(first_lines[1]) > 10
+    plan = slimops.plan(TEMPLATES / f"{name}.yaml")
+    kinds = {node.pass_name for node in plan.order()}
+    assert kinds & {"onnx", "quantize", "generate_adapter"}
+
+
+def test_npu_target_gets_qnn_qdq_and_records_the_skipped_check(assets, tmp_path):
+    path = write_pipeline(tmp_path, assets, """\
+        targets: {npu: npu-qdq}
+        passes:
+          export: {type: onnx, task: text-classification}
+          quant: {type: quantize, calibration_data: calib}
+        """)
+    path.write_text(path.read_text().replace(str(assets["llama"]), str(assets["bert"])))
+    node = slimops.run(path, display=quiet())["quant@npu"]
+    assert node.meta["quantization"]["method"] == "qdq"
+    assert "QuantizeLinear" in op_types(Path(node.path) / "model.onnx")
+    if "QNNExecutionProvider" not in onnxruntime.get_available_providers():
+        assert node.meta["parity"] == "skipped: this onnxruntime lacks QNNExecutionProvider"
+
+
+SHORTCUTS = [
+    ("optimize",),
+    ("optimize", "--device", "cuda"),
+    ("optimize", "--adapter_path", "{adapter}"),
+    ("quantize", "--algorithm", "hqq", "--block_size", "64", "--keep_lm_head_int8"),
+    ("quantize", "--algorithm", "gptq", "--calibration_data", "{data}"),
+    ("generate-adapter", "--adapter_path", "tone={adapter}", "--precision", "int4"),
+]
+
+
+@pytest.mark.parametrize("argv", SHORTCUTS, ids=[" ".join(a) for a in SHORTCUTS])
+def test_shortcut_emits_a_pipeline_that_plans(assets, tmp_path, cli, argv):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    args = [a.format(adapter=adapter, data=assets["root"] / "data.jsonl") for a in argv]
+    code, out, err = cli(*args, "--model_name_or_path", assets["llama"], "--emit-config")
+    assert code == 0, err
+    assert out.startswith(f"# Written by 'slimops {argv[0]}'")
+    path = tmp_path / "emitted.yaml"
+    path.write_text(out)
+    plan = slimops.plan(path)
+    last = plan.order()[-1]
+    expected = {"optimize": "onnx", "quantize": "quantize", "generate-adapter": "generate_adapter"}[argv[0]]
+    expected = "generate_adapter" if "--adapter_path" in argv else expected
+    assert last.pass_name == expected
+    if argv[0] == "quantize":
+        assert last.config.params.method == argv[2]
+
+
+def test_shortcut_flag_errors_are_messages(assets, cli):
+    code, out, err = cli("quantize", "--model_name_or_path", assets["llama"], "--algorithm", "qdq", "--emit-config")
+    assert code == 2
+    assert "slimops quantize --calibration_data: qdq calibrates on data" in err and "Traceback" not in err
+
+
+def test_shortcut_quantize_runs_and_writes_its_pipeline(assets, tmp_path, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli("quantize", "-m", assets["llama"], "--algorithm", "rtn", "-o", "q", "-q")
+    assert code == 0, err
+    folder = tmp_path / "q" / "cpu" / "quantize"
+    assert (tmp_path / "q" / "pipeline.yaml").exists() and (folder / "genai_config.json").exists()
+    assert "MatMulNBits" in op_types(folder / "model.onnx")
+    assert f"quantize: genai-model in {folder}" in err
