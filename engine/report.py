@@ -205,7 +205,7 @@ def _markdown(run, nodes, evaluations, charts, images, config_text, config_hash,
     hits = sum(1 for n in nodes.values() if n.get("cached") and n.get("pass_name") != "model")
     ran = sum(1 for n in nodes.values() if not n.get("cached"))
     lines = [f"# slimops run: {run.get('name', '')}", ""]
-    lines += [f"- status: **{run.get('status', '?')}**", f"- total: {run.get('seconds', 0):.1f} s, {ran} nodes ran, {hits} from cache"]
+    lines += [f"- status: **{run.get('status', '?')}**", f"- total: {run.get('seconds', 0):.1f} s; nodes run: {ran}, from cache: {hits}"]
     if run.get("config"):
         lines.append(f"- config: `{run['config']}`" + (f" (sha256 {config_hash})" if config_hash else ""))
     if run.get("error"):
@@ -227,7 +227,7 @@ def _markdown(run, nodes, evaluations, charts, images, config_text, config_hash,
     trials = _trials(out_dir)
     if trials:
         head, rows = trials
-        lines += ["## Search trials", ""] + _md_table(head, rows)
+        lines += ["## Search trials", "", "From the last search whose output folder this is (trials.json).", ""] + _md_table(head, rows)
     if images:
         lines += ["## Plots from passes", ""]
         for node_id, paths in images.items():
@@ -257,7 +257,7 @@ def _html(run, nodes, evaluations, charts, images, config_text, config_hash, out
     ran = sum(1 for n in nodes.values() if not n.get("cached"))
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>slimops run: {esc(run.get('name', ''))}</title>",
              f"<style>{STYLE}</style></head><body>", f"<h1>slimops run: {esc(run.get('name', ''))}</h1>",
-             f"<p>status: <b>{esc(run.get('status', '?'))}</b>; total {run.get('seconds', 0):.1f} s; {ran} nodes ran, {hits} from cache"]
+             f"<p>status: <b>{esc(run.get('status', '?'))}</b>; total {run.get('seconds', 0):.1f} s; nodes run: {ran}, from cache: {hits}"]
     if run.get("config"):
         parts.append(f"; config <code>{esc(run['config'])}</code>" + (f" (sha256 {config_hash})" if config_hash else ""))
     parts.append("</p>")

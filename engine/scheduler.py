@@ -328,7 +328,7 @@ def _write_run_json(result: RunResult, plan: Plan, failure: SlimopsError | None)
     result.output_dir.mkdir(parents=True, exist_ok=True)
     body = {
         "name": result.name,
-        "config": str(plan.config.file) if plan.config.file else None,
+        "config": str(plan.config.file.resolve()) if plan.config.file else None,
         "seconds": result.seconds,
         "status": ("goals missed" if isinstance(failure, GoalError) else "failed") if failure else "ok",
         "error": str(failure) if failure else None,

@@ -327,10 +327,10 @@ def trials_rows(body: dict) -> tuple[list[str], list[list[str]]]:
     """The trials table (head, rows) from trials.json, for the CLI and the report."""
     trials = body.get("trials", [])
     params = list(trials[0]["params"]) if trials else []
-    head = ["trial", *(p.split(".", 2)[2] for p in params), *(o["metric"] for o in body.get("objectives", [])), "status", "seconds", "cache hits"]
+    head = ["trial", "", *(p.split(".", 2)[2] for p in params), *(o["metric"] for o in body.get("objectives", [])), "status", "seconds", "hits"]
     rows = []
     for t in trials:
-        mark = " (best)" if t["number"] == body.get("best") else (" (pareto)" if t["number"] in body.get("pareto", []) else "")
-        rows.append([f"{t['number']}{mark}", *(_fmt(t["params"][p]) for p in params), *(_fmt(v) for v in t["values"]),
+        mark = "best" if t["number"] == body.get("best") else ("pareto" if t["number"] in body.get("pareto", []) else "")
+        rows.append([str(t["number"]), mark, *(_fmt(t["params"][p]) for p in params), *(_fmt(v) for v in t["values"]),
                      t["status"], f"{t['seconds']:.1f}", str(t["hits"])])
     return head, rows

@@ -49,7 +49,7 @@ def test_four_trial_grid_search(tmp_path, llama, cli):
     assert f"best: trial {best['number']}" in err
     main = json.loads((tmp_path / "out" / "eval" / "metrics.json").read_text())
     assert main["after"]["perplexity"] == pytest.approx(best["values"][0])
-    assert "trials" in out and "(best)" in out
+    assert "trials" in out and "best" in out
     assert "## Search trials" in (tmp_path / "out" / "report.md").read_text()
 
 
