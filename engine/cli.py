@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     from slimops import shortcuts_onnx
 
     shortcuts_onnx.add_parsers(sub)  # optimize, quantize, generate-adapter
+    from slimops import shortcuts
+
+    shortcuts.add_parser(sub)  # finetune
     return parser
 
 
@@ -386,7 +389,14 @@ COMMANDS = {
     "optimize": lambda args: _shortcut(args),
     "quantize": lambda args: _shortcut(args),
     "generate-adapter": lambda args: _shortcut(args),
+    "finetune": lambda args: _finetune(args),
 }
+
+
+def _finetune(args) -> int:
+    from slimops.shortcuts import cmd_finetune
+
+    return cmd_finetune(args)
 
 
 def _shortcut(args) -> int:

@@ -197,6 +197,33 @@ def test_resume_after_kill_continues_the_step_count(tmp_path, assets):
     assert not work.exists() or not any(work.iterdir()), "the work dir goes once the node completes"
 
 
+def test_finetune_shortcut_emits_and_runs(tmp_path, assets, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    flags = ["finetune", "-m", assets["llama"], "--data_files", assets["data"], "--train_split", "[:40]", "--eval_split", "[40:]",
+             "--prompt_template", PROMPT, "--response_template", "{tone}", "--method", "dora", "--max_steps", "3",
+             "--lora_r", "4", "--lora_alpha", "8", "--per_device_train_batch_size", "2", "--learning_rate", "0.01"]
+    code, out, err = cli(*flags, "--emit-config")
+    assert code == 0, err
+    emitted = tmp_path / "emitted.yaml"
+    emitted.write_text(out)
+    config = slimops.load_config(emitted)
+    ft = config.passes["finetune"]
+    assert (ft.type, ft.params.r, ft.params.alpha, ft.params.max_steps, ft.params.batch_size) == ("dora", 4, 8, 3, 2)
+    assert config.spec.data["train_data"].prompt == PROMPT.replace("\\n", "\n")
+    assert list(config.passes) == ["finetune", "merge"]
+
+    code, out, err = cli(*flags, "--output_path", tmp_path / "ft-out", "--quiet")
+    assert code == 0, err
+    run_json = json.loads((tmp_path / "ft-out" / "run.json").read_text())
+    assert run_json["nodes"]["finetune"]["metrics"]["steps"] == 3
+    assert (tmp_path / "ft-out" / "merge" / "model.safetensors").is_file()
+
+    code, _, err = cli("finetune", "-m", assets["llama"], "--data_files", assets["data"], "--method", "full", "--lora_r", "4", "--text_field", "phrase", "--emit-config")
+    assert code == 2 and "--lora_r" in err and "adapter flags do not apply" in err
+    code, _, err = cli("finetune", "-m", assets["llama"], "--data_files", assets["data"], "--emit-config")
+    assert code == 2 and "--text_template" in err
+
+
 @pytest.mark.e2e
 def test_e2e_smollm2_lora_loss_falls(tmp_path):
     """The real model: GGUF -> HF (auto-inserted), LoRA for a few steps, merge."""
