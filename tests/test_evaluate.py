@@ -451,3 +451,22 @@ def test_per_target_evaluations_share_one_before_node(tmp_path, llama):
     md = (tmp_path / "out" / "report.md").read_text()
     assert "a/perturb/loss.png" in md and "b/perturb/loss.png" in md
     assert "### eval@a" in md and "### eval@b" in md
+
+
+def test_reads_what_the_built_in_passes_make(tmp_path):
+    """lora -> evaluate (adapter on its base); merge -> onnx (genai folder, per target) -> evaluate."""
+    llama = tiny_llama(tmp_path / "llama", hidden=64)  # head size 16, which the genai builder needs
+    path = write_project(tmp_path, llama, "{type: evaluate, data: tone, metrics: [accuracy, perplexity, latency], max_new_tokens: 3, latency_runs: 2}",
+                         "finetune: {type: lora, data: tone, r: 4, alpha: 8, max_steps: 12, learning_rate: 0.01}\n"
+                         "eval_adapter: {type: evaluate, data: tone, metrics: [perplexity], max_samples: 3}\n"
+                         "merge: {type: merge_adapter, inputs: [finetune]}\n"
+                         "export: {type: onnx, inputs: [merge]}", data_rows=rows(30))
+    path.write_text(path.read_text().replace('"[:3]", eval: "[3:]"', '"[:24]", eval: "[24:]"') + "targets: {laptop: cpu}\n")
+    result = slimops.run(path, display=quiet())
+    assert result["export@laptop"].kind == "genai-model"
+    texts = [TEMPLATE.format(**r) for r in rows(30)[24:]]
+    after = result["eval@laptop"].metrics["after"]
+    assert after["perplexity"] == pytest.approx(hf_perplexity(Path(result["merge"].path), texts), rel=1e-3)
+    adapter_ppl = hf_perplexity(llama, texts[:3], adapter=Path(result["finetune"].path))
+    assert result["eval_adapter"].metrics["after"]["perplexity"] == pytest.approx(adapter_ppl, rel=1e-4)
+    assert result["eval@laptop"].metrics["before"] == result["eval.before"].metrics
