@@ -24,10 +24,10 @@ PROMPT = "<|im_start|>user\\n{phrase}<|im_end|>\\n<|im_start|>assistant\\n"
 # pass type, artifact kind, extra params
 METHODS = [
     ("lora", "hf-adapter", {}),
-    ("dora", "hf-adapter", {}),
+    ("dora", "hf-adapter", {"lr_scheduler": "linear", "warmup_steps": 2, "weight_decay": 0.01, "gradient_accumulation_steps": 2}),
     ("qlora", "hf-adapter", {"quant_type": "nf4"}),
-    ("loha", "hf-adapter", {}),
-    ("lokr", "hf-adapter", {}),
+    ("loha", "hf-adapter", {"precision": "bf16", "lr_scheduler": "constant"}),
+    ("lokr", "hf-adapter", {"gradient_checkpointing": True, "target_modules": ["q_proj", "v_proj", "gate_proj"]}),
     ("ia3", "hf-adapter", {"learning_rate": 0.2}),
     ("full", "hf-model", {"learning_rate": 0.003}),
 ]
