@@ -72,3 +72,12 @@ def test_bad_search_keys_are_config_errors(tmp_path, llama, cli):
     path.write_text(path.read_text().replace("passes.perturb.scal: [1.0, 1.5, 3.0, 0.5]", "model.scale: [1]"))
     code, _, err = cli("validate", "--config", path)
     assert code == 2 and "must be passes.NAME.PARAM" in err
+
+
+def test_no_search_runs_the_file_once(tmp_path, llama, cli):
+    evaluate = "{type: evaluate, data: tone, metrics: [size_mb], max_samples: 2}"
+    path = write_project(tmp_path, llama, evaluate, "perturb: {type: plugin:Perturb}")
+    path.write_text(path.read_text() + SEARCH)
+    code, _, err = cli("run", "--config", path, "--quiet", "--no-search")
+    assert code == 0 and "search:" not in err
+    assert not (tmp_path / "out" / "trials.json").exists() and (tmp_path / "out" / "eval" / "metrics.json").is_file()
