@@ -206,6 +206,11 @@ def test_before_and_after_on_a_tiny_llama(tmp_path, llama):
     written = [json.loads(line) for line in (Path(result["eval.before"].path) / "predictions.jsonl").read_text().splitlines()]
     assert [w["answer"] for w in written] == [t.split("<|im_end|>")[0].strip() for t in hf_greedy(llama, prompts, 3)]
 
+    answers = [w["answer"] for w in written]
+    assert metrics["before"]["rouge_l"] == pytest.approx(M.rouge_l(answers, labels))
+    assert metrics["before"]["bleu"] == pytest.approx(M.bleu(answers, labels))
+    assert metrics["before"]["exact_match"] == pytest.approx(M.exact_match([M.answer_of(a) for a in answers], labels))
+
     size = sum(f.stat().st_size for f in llama.iterdir() if f.is_file()) / 2**20
     assert metrics["before"]["size_mb"] == pytest.approx(size)
     assert metrics["after"]["latency_p90_ms"] >= metrics["after"]["latency_p50_ms"] > 0
@@ -281,6 +286,15 @@ def test_goal_and_metric_mistakes_are_config_errors(tmp_path, llama, cli):
     path = write_project(tmp_path, llama, "{type: evaluate, data: tone, metrics: [perplexity], goals: {perplexity: {max: '5%'}}}")
     code, _, err = cli("validate", "--config", path)
     assert code == 2 and "percentage only makes sense" in err
+    path = write_project(tmp_path, llama, "{type: evaluate, metrics: [accuracy, size_mb]}")
+    code, _, err = cli("validate", "--config", path)
+    assert code == 2 and "metrics accuracy need a data set" in err
+
+
+def test_without_data_it_measures_speed_and_size(tmp_path, llama):
+    path = write_project(tmp_path, llama, "{type: evaluate, max_new_tokens: 3, latency_runs: 2, warmup: 0}", "perturb: {type: plugin:Perturb}")
+    result = slimops.run(path, display=quiet())
+    assert set(result["eval"].metrics["after"]) == {"ttft_ms", "latency_p50_ms", "latency_p90_ms", "tokens_per_s", "size_mb"}
 
 
 def test_reports_hold_the_numbers_and_render_again(tmp_path, llama, cli):
