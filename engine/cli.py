@@ -179,6 +179,11 @@ def _run_search(config, args) -> int:
     print(f"best: trial {best.number} ({', '.join(f'{k}={v}' for k, v in best.params.items())}); its artifacts are in {result.output_dir}", file=sys.stderr)
     _print_summary(result)
     _print_goals(result)
+    if best.goals_missed:
+        from slimops.errors import GoalError
+
+        print("error: no trial met every goal; the best one missed those above", file=sys.stderr)
+        return GoalError.exit_code
     return 0
 
 

@@ -14,7 +14,8 @@
 - `run_search(config, overrides, display)`: prints the space and a cost estimate, runs the
   trials, writes `trials.json`, and materialises the best trial's artifacts into the output folder.
 Objectives read an evaluate node's "after" metrics (the first node that has the metric, unless
-`node:` names one). With several objectives the best trials are the Pareto front.
+`node:` names one). With several objectives the best trials are the Pareto front. Trials whose
+run missed a goal count only when no trial met its goals.
 """
 
 from __future__ import annotations
@@ -289,7 +290,9 @@ def run_search(config, overrides: list[str] | None = None, display=None, echo=pr
         shown = ", ".join(f"{p.split('.', 2)[2]}={_fmt(v)}" for p, v in params.items())
         echo(f"trial {number}: {shown} -> {', '.join(_fmt(v) for v in values)} [{status}; {ran} ran, {hits} from cache, {seconds:.1f} s]")
 
-    front = pareto(trials, spec.objectives)
+    # trials that met every goal come first; only when none did is the front drawn from the rest
+    met = [t for t in trials if t.status == "ok"]
+    front = pareto(met or trials, spec.objectives)
     if not front:
         _write_trials(out_root, spec, trials, front)
         raise SlimopsError(f"no search trial completed; see {out_root / TRIALS_JSON} and the first trial's error: {trials[0].error if trials else 'none ran'}")

@@ -81,3 +81,14 @@ def test_no_search_runs_the_file_once(tmp_path, llama, cli):
     code, _, err = cli("run", "--config", path, "--quiet", "--no-search")
     assert code == 0 and "search:" not in err
     assert not (tmp_path / "out" / "trials.json").exists() and (tmp_path / "out" / "eval" / "metrics.json").is_file()
+
+
+def test_a_search_where_no_trial_meets_its_goals_fails(tmp_path, llama, cli):
+    evaluate = "{type: evaluate, data: tone, metrics: [perplexity, size_mb], max_samples: 2, goals: {size_mb: {max: 0.0001}}}"
+    path = write_project(tmp_path, llama, evaluate, "perturb: {type: plugin:Perturb}")
+    path.write_text(path.read_text() + SEARCH.replace("[1.0, 1.5, 3.0, 0.5]", "[1.0, 2.0]"))
+    code, out, err = cli("run", "--config", path, "--quiet")
+    assert code == 3 and "no trial met every goal" in err and "goals missed" in out
+    body = json.loads((tmp_path / "out" / "trials.json").read_text())
+    assert [t["status"] for t in body["trials"]] == ["goals missed", "goals missed"]
+    assert body["best"] is not None
