@@ -21,6 +21,7 @@ import math
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -188,7 +189,7 @@ def train(ctx: PassContext, method: str) -> Artifact:
     params = ctx.params
     task = (ctx.source.meta.get("task") if ctx.source else None) or ctx.input.meta.get("task") or "text-generation"
     base = Path(ctx.input.path)
-    examples = _examples(ctx, task)
+    parts = _splits(ctx, task)
 
     import transformers
     from transformers import AutoTokenizer
@@ -198,18 +199,8 @@ def train(ctx: PassContext, method: str) -> Artifact:
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    labels: list[str] = []
-    if task == "text-classification":
-        labels = datalib.label_names(examples["train"], examples["spec"])
-        features = {
-            split: datalib.tokenize_classification(rows, examples["spec" if split == "train" else "eval_spec"], tokenizer, params.max_seq_len, labels, examples["names"][split], examples["splits"][split])
-            for split, rows in examples.items() if split in ("train", "eval")
-        }
-    else:
-        features = {
-            split: datalib.tokenize_lm(rows, examples["spec" if split == "train" else "eval_spec"], tokenizer, params.max_seq_len, examples["names"][split], examples["splits"][split])
-            for split, rows in examples.items() if split in ("train", "eval")
-        }
+    labels = datalib.label_names(parts["train"].rows, parts["train"].spec) if task == "text-classification" else []
+    features = {role: _features(part, tokenizer, params.max_seq_len, labels) for role, part in parts.items()}
     train_set, eval_set = features["train"], features.get("eval")
     ctx.log.info("%s: %d train examples, %d eval, task %s", method, len(train_set), len(eval_set or []), task)
 
@@ -236,7 +227,7 @@ def train(ctx: PassContext, method: str) -> Artifact:
         "method": method,
         "task": task,
         "base_path": str(base),
-        "formatting": datalib.formatting(examples["spec"], tokenizer),
+        "formatting": datalib.formatting(parts["train"].spec, tokenizer),
         "max_seq_len": params.max_seq_len,
     }
     if labels:
@@ -245,23 +236,39 @@ def train(ctx: PassContext, method: str) -> Artifact:
     return Artifact(path=ctx.output_dir, kind=kind, meta=meta, metrics=metrics)
 
 
-def _examples(ctx: PassContext, task: str) -> dict[str, Any]:
-    """Load and check every split the run reads, before any model loads."""
+@dataclass
+class _Part:
+    """One split a run reads: which data set, which split, its spec and its examples."""
+
+    data: str
+    split: str
+    spec: Any
+    rows: list[dict[str, Any]]
+
+
+def _splits(ctx: PassContext, task: str) -> dict[str, _Part]:
+    """`train` (and `eval` when there is one), read and checked before any model loads."""
     params = ctx.params
-    spec = ctx.data[params.data]
-    train_rows = datalib.load_split(spec, params.train_split, params.data)
-    datalib.check_fields(train_rows, spec, params.data, params.train_split, task)
-    out: dict[str, Any] = {"train": train_rows, "spec": spec, "names": {"train": params.data}, "splits": {"train": params.train_split}}
+    parts = {"train": _read(ctx, params.data, params.train_split, task)}
     eval_name = params.eval_data or params.data
-    eval_spec = ctx.data[eval_name]
-    if params.eval_data or datalib.has_split(eval_spec, params.eval_split):
-        eval_rows = datalib.load_split(eval_spec, params.eval_split, eval_name)
-        datalib.check_fields(eval_rows, eval_spec, eval_name, params.eval_split, task)
-        out.update(eval=eval_rows, eval_spec=eval_spec)
-        out["names"]["eval"], out["splits"]["eval"] = eval_name, params.eval_split
+    if params.eval_data or datalib.has_split(ctx.data[eval_name], params.eval_split):
+        parts["eval"] = _read(ctx, eval_name, params.eval_split, task)
     elif params.eval_steps:
         raise DataError(f"pass '{ctx.node}': eval_steps is set but data '{params.data}' has no '{params.eval_split}' split; add one under data.{params.data}.splits or set eval_data")
-    return out
+    return parts
+
+
+def _read(ctx: PassContext, name: str, split: str, task: str) -> _Part:
+    spec = ctx.data[name]
+    rows = datalib.load_split(spec, split, name)
+    datalib.check_fields(rows, spec, name, split, task)
+    return _Part(name, split, spec, rows)
+
+
+def _features(part: _Part, tokenizer, max_seq_len: int, labels: list[str]) -> list[dict[str, Any]]:
+    if labels:
+        return datalib.tokenize_classification(part.rows, part.spec, tokenizer, max_seq_len, labels, part.data, part.split)
+    return datalib.tokenize_lm(part.rows, part.spec, tokenizer, max_seq_len, part.data, part.split)
 
 
 def _load_model(base: Path, task: str, method: str, params: Any, labels: list[str]):
@@ -360,7 +367,7 @@ def _trainer(ctx: PassContext, model, tokenizer, params: Any, train_set, eval_se
         disable_tqdm=True,
         save_only_model=False,
     )
-    callbacks = [_ProgressCallback(ctx)]
+    callbacks = [_progress_callback(ctx)]
     if tensorboard:
         from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations import TensorBoardCallback
@@ -465,32 +472,30 @@ def _plot_loss(history: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-class _ProgressCallback:
-    """Reports `loss 1.234  812 tok/s` on the pass's line after each step."""
+def _progress_callback(ctx: PassContext):
+    """A Trainer callback that shows `loss 1.234 812 tok/s` on the pass's line and logs each record."""
+    from transformers import TrainerCallback
 
-    def __new__(cls, ctx: PassContext):
-        from transformers import TrainerCallback
+    class Progress(TrainerCallback):
+        def __init__(self):
+            self.loss: float | None = None
+            self.t0 = time.perf_counter()
+            self.tokens0 = 0
 
-        class Callback(TrainerCallback):
-            def __init__(self):
-                self.loss: float | None = None
-                self.t0 = time.perf_counter()
-                self.tokens0 = 0
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.t0 = time.perf_counter()
+            self.tokens0 = state.num_input_tokens_seen  # after a resume, count this attempt's tokens only
 
-            def on_train_begin(self, args, state, control, **kwargs):
-                self.t0 = time.perf_counter()
-                self.tokens0 = state.num_input_tokens_seen
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.loss = logs["loss"]
+            if logs:
+                ctx.log.info("step %d: %s", state.global_step, json.dumps({k: v for k, v in logs.items() if isinstance(v, (int, float))}))
 
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                if logs and "loss" in logs:
-                    self.loss = logs["loss"]
-                if logs:
-                    ctx.log.info("step %d: %s", state.global_step, json.dumps({k: v for k, v in logs.items() if isinstance(v, (int, float))}))
+        def on_step_end(self, args, state, control, **kwargs):
+            elapsed = time.perf_counter() - self.t0
+            tok_s = (state.num_input_tokens_seen - self.tokens0) / elapsed if elapsed > 0 else 0.0
+            loss = f"loss {self.loss:.3f} " if self.loss is not None else ""
+            ctx.progress.update(state.global_step, state.max_steps, f"{loss}{tok_s:.0f} tok/s")
 
-            def on_step_end(self, args, state, control, **kwargs):
-                elapsed = time.perf_counter() - self.t0
-                tok_s = (state.num_input_tokens_seen - self.tokens0) / elapsed if elapsed > 0 else 0.0
-                loss = f"loss {self.loss:.3f} " if self.loss is not None else ""
-                ctx.progress.update(state.global_step, state.max_steps, f"{loss}{tok_s:.0f} tok/s")
-
-        return Callback()
+    return Progress()
