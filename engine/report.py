@@ -112,13 +112,26 @@ def _trials(out_dir: Path) -> tuple[list[str], list[list[str]]] | None:
 
 
 def _config(path_text: str | None) -> tuple[str | None, str | None]:
+    """The config's text and a label: its sha256, and the git commit of its folder when it has one."""
     if not path_text:
         return None, None
     try:
         text = Path(path_text).read_text()
     except OSError:
         return None, None
-    return text, hashlib.sha256(text.encode()).hexdigest()[:12]
+    label = f"sha256 {hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    commit = _commit(Path(path_text).parent)
+    return text, f"{label}, commit {commit}" if commit else label
+
+
+def _commit(folder: Path) -> str | None:
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "-C", str(folder), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
 
 
 def _pass_images(out_dir: Path, nodes: dict[str, dict]) -> dict[str, list[str]]:
@@ -207,7 +220,7 @@ def _markdown(run, nodes, evaluations, charts, images, config_text, config_hash,
     lines = [f"# slimops run: {run.get('name', '')}", ""]
     lines += [f"- status: **{run.get('status', '?')}**", f"- total: {run.get('seconds', 0):.1f} s; nodes run: {ran}, from cache: {hits}"]
     if run.get("config"):
-        lines.append(f"- config: `{run['config']}`" + (f" (sha256 {config_hash})" if config_hash else ""))
+        lines.append(f"- config: `{run['config']}`" + (f" ({config_hash})" if config_hash else ""))
     if run.get("error"):
         lines += ["", "```", run["error"], "```"]
     lines.append("")
@@ -259,7 +272,7 @@ def _html(run, nodes, evaluations, charts, images, config_text, config_hash, out
              f"<style>{STYLE}</style></head><body>", f"<h1>slimops run: {esc(run.get('name', ''))}</h1>",
              f"<p>status: <b>{esc(run.get('status', '?'))}</b>; total {run.get('seconds', 0):.1f} s; nodes run: {ran}, from cache: {hits}"]
     if run.get("config"):
-        parts.append(f"; config <code>{esc(run['config'])}</code>" + (f" (sha256 {config_hash})" if config_hash else ""))
+        parts.append(f"; config <code>{esc(run['config'])}</code>" + (f" ({esc(config_hash)})" if config_hash else ""))
     parts.append("</p>")
     if run.get("error"):
         parts.append(f"<pre>{esc(run['error'])}</pre>")
