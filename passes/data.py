@@ -229,9 +229,13 @@ def needed_fields(spec: Any, task: str = "text-generation") -> list[str]:
         return template_fields(spec.prompt or "") + [f for f in template_fields(spec.response or "") if f not in template_fields(spec.prompt or "")]
     if spec.template:
         return template_fields(spec.template)
-    if spec.text:
-        return [spec.text]
-    return []
+    field = _text_field(spec)
+    return [field] if field else []
+
+
+def _text_field(spec: Any) -> str | None:
+    """The plain-text column: `text:`, or `text` itself for a data set of type text."""
+    return spec.text or ("text" if spec.type == "text" else None)
 
 
 def check_fields(examples: list[dict[str, Any]], spec: Any, name: str, split: str, task: str = "text-generation") -> None:
@@ -286,7 +290,7 @@ def render(example: dict[str, Any], spec: Any, tokenizer: Any = None) -> tuple[s
         return spec.prompt.format_map(example), spec.response.format_map(example)
     if spec.template:
         return "", spec.template.format_map(example)
-    return "", str(example[spec.text])
+    return "", str(example[_text_field(spec)])
 
 
 def classification_text(example: dict[str, Any], spec: Any) -> str:

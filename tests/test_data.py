@@ -79,6 +79,14 @@ def test_formats(tmp_path):
     assert datalib.read_file(tmp_path / "d.txt", "text") == [{"text": "line one"}, {"text": "line two"}]
 
 
+def test_plain_text_files_need_no_formatting(tmp_path):
+    (tmp_path / "d.txt").write_text("what a lovely day\ni miss her\n")
+    s = spec(tmp_path, files="d.txt", type="text")
+    rows = datalib.load_split(s, "train")
+    datalib.check_fields(rows, s, "corpus", "train")
+    assert datalib.render(rows[1], s) == ("", "i miss her")
+
+
 def test_unreadable_files(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"a": 1}\n{"a": \n')
     with pytest.raises(DataError, match=r"bad.jsonl:2: not valid JSON"):
