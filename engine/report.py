@@ -221,6 +221,8 @@ def _markdown(run, nodes, evaluations, charts, images, config_text, config_hash,
     lines += [f"- status: **{run.get('status', '?')}**", f"- total: {run.get('seconds', 0):.1f} s; nodes run: {ran}, from cache: {hits}"]
     if run.get("config"):
         lines.append(f"- config: `{run['config']}`" + (f" ({config_hash})" if config_hash else ""))
+    for key, value in (run.get("overrides") or {}).items():
+        lines.append(f"- set: `{key}={json.dumps(value)}`")
     if run.get("error"):
         lines += ["", "```", run["error"], "```"]
     lines.append("")
@@ -274,6 +276,8 @@ def _html(run, nodes, evaluations, charts, images, config_text, config_hash, out
     if run.get("config"):
         parts.append(f"; config <code>{esc(run['config'])}</code>" + (f" ({esc(config_hash)})" if config_hash else ""))
     parts.append("</p>")
+    if run.get("overrides"):
+        parts.append("<p>set: " + ", ".join(f"<code>{esc(k)}={esc(json.dumps(v))}</code>" for k, v in run["overrides"].items()) + "</p>")
     if run.get("error"):
         parts.append(f"<pre>{esc(run['error'])}</pre>")
     if evaluations:

@@ -329,6 +329,7 @@ def _write_run_json(result: RunResult, plan: Plan, failure: SlimopsError | None)
     body = {
         "name": result.name,
         "config": str(plan.config.file.resolve()) if plan.config.file else None,
+        "overrides": _overrides(plan.config),
         "seconds": result.seconds,
         "status": ("goals missed" if isinstance(failure, GoalError) else "failed") if failure else "ok",
         "error": str(failure) if failure else None,
@@ -347,3 +348,14 @@ def _write_report(result: RunResult) -> None:
         write_report(result.output_dir)
     except Exception as err:  # the run's own outcome matters more than its pictures
         logging.getLogger("slimops").warning("could not write the run report: %s: %s", type(err).__name__, err)
+
+
+def _overrides(config: PipelineConfig) -> dict[str, Any]:
+    """Each `--set` key and the value it took, so a report shows what ran, not only the file."""
+    out = {}
+    for path in sorted(config.lines.overridden, key=lambda p: [str(part) for part in p]):
+        value: Any = config.raw
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        out[".".join(str(part) for part in path)] = value
+    return out

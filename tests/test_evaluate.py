@@ -235,6 +235,8 @@ def test_evaluations_are_cached_and_rekeyed_by_their_settings(tmp_path, llama):
     # a new sample count re-evaluates both models; the model pass stays cached
     more = slimops.run(path, ["passes.eval.max_samples=3"], display=quiet())
     assert more["perturb"].cached and not more["eval"].cached and not more["eval.before"].cached
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["overrides"] == {"passes.eval.max_samples": 3}
+    assert "- set: `passes.eval.max_samples=3`" in (tmp_path / "out" / "report.md").read_text()
     assert more["eval"].key != first["eval"].key
 
     # a new split or metric list re-evaluates too
