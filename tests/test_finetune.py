@@ -247,6 +247,13 @@ def test_e2e_smollm2_lora_loss_falls(tmp_path):
     ))
     result = run(path)
     assert "model.from_gguf" in result.nodes
+    converted = Path(result["model.from_gguf"].path)
+    assert json.loads((converted / "config.json").read_text())["tie_word_embeddings"] is True
+    from safetensors import safe_open
+
+    with safe_open(converted / "model.safetensors", "pt") as weights:
+        assert "lm_head.weight" not in weights.keys(), "tied embeddings are stored once"
+    assert (converted / "chat_template.jinja").is_file() or "chat_template" in (converted / "tokenizer_config.json").read_text()
     curve = losses(Path(result["ft"].path))
     first, last = sum(curve[:3]) / 3, sum(curve[-3:]) / 3
     assert last < first * 0.8, f"loss did not fall: {curve}"
