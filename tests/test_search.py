@@ -92,3 +92,19 @@ def test_a_search_where_no_trial_meets_its_goals_fails(tmp_path, llama, cli):
     body = json.loads((tmp_path / "out" / "trials.json").read_text())
     assert [t["status"] for t in body["trials"]] == ["goals missed", "goals missed"]
     assert body["best"] is not None
+
+
+def test_random_search_samples_ranges_within_bounds(tmp_path, llama, cli):
+    evaluate = "{type: evaluate, data: tone, metrics: [perplexity], max_samples: 2}"
+    path = write_project(tmp_path, llama, evaluate, "perturb: {type: plugin:Perturb}")
+    path.write_text(path.read_text() + SEARCH.replace("[1.0, 1.5, 3.0, 0.5]", "{log_uniform: [0.00001, 2.0]}").replace("strategy: grid", "strategy: random\n  trials: 2\n  seed: 3"))
+    code, _, err = cli("run", "--config", path, "--quiet")
+    assert code == 0, err
+    assert "space of continuous points, 2 trials (random)" in err
+    trials = json.loads((tmp_path / "out" / "trials.json").read_text())["trials"]
+    scales = [t["params"]["passes.perturb.scale"] for t in trials]
+    assert all(0.00001 <= s <= 2.0 for s in scales) and scales[0] != scales[1]
+    # the value the trial ran with is the one recorded (a float survives the override's YAML)
+    for trial in trials:
+        run_json = json.loads((Path(trial["output_dir"]) / "run.json").read_text())
+        assert run_json["overrides"]["passes.perturb.scale"] == pytest.approx(trial["params"]["passes.perturb.scale"])
