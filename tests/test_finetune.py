@@ -4,6 +4,7 @@ The e2e test at the bottom trains the real smollm2-135m for a few steps."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -167,6 +168,19 @@ def test_qlora_without_bitsandbytes_suggests_lora(tmp_path, assets, monkeypatch)
     monkeypatch.setattr(importlib.metadata, "version", version)
     path = pipeline(tmp_path, assets, "ft: {type: qlora, data: tone, max_steps: 2}\n")
     with pytest.raises(slimops.PlanError, match=r"needs the package 'bitsandbytes'.*use type: lora instead"):
+        slimops.plan(path)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [("report_to: tensorboard", "pip install tensorboard"), ("early_stopping_patience: 2", "needs eval_steps")],
+    ids=["tensorboard-missing", "early-stopping-without-eval"],
+)
+def test_settings_that_cannot_work_fail_at_plan_time(tmp_path, assets, params, message):
+    if "tensorboard" in params and importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed here")
+    path = pipeline(tmp_path, assets, f"ft: {{type: lora, data: tone, max_steps: 2, {params}}}\n")
+    with pytest.raises(slimops.PlanError, match=message):
         slimops.plan(path)
 
 
