@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--model")
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "slimops-bench"))
     parser.add_argument("--plain-first", action="store_true", help="run the plain script first")
+    parser.add_argument("--no-write", action="store_true", help="print the table only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
     if args.child:
         child_slimops(args.model, args.steps)
@@ -115,7 +116,8 @@ def main() -> None:
         "Real tokens exclude padding. slimops batches by length (no packing), the plain script pads each random batch "
         "to its longest example. Both put the loss on the response only. Olive was not measured.\n"
     )
-    write_section("Fine-tuning", body)
+    if not args.no_write:
+        write_section("Fine-tuning", body)
     print(body)
 
 
