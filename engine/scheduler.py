@@ -2,7 +2,8 @@
 
 A node that runs writes into a temporary cache folder that is renamed into place only when the
 pass returns; a lock per key makes a second concurrent run wait and then reuse the entry.
-Finished artifacts are hard-linked into the output folder, and `run.json` records every node.
+Finished artifacts are copied into the output folder (not hard-linked: onnx refuses external data
+with more than one link), and `run.json` records every node.
 """
 
 from __future__ import annotations
@@ -290,7 +291,7 @@ def _out_path(out_dir: Path, node: Node) -> Path:
 
 
 def _materialize(entry: Entry, artifact: Artifact, dest: Path, unchanged: bool) -> Path:
-    """Hard-link the entry's artifact folder into `dest`, replacing what was there atomically."""
+    """Copy the entry's artifact folder into `dest`, replacing what was there atomically."""
     final = dest / Path(entry.manifest["artifact"]["path"]).relative_to(ARTIFACT)
     if unchanged and dest.exists():
         return final
@@ -298,7 +299,7 @@ def _materialize(entry: Entry, artifact: Artifact, dest: Path, unchanged: bool) 
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = dest.parent / f".{dest.name}.{os.getpid()}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging, copy_function=_link_or_copy)
+    shutil.copytree(source, staging)
     if dest.exists():
         old = dest.parent / f".{dest.name}.{os.getpid()}.old"
         os.rename(dest, old)
@@ -308,12 +309,6 @@ def _materialize(entry: Entry, artifact: Artifact, dest: Path, unchanged: bool) 
         os.rename(staging, dest)
     return final
 
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def _previous_keys(run_json: Path) -> dict[str, str]:

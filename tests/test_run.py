@@ -186,3 +186,13 @@ def test_library_progress_bars_and_warnings_go_to_the_node_log_not_the_terminal(
     plan = slimops.plan(path)
     log = (plan.cache.get(plan.nodes["a"].key).dir / "log.txt").read_text()
     assert "library-warning" in log
+
+
+def test_outputs_are_copies_not_links_into_the_cache(project):
+    path = project.write(THREE)
+    result = slimops.run(path, display=quiet())
+    out_file = project.root / "out" / "a" / "out.txt"
+    assert out_file.stat().st_nlink == 1  # onnx refuses external data files with several links
+    plan = slimops.plan(path)
+    cached = plan.cache.get(result["a"].key).dir / "artifact" / "out.txt"
+    assert cached.stat().st_nlink == 1 and cached.read_text() == out_file.read_text()
