@@ -104,6 +104,8 @@ class RunDisplay:
     def _plain(self, line: NodeLine) -> None:
         elapsed = f" {line.seconds:.1f}s" if line.seconds is not None else ""
         detail = f"  {line.detail}" if line.detail else ""
+        if line.status == "running" and line.total:
+            detail = f"  {line.completed or 0:.0f}/{line.total:.0f}{detail}"
         print(f"[{line.status:>7}] {line.id} ({line.pass_name}) {line.key[:12]}{elapsed}{detail}", file=self.stream, flush=True)
 
     def _render(self):
