@@ -1,6 +1,9 @@
-"""Fine-tuning: the same LoRA job by slimops and by a plain Trainer + peft script.
+"""Fine-tuning: the same LoRA job by slimops, by a plain Trainer + peft script, and by Olive.
 
-    python benchmarks/finetune.py [--steps 30]
+    python benchmarks/finetune.py [--steps 30] [--olive-venv DIR]
+
+Olive lives in its own venv, never in slimops's; make it once with
+    python3 -m venv DIR && DIR/bin/pip install torch==2.13.0 && DIR/bin/pip install "olive-ai[finetune]==0.13.0" datasets
 
 SmolLM2-135M (the registered GGUF, converted to an HF folder once, outside the timings), the
 bundled tone data (90% train, 10% eval), LoRA r 16 / alpha 32 on every linear layer, batch 4,
@@ -73,6 +76,55 @@ def child_slimops(model: str, steps: int) -> None:
     }))
 
 
+OLIVE_TEMPLATE = "<|im_start|>user\n{phrase}<|im_end|>\n<|im_start|>assistant\n{tone}<|im_end|>"
+
+
+def run_olive(venv: Path, model: Path, steps: int, work: Path) -> dict:
+    """`olive finetune` with the same settings, timed from outside; figures read from its log.
+
+    Olive reports no token count, so real tokens are estimated as steps x batch x the mean
+    token length of the rendered training examples (its batches are random, not length-grouped).
+    """
+    import re
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    out = work / "olive"
+    shutil.rmtree(out, ignore_errors=True)
+    command = [
+        "/usr/bin/time", "-v", str(venv / "bin" / "olive"), "finetune", "-m", str(model), "-d", "json",
+        "--data_files", str(DATA), "--train_split", "train[:90%]", "--eval_split", "train[90%:]",
+        "--text_template", OLIVE_TEMPLATE, "--max_seq_len", "128", "--max_steps", str(steps),
+        "--per_device_train_batch_size", "4", "--lora_r", "16", "--lora_alpha", "32", "--torch_dtype", "float32",
+        "--learning_rate", "2e-4", "--lr_scheduler_type", "cosine", "-o", str(out), "--disable_telemetry", "--log_level", "1",
+    ]
+    load_before = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=work)
+    wall = time.perf_counter() - t0
+    log = done.stdout + done.stderr
+    if done.returncode != 0:
+        raise SystemExit(f"olive finetune failed:\n{log[-3000:]}")
+    train = re.findall(r"'train_runtime': '?([\d.]+)'?", log)
+    train_loss = re.findall(r"'train_loss': '?([\d.]+)'?", log)
+    eval_loss = re.findall(r"'eval_loss': '?([\d.]+)'?", log)
+    rss_kb = re.findall(r"Maximum resident set size \(kbytes\): (\d+)", log)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
+    train_rows = rows[: int(len(rows) * 0.9)]
+    mean_len = sum(len(tokenizer(OLIVE_TEMPLATE.format(**r))["input_ids"]) for r in train_rows) / len(train_rows)
+    tokens = int(steps * 4 * mean_len)
+    train_s = float(train[-1]) if train else wall
+    return {
+        "wall_s": wall, "train_s": train_s, "tokens": f"~{tokens}", "tokens_per_s": tokens / train_s,
+        "peak_rss_mb": int(rss_kb[-1]) / 1024 if rss_kb else float("nan"),
+        "train_loss": float(train_loss[-1]) if train_loss else float("nan"),
+        "eval_loss": float(eval_loss[-1]) if eval_loss else float("nan"),
+        "load": f"{load_before:.1f} / {os.getloadavg()[0]:.1f}",
+    }
+
+
 def run_child(args: list[str]) -> dict:
     """Run one job in a fresh process; the machine's load average before and after goes with it,
     because on a shared machine other work changes the figures more than anything else."""
@@ -93,6 +145,7 @@ def main() -> None:
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "slimops-bench"))
     parser.add_argument("--plain-first", action="store_true", help="run the plain script first")
     parser.add_argument("--no-write", action="store_true", help="print the table only; leave docs/benchmarks.md alone")
+    parser.add_argument("--olive-venv", type=Path, help="a venv with olive-ai 0.13 (see the module docstring); omitted: Olive is not run")
     args = parser.parse_args()
     if args.child:
         child_slimops(args.model, args.steps)
@@ -106,6 +159,8 @@ def main() -> None:
     }
     order = list(jobs)[::-1] if args.plain_first else list(jobs)
     results = {name: run_child(jobs[name]) for name in order}
+    if args.olive_venv:
+        results["Olive 0.13 `olive finetune`"] = run_olive(args.olive_venv, model, args.steps, work)
     rows = ["| job | wall s | train s | real tokens | real tokens/s | peak RSS MB | final train loss | eval loss | load avg before / after |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         rows.append(f"| {name} | {r['wall_s']:.1f} | {r['train_s']:.1f} | {r['tokens']} | {r['tokens_per_s']:.1f} | {r['peak_rss_mb']:.0f} | {r['train_loss']:.3f} | {r['eval_loss']:.3f} | {r['load']} |")
@@ -114,7 +169,10 @@ def main() -> None:
         f"all-linear, batch 4, seq <= 128, {args.steps} steps, lr 2e-4 cosine, fp32 on CPU. One run each, fresh processes, "
         f"in the order shown, on a machine shared with other work (the load column). Commit {commit()}; {machine()}. `python benchmarks/finetune.py`.\n\n" + "\n".join(rows) + "\n\n"
         "Real tokens exclude padding. slimops batches by length (no packing), the plain script pads each random batch "
-        "to its longest example. Both put the loss on the response only. Olive was not measured.\n"
+        "to its longest example. Both put the loss on the response only. "
+        + ("Olive (its own venv) trains on the whole templated text, with the same template, so its losses are not "
+           "comparable with the response-only losses above; its real-token count is estimated (steps x batch x mean "
+           "example length) because it reports none.\n" if args.olive_venv else "Olive was not measured.\n")
     )
     if not args.no_write:
         write_section("Fine-tuning", body)
