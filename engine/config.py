@@ -271,7 +271,15 @@ def _check_references(spec: PipelineFile, passes: dict[str, PassConfig], lines: 
             hint = f"did you mean '{close[0]}'? " if close else ""
             issues.append(lines.issue(("model", "path") if ("model", "path") in lines.lines else ("model",),
                 f"'{text}' is neither a local path (relative to {base_dir}) nor a registered model; {hint}registered: {', '.join(REGISTERED)}"))
+    from slimops.errors import DataError
+    from slimops.passes.data import parse_split
+
     for data_name, data in spec.data.items():
+        for split_name, text in data.splits.items():
+            try:
+                parse_split(text)
+            except DataError as err:
+                issues.append(lines.issue(("data", data_name, "splits", split_name), str(err)))
         if data.type == "hf":
             if not data.name:
                 issues.append(lines.issue(("data", data_name), "a data set of type hf needs 'name' (the hub data set id)"))

@@ -39,9 +39,10 @@ def test_valid_pipeline_validates(project, cli):
         ("targets:\n  laptop: cpu-int5\n", 2, "unknown target profile 'cpu-int5'"),
         ("passes:\n  a: {type: fake}\n  a: {type: fake}\n", 3, "duplicate key"),
         ("passes:\n  a:\n    value: 3\n", 2, "missing required key 'type'"),
+        ("data:\n  d:\n    files: pipeline.yaml\n    splits: {train: '[:90%'}\n", 4, "bad split '[:90%'"),
     ],
     ids=["yaml-syntax", "unknown-key", "wrong-type", "missing-required", "unknown-pass", "unknown-input",
-         "missing-data-file", "top-level-typo", "unknown-target", "duplicate-key", "missing-type"],
+         "missing-data-file", "top-level-typo", "unknown-target", "duplicate-key", "missing-type", "bad-split"],
 )
 def test_bad_config_names_file_line_and_fix(project, cli, text, line, fragment):
     path = project.write(text)
