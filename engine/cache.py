@@ -203,7 +203,7 @@ class Cache:
             return
         for path in base.iterdir():
             parts = path.name.split(".")
-            if len(parts) == 3 and parts[1].isdigit() and not _alive(int(parts[1])):
+            if len(parts) == 3 and parts[1].isdigit() and not process_alive(int(parts[1])):
                 shutil.rmtree(path, ignore_errors=True)
 
     def clear(self) -> int:
@@ -214,7 +214,7 @@ class Cache:
         return count
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     try:

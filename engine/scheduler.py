@@ -21,7 +21,7 @@ from typing import Any
 
 from filelock import Timeout
 
-from slimops.cache import ARTIFACT, Cache, Entry
+from slimops.cache import ARTIFACT, Cache, Entry, process_alive
 from slimops.config import DataSpec, PipelineConfig
 from slimops.display import RunDisplay
 from slimops.errors import GoalError, PassError, SlimopsError
@@ -297,6 +297,10 @@ def _materialize(entry: Entry, artifact: Artifact, dest: Path, unchanged: bool) 
         return final
     source = entry.dir / ARTIFACT
     dest.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in dest.parent.glob(f".{dest.name}.*.*"):  # a killed run's half copy
+        pid = leftover.name.rsplit(".", 2)[-2]
+        if leftover.suffix in (".tmp", ".old") and pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
     staging = dest.parent / f".{dest.name}.{os.getpid()}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(source, staging)
@@ -308,7 +312,6 @@ def _materialize(entry: Entry, artifact: Artifact, dest: Path, unchanged: bool) 
     else:
         os.rename(staging, dest)
     return final
-
 
 
 def _previous_keys(run_json: Path) -> dict[str, str]:

@@ -133,3 +133,14 @@ def test_ctrl_c_mid_pass_exits_130_and_cleans_its_temp_folder(project):
     assert "interrupted" in err and "Traceback" not in err
     assert not list((cache / "tmp").glob("*"))
     assert len(list((cache / "entries").glob("*"))) == 1
+
+
+def test_a_killed_runs_half_copied_output_is_removed(project):
+    path = project.write(SLOW % 0)
+    slimops.run(path)
+    leftover = project.root / "out" / ".slow.999999.tmp"
+    leftover.mkdir()
+    (leftover / "half.bin").write_bytes(b"\0" * 10)
+    slimops.run(path, ["passes.slow.value=changed"])
+    assert not leftover.exists()
+    assert (project.root / "out" / "slow" / "out.txt").read_text().startswith("value=changed")
