@@ -14,16 +14,6 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-# Artifact kinds the built-in passes exchange. Plugins may use their own strings too.
-KINDS = {
-    "hf-model": "a Hugging Face model folder (config.json, weights, tokenizer)",
-    "hf-adapter": "a PEFT adapter folder (adapter_config.json, adapter weights)",
-    "gguf": "a single .gguf file",
-    "onnx-model": "an ONNX model (model.onnx, maybe with external data)",
-    "genai-model": "an onnxruntime-genai folder (genai_config.json, model.onnx, tokenizer)",
-    "metrics": "an evaluation result (metrics.json)",
-}
-
 # A pass with `baseline = True` also runs on the pipeline's input model, as the node `<name>.before`.
 BASELINE_SUFFIX = ".before"
 
