@@ -4,12 +4,17 @@ The flags become a pipeline: the model, one data set, one fine-tuning pass and, 
 methods, `merge_adapter` unless `--no_merge`. `--emit-config` prints that YAML and stops, so it
 can be kept, edited and run with `slimops run`; otherwise it is written to
 `<output_path>/pipeline.yaml` and run there. Nothing heavy is imported here.
+
+`--search` (here and in `optimize`/`quantize`, which share `add_search_flags` and
+`search_block`) adds a `search:` block over the common knobs and the evaluate node that ranks
+the trials; `slimops.search` runs it like any pipeline's search.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,11 @@ from slimops.errors import ConfigError, Issue
 
 METHODS = ("lora", "dora", "qlora", "loha", "lokr", "ia3", "full")
 DATA_TYPES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text", ".text": "text"}
+STRATEGIES = ("grid", "random", "tpe")
+RANKS = [8, 16, 32]
+# learning-rate range per method, around each pass's default (adapters 2e-4, ia3 3e-3, full 2e-5)
+LR_RANGES = {"ia3": (1e-3, 1e-2), "full": (5e-6, 5e-5)}
+LR_RANGE = (5e-5, 5e-4)
 
 
 def add_parser(sub) -> None:
@@ -56,10 +66,62 @@ def add_parser(sub) -> None:
     p.add_argument("--output_path", "-o", default="slimops-finetune", help="folder for the pipeline file and its outputs")
     p.add_argument("--emit-config", action="store_true", help="print the pipeline YAML and exit without running it")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the summary")
+    add_search_flags(
+        p,
+        search_help="try LoRA ranks 8/16/32 and learning rates around the method's default, keep the trial with the "
+        "lowest perplexity on --eval_split (highest accuracy for text-classification); needs --eval_split. "
+        "--lora_r or --learning_rate fixes that knob",
+        trials_help="how many trials (default: 4; the whole grid with --search_strategy grid)",
+        strategy_help="how trials are picked: tpe (default) learns from earlier trials, random samples, "
+        "grid tries 3 ranks x 3 rates",
+    )
+
+
+def add_search_flags(p: argparse.ArgumentParser, search_help: str, trials_help: str, strategy_help: str):
+    """`--search`, `--trials`, `--search_strategy`: shared by finetune, optimize and quantize.
+
+    Returns:
+        The "search" argument group, for a command's own search flags.
+    """
+    group = p.add_argument_group("search")
+    group.add_argument("--search", action="store_true", help=search_help)
+    group.add_argument("--trials", type=int, metavar="N", help=trials_help)
+    group.add_argument("--search_strategy", choices=STRATEGIES, help=strategy_help)
+    return group
+
+
+def flag_error(command: str, flag: str, message: str) -> ConfigError:
+    return ConfigError([Issue(f"slimops {command}", None, flag, message)])
+
+
+def search_block(command: str, args, space: dict[str, Any], objectives: list[dict[str, str]], default_strategy: str,
+                 default_trials: int | None) -> dict[str, Any]:
+    """The `search:` block for `args` (the space with the knobs the user fixed left out).
+
+    Raises:
+        ConfigError: the flags fixed every knob of the space.
+    """
+    if not space:
+        raise flag_error(command, "--search", "every knob it would search is fixed by a flag; drop one of them or drop --search")
+    block: dict[str, Any] = {"space": space, "strategy": args.search_strategy or default_strategy}
+    if args.trials or default_trials:
+        block["trials"] = args.trials or default_trials
+    block["objectives"] = objectives
+    return block
+
+
+def check_search_flags(command: str, args) -> None:
+    """--trials and --search_strategy only mean something with --search."""
+    if args.trials is not None and args.trials < 1:
+        raise flag_error(command, "--trials", f"give at least 1 trial (got {args.trials})")
+    if not args.search:
+        for flag, value in (("--trials", args.trials), ("--search_strategy", args.search_strategy)):
+            if value is not None:
+                raise flag_error(command, flag, "goes with --search; add --search to run trials")
 
 
 def _error(flag: str, message: str) -> ConfigError:
-    return ConfigError([Issue("slimops finetune", None, flag, message)])
+    return flag_error("finetune", flag, message)
 
 
 def _path(text: str, absolute: bool) -> str:
@@ -78,6 +140,9 @@ def pipeline_for(args, absolute: bool = False) -> dict[str, Any]:
     Raises:
         ConfigError: flags that do not describe a training job (no formatting, adapter flags on full, ...).
     """
+    check_search_flags("finetune", args)
+    if args.search and not args.eval_split:
+        raise _error("--eval_split", "--search ranks trials on held-out data: give --eval_split (e.g. '[90%:]', or 'validation' on the hub)")
     data: dict[str, Any]
     if args.data_files:
         kind = DATA_TYPES.get(Path(args.data_files).suffix.lower())
@@ -131,10 +196,31 @@ def pipeline_for(args, absolute: bool = False) -> dict[str, Any]:
     passes: dict[str, Any] = {"finetune": step}
     if args.method != "full" and not args.no_merge:
         passes["merge"] = {"type": "merge_adapter"}
+    pipeline: dict[str, Any] = {"name": "slimops-finetune", "model": model, "data": {"train_data": data}, "passes": passes}
+    if args.search:
+        pipeline["search"] = _finetune_search(args, passes)
     engine: dict[str, Any] = {"output_dir": "." if absolute else args.output_path}
     if absolute:
         engine["cache_dir"] = str(Path(".slimops/cache").resolve())
-    return {"name": "slimops-finetune", "model": model, "data": {"train_data": data}, "passes": passes, "engine": engine}
+    pipeline["engine"] = engine
+    return pipeline
+
+
+def _finetune_search(args, passes: dict[str, Any]) -> dict[str, Any]:
+    """Adds the evaluate node to `passes`; returns the search over rank and learning rate."""
+    classifier = args.task == "text-classification"
+    metric = "accuracy" if classifier else "perplexity"
+    passes["eval"] = {"type": "evaluate", "data": "train_data", "split": "eval", "metrics": [metric]}
+    strategy = args.search_strategy or "tpe"
+    space: dict[str, Any] = {}
+    if args.method not in ("ia3", "full") and args.lora_r is None:
+        space["passes.finetune.r"] = RANKS
+    if args.learning_rate is None:
+        low, high = LR_RANGES.get(args.method, LR_RANGE)
+        # a grid needs points; elsewhere the sampler draws from the range
+        space["passes.finetune.learning_rate"] = [low, float(f"{math.sqrt(low * high):.2g}"), high] if strategy == "grid" else {"log_uniform": [low, high]}
+    objective = {"metric": metric, "direction": "maximize" if classifier else "minimize"}
+    return search_block("finetune", args, space, [objective], "tpe", None if strategy == "grid" else 4)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -149,6 +235,18 @@ def _yaml(pipeline: dict[str, Any]) -> str:
     return head + yaml.dump(pipeline, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
+def run_search(config: Path, command: str) -> int:
+    """Run the search in the pipeline file `config` as `slimops run` does (trials table, best trial)."""
+    from types import SimpleNamespace
+
+    from slimops.cli import _run_search
+    from slimops.config import load_config
+
+    code = _run_search(load_config(config), SimpleNamespace(overrides=[]))
+    print(f"{command}: search done; trials in {config.parent / 'trials'}; pipeline: {config}", file=sys.stderr)
+    return code
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     if args.emit_config:
         sys.stdout.write(_yaml(pipeline_for(args)))
@@ -161,6 +259,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     config = out / "pipeline.yaml"
     config.write_text(_yaml(pipeline))
+    if args.search:
+        return run_search(config, "finetune")
     result = run(config, display=RunDisplay(quiet=args.quiet))
     last = list(result.nodes.values())[-1]
     print(f"finetune: {last.kind} in {last.path} ({result.seconds:.1f}s; pipeline: {config})", file=sys.stderr)

@@ -5,12 +5,17 @@ Each turns its flags into a pipeline (a model, one target, two or three passes).
 `--emit-config` it prints that YAML and stops, so it can be edited and run with `slimops run`;
 otherwise it writes it to `<output_path>/pipeline.yaml` and runs it there. Nothing heavy is
 imported here: the passes import their libraries when they run.
+
+`--search` on `optimize` and `quantize` tries the quantization methods that need no calibration
+data (and, for `quantize`, block sizes), each trial evaluated on `--eval_data`: perplexity and
+size, so the best trials are a Pareto front.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,9 +23,12 @@ from typing import Any
 import yaml
 
 from slimops.errors import ConfigError, Issue
+from slimops.shortcuts import DATA_TYPES, add_search_flags, check_search_flags, search_block
 
 DEFAULT_PRECISION = {"cpu": "int4", "cuda": "fp16", "dml": "int4", "npu": "int8"}
 METHODS = ("rtn", "hqq", "k_quant", "gptq", "int8_dynamic", "qdq")
+BLOCK_SIZES = [32, 64, 128]
+OBJECTIVES = [{"metric": "perplexity", "direction": "minimize"}, {"metric": "size_mb", "direction": "minimize"}]
 
 
 def add_parsers(sub) -> None:
@@ -29,7 +37,13 @@ def add_parsers(sub) -> None:
     _common(p)
     p.add_argument("--adapter_path", help="a PEFT LoRA adapter: the base gets LoRA inputs and the adapter an .onnx_adapter file")
     p.add_argument("--calibration_data", help="a .jsonl file to calibrate on (npu targets)")
-    p.add_argument("--text_field", default="text", help="the field of --calibration_data holding the text (default: text)")
+    p.add_argument("--text_field", default="text", help="the field of --calibration_data and --eval_data holding the text (default: text)")
+    _search_flags(
+        p,
+        "try the int4 methods that need no calibration data (and int8_dynamic on cpu) on a fp32/fp16 export, "
+        "ranked by perplexity on --eval_data and by size (a Pareto front); needs --eval_data. --precision narrows it",
+        "how many trials (default: one per method)",
+    )
 
     p = sub.add_parser("quantize", help="quantize a model (HF or ONNX) for a device (writes the pipeline)")
     _common(p)
@@ -37,12 +51,23 @@ def add_parsers(sub) -> None:
     p.add_argument("--block_size", type=int, help="int4 weights per scale (default 32)")
     p.add_argument("--keep_lm_head_int8", action="store_true", help="quantize lm_head to int8 instead of int4")
     p.add_argument("--calibration_data", help="a .jsonl file to calibrate on (gptq, qdq)")
-    p.add_argument("--text_field", default="text", help="the field of --calibration_data holding the text (default: text)")
+    p.add_argument("--text_field", default="text", help="the field of --calibration_data and --eval_data holding the text (default: text)")
+    _search_flags(
+        p,
+        "try the weight-only int4 methods that need no calibration data with block sizes 32/64/128, ranked by "
+        "perplexity on --eval_data and by size (a Pareto front); needs --eval_data. --algorithm or --block_size fixes that knob",
+        "how many trials (default: the whole grid, 9 points)",
+    )
 
     p = sub.add_parser("generate-adapter", help="one ONNX base model with LoRA inputs and an .onnx_adapter per adapter")
     _common(p)
     p.add_argument("--adapter_path", action="append", required=True, metavar="[NAME=]PATH",
                    help="a PEFT LoRA adapter folder (repeatable); NAME defaults to the folder's name")
+
+
+def _search_flags(p: argparse.ArgumentParser, search_help: str, trials_help: str) -> None:
+    group = add_search_flags(p, search_help, trials_help, "how trials are picked: grid (default) tries every point, random and tpe sample --trials of them")
+    group.add_argument("--eval_data", help="a text file (.jsonl, .json, .csv, .parquet, .txt) to measure each trial's perplexity on")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -58,8 +83,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 # -- pipelines from flags ------------------------------------------------------------------------------
 
 
-def target_of(args) -> dict[str, Any]:
-    precision = args.precision or DEFAULT_PRECISION[args.device]
+def target_of(args, precision: str | None = None) -> dict[str, Any]:
+    precision = precision or args.precision or DEFAULT_PRECISION[args.device]
     target: dict[str, Any] = {"device": args.device, "precision": precision}
     if args.provider:
         target["providers"] = [args.provider]
@@ -107,11 +132,19 @@ def pipeline_for(command: str, args, absolute: bool = False) -> dict[str, Any]:
         ConfigError: flags that cannot work together (an npu target without calibration data, ...).
     """
     kind = _model_kind(args.model_name_or_path)
-    target = target_of(args)
+    searching = getattr(args, "search", False)  # generate-adapter has no search flags
+    if hasattr(args, "search"):
+        check_search_flags(command, args)
+    if searching:
+        _check_searchable(command, args, kind)
+    # an optimize search tries int4 and int8 itself: its target is int4 unless --precision says
+    target = target_of(args, "int4" if searching and command == "optimize" else None)
     data = _data(args, absolute)
+    if searching:
+        data["eval_data"] = _eval_data(command, args, absolute)
     passes: dict[str, Any] = {}
     needs_calibration = target.get("quant_format") == "qdq" or getattr(args, "method", None) in ("gptq", "qdq")
-    if needs_calibration and not data:
+    if needs_calibration and "calib" not in data:
         raise _flag_error(command, "--calibration_data", f"{'the npu target' if args.device == 'npu' else args.method} calibrates on data: give a .jsonl file")
     if command == "generate-adapter" or (command == "optimize" and args.adapter_path):
         if kind not in ("hf-decoder", "gguf"):
@@ -124,6 +157,14 @@ def pipeline_for(command: str, args, absolute: bool = False) -> dict[str, Any]:
                 name, path = Path(item.rstrip("/")).name, item
             adapters[name] = _path(path, absolute)
         passes["serve"] = {"type": "generate_adapter", "adapters": adapters}
+    elif command == "optimize" and searching:
+        methods = _optimize_methods(args)
+        if kind == "onnx":
+            if not (Path(args.model_name_or_path) / "genai_config.json").exists():
+                passes["optimized"] = {"type": "optimize"}  # builder output is fused already
+        else:
+            passes["export"] = {"type": "onnx", "precision": "fp32" if args.device == "cpu" else "fp16"}
+        passes["quantize"] = {"type": "quantize", "method": methods[0]}
     elif command == "optimize":
         if kind == "onnx":
             passes["optimized"] = {"type": "optimize"}
@@ -131,7 +172,7 @@ def pipeline_for(command: str, args, absolute: bool = False) -> dict[str, Any]:
             passes["export"] = {"type": "onnx"}
             passes["optimized"] = {"type": "optimize"}
             if target["precision"] in ("int8", "int4") or target.get("quant_format") == "qdq":
-                passes["quantize"] = {"type": "quantize", **({"calibration_data": "calib"} if data else {})}
+                passes["quantize"] = {"type": "quantize", **({"calibration_data": "calib"} if "calib" in data else {})}
         else:
             passes["export"] = {"type": "onnx"}  # the builder quantizes int4/int8 itself
             if target.get("quant_format") == "qdq":
@@ -148,7 +189,7 @@ def pipeline_for(command: str, args, absolute: bool = False) -> dict[str, Any]:
             quantize["block_size"] = args.block_size
         if args.keep_lm_head_int8:
             quantize["keep_lm_head_int8"] = True
-        if data:
+        if "calib" in data:
             quantize["calibration_data"] = "calib"
         passes["quantize"] = quantize
     pipeline: dict[str, Any] = {"name": f"slimops-{command}", "model": _path(args.model_name_or_path, absolute)}
@@ -156,10 +197,74 @@ def pipeline_for(command: str, args, absolute: bool = False) -> dict[str, Any]:
         pipeline["data"] = data
     pipeline["targets"] = {args.device: target}
     pipeline["passes"] = passes
+    if searching:
+        passes["eval"] = {"type": "evaluate", "data": "eval_data", "metrics": ["perplexity", "size_mb"]}
+        pipeline["search"] = _quantize_search(command, args, passes["quantize"])
     pipeline["engine"] = {"output_dir": "." if absolute else args.output_path}
     if absolute:
         pipeline["engine"]["cache_dir"] = str(Path(".slimops/cache").resolve())
     return pipeline
+
+
+def _check_searchable(command: str, args, kind: str) -> None:
+    """A search ranks decoders by perplexity on --eval_data; say which flag is missing or in the way."""
+    if not args.eval_data:
+        raise _flag_error(command, "--eval_data", "--search ranks trials by perplexity: give a text file to measure it on (.jsonl with --text_field)")
+    if args.device == "npu":
+        raise _flag_error(command, "--device", "--search covers cpu, cuda and dml; for npu (QDQ), write a search: block over passes.quantize params")
+    if kind == "hf-encoder":
+        raise _flag_error(command, "--model_name_or_path", f"--search ranks by perplexity, which needs a decoder, and {args.model_name_or_path} "
+                          "is an encoder; write a search: block with an accuracy objective instead")
+    if command == "optimize" and args.adapter_path:
+        raise _flag_error(command, "--adapter_path", "--search does not cover adapters; drop one of them")
+
+
+def _eval_data(command: str, args, absolute: bool) -> dict[str, Any]:
+    kind = DATA_TYPES.get(Path(args.eval_data).suffix.lower())
+    if kind is None:
+        raise _flag_error(command, "--eval_data", f"cannot tell the format of {args.eval_data}; use one of {', '.join(DATA_TYPES)}")
+    return {"type": kind, "files": _path(args.eval_data, absolute), "text": args.text_field, "splits": {"eval": "[:]"}}
+
+
+def _no_calibration_methods() -> tuple[list[str], list[str]]:
+    """(weight-only int4, int8) quantize methods that need no calibration data, from the quantize pass."""
+    from slimops.passes.quantize import CALIBRATED, WEIGHT_ONLY
+
+    return [m for m in WEIGHT_ONLY if m not in CALIBRATED], ["int8_dynamic"]
+
+
+def _optimize_methods(args) -> list[str]:
+    """int4 methods everywhere, and int8_dynamic (MatMulInteger, a CPU kernel) on cpu."""
+    int4, int8 = _no_calibration_methods()
+    by_precision = {"int4": int4, "int8": int8 if args.device == "cpu" else []}
+    methods = by_precision.get(args.precision, []) if args.precision else int4 + by_precision["int8"]
+    if len(methods) < 2:
+        raise _flag_error("optimize", "--precision", f"--search has {len(methods)} method to try at {args.precision} on {args.device}; "
+                          "drop --precision to try int4 and int8, or drop --search")
+    return methods
+
+
+def _quantize_search(command: str, args, quantize: dict[str, Any]) -> dict[str, Any]:
+    """The search over quantize's method (and block size, for quantize); sets the node's first point."""
+    from slimops.passes.quantize import WEIGHT_ONLY
+
+    int4, _ = _no_calibration_methods()
+    space: dict[str, Any] = {}
+    if command == "optimize":
+        space["passes.quantize.method"] = _optimize_methods(args)
+    else:
+        if (args.precision or DEFAULT_PRECISION[args.device]) != "int4":
+            raise _flag_error(command, "--precision", "--search tries weight-only int4 methods: use --precision int4 (the default on cpu and dml)")
+        if args.method and args.method not in WEIGHT_ONLY:
+            raise _flag_error(command, "--algorithm", f"--search tries block sizes of weight-only methods, and {args.method} has none")
+        if not args.method:
+            space["passes.quantize.method"] = int4
+            quantize["method"] = int4[0]
+        if not args.block_size:
+            space["passes.quantize.block_size"] = BLOCK_SIZES
+    # random and tpe default to as many trials as the grid has points
+    trials = None if (args.search_strategy or "grid") == "grid" else math.prod(len(values) for values in space.values())
+    return search_block(command, args, space, OBJECTIVES, "grid", trials)
 
 
 def _flag_error(command: str, flag: str, message: str) -> ConfigError:
@@ -183,6 +288,10 @@ def run_shortcut(command: str, args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     config = out / "pipeline.yaml"
     config.write_text(_yaml(pipeline, command))
+    if getattr(args, "search", False):
+        from slimops.shortcuts import run_search
+
+        return run_search(config, command)
     result = run(config, display=RunDisplay(quiet=args.quiet))
     last = list(result.nodes.values())[-1]
     print(f"{command}: {last.kind} in {last.path} ({result.seconds:.1f}s; pipeline: {config})", file=sys.stderr)
