@@ -242,23 +242,24 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_doc(folder: Path) -> str:
+def write_doc(folder: Path, note: str = "") -> str:
     from report import write_section
 
     results = json.loads((folder / "results.json").read_text())
     env = results["env"]
-    steps = ", ".join(f"{MODEL_NAMES[m]}: {SETTINGS[m][1]} steps, batch {SETTINGS[m][2]}, {SETTINGS[m][0]}" for m in SETTINGS)
+    steps = "; ".join(f"{MODEL_NAMES[m]}: {SETTINGS[m][1]} steps, batch {SETTINGS[m][2]}, {SETTINGS[m][0]}" for m in SETTINGS)
     body = (
         f"Whether each fine-tuning pass runs on a GPU through `slimops.run`. GPU: {env.get('gpu', 'none')}; torch {env['torch']} "
         f"(CUDA {env['torch_cuda']}), transformers {env['transformers']}, peft {env['peft']}, accelerate {env['accelerate']}, "
         f"bitsandbytes {env['bitsandbytes']}. Commit {results['commit']}; {results['machine']}. One run of each job, in a fresh process. "
         f"Both models have **random weights** (the SmolLM2-135M-shaped one has the real model's shape only) and the tests' "
-        f"word-level tokenizer, so sequences are short (~10-20 tokens) and tokens/s says little about real throughput; "
+        f"word-level tokenizer, so examples are short (about 12 tokens: tokens / (steps x batch)) and tokens/s says little about real throughput; "
         f"the losses are not comparable with the real model's. {steps}; adapters r 16 on every linear layer. "
         f"`python benchmarks/cuda_check.py`.\n\n"
         + table(results["rows"])
         + "\n\n'node s' is the pass's whole time (load, train, eval, save); 'train s' the Trainer's; peak CUDA memory is "
         "`torch.cuda.max_memory_allocated` over the job. merge_adapter loads its base without a device map, so it runs on the CPU.\n"
+        + (f"\n{note.strip()}\n" if note else "")
     )
     write_section(TITLE, body)
     return body
@@ -277,10 +278,11 @@ def main() -> None:
     parser.add_argument("--job-timeout", type=float, default=180)
     parser.add_argument("--commit", help="the commit, where the tree has no .git (the device machine)")
     parser.add_argument("--write-doc", type=Path, metavar="DIR", help="write DIR/results.json into docs/benchmarks.md and stop")
+    parser.add_argument("--note", default="", help="with --write-doc: a paragraph appended to the section")
     parser.add_argument("--child", nargs=4, metavar=("MODEL", "METHOD", "MODEL_PATH", "DATA"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.write_doc:
-        print(write_doc(args.write_doc))
+        print(write_doc(args.write_doc, args.note))
         return
     if args.child:
         model, method, model_path, data = args.child
