@@ -59,7 +59,15 @@ class OnnxParams(BaseModel):
     block_size: int | None = Field(None, description="int4/int8 block size (default: target settings, else 32).")
     accuracy_level: int | None = Field(None, ge=0, le=4, description="MatMulNBits compute type: 4 = int8 (fastest on CPU), 1 = fp32.")
     symmetric: bool | None = Field(None, description="Symmetric int4/int8 weights (default true).")
-    keep_lm_head_int8: bool = Field(False, description="Quantize lm_head to int8 instead of int4: better accuracy, a little larger.")
+    keep_lm_head_int8: bool | None = Field(
+        None, description="lm_head at int8 instead of int4: closer logits, a little larger. Default: true for affine, false for the builder.")
+    int4_method: Literal["affine", "builder"] = Field(
+        "affine",
+        description="How a CPU int4 decoder is made. affine: the builder at fp32, then int4 with a scale and a float offset "
+        "per block (exact on GGUF Q4_1 weights) and a merged LoRA kept exactly beside the int4 base; lm_head int8, "
+        "shared with the embedding. builder: the builder's own int4 (round-to-nearest, integer zero points): "
+        "a little smaller and faster, further from the input model.",
+    )
     extra_options: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="More model-builder options, passed as KEY=VALUE (see its --help).",
     )
@@ -146,7 +154,7 @@ def builder_options(params: OnnxParams, target: Any, precision: str) -> dict[str
             options["accuracy_level"] = str(level)
         if symmetric is not None:
             options["is_symmetric"] = str(bool(symmetric)).lower()
-        if params.keep_lm_head_int8 and precision == "int4":
+        if params.keep_lm_head_int8 and precision == "int4" and params.int4_method == "builder":
             options["matmul_mixed_precision"] = "last_matmul:int8"
     for key, value in params.extra_options.items():
         options[key] = str(value).lower() if isinstance(value, bool) else str(value)
@@ -208,6 +216,8 @@ def run_builder(hf_dir: Path, out_dir: Path, precision: str, ep: str, options: d
 
 def build_decoder(source: Path, out: Path, params: OnnxParams, precision: str, ctx: PassContext) -> Artifact:
     ep = BUILDER_EP[ctx.target.device]
+    if precision == "int4" and ep == "cpu" and params.int4_method == "affine":
+        return build_affine_int4(source, out, params, ctx)
     options = builder_options(params, ctx.target, precision)
     ctx.progress.update(0, _num_layers(source) + 2, f"builder: {precision} for {ep}")
     seconds = run_builder(source, out, precision, ep, options, ctx.work_dir / "builder-cache", ctx)
@@ -218,6 +228,78 @@ def build_decoder(source: Path, out: Path, params: OnnxParams, precision: str, c
         _check_genai_loads(out)
     meta = {"precision": precision, "execution_provider": ep, "builder_options": options, "task": "text-generation"}
     return Artifact(path=out, kind="genai-model", meta=meta, metrics={"build_seconds": round(seconds, 2)})
+
+
+def build_affine_int4(source: Path, out: Path, params: OnnxParams, ctx: PassContext) -> Artifact:
+    """The builder at fp32, then `passes/affine.py`: int4 base, offsets and any merged LoRA exact beside it.
+
+    A merged LoRA's delta is a few thousandths of an int4 step, so quantizing the merged weights
+    would round the fine-tuning away; when the input was merged from a plain LoRA adapter and
+    its base is upstream, the base is exported and the adapter rides beside the int4 weights.
+    """
+    from slimops.passes.affine import rewrite_file
+
+    settings = dict((ctx.target.settings or {}).get("quantize", {}))
+    block = int(params.block_size or settings.get("block_size", 32))
+    level = params.accuracy_level if params.accuracy_level is not None else settings.get("accuracy_level", 4)
+    lm_head = True if params.keep_lm_head_int8 is None else params.keep_lm_head_int8
+    base, adapter = merged_lora_lineage(ctx)
+    if adapter is not None:
+        ctx.log.info("the input is %s merged into %s: exporting the base, the adapter goes beside the int4 weights", adapter, base)
+    fp32_dir = ctx.work_dir / "fp32"
+    shutil.rmtree(fp32_dir, ignore_errors=True)
+    options = builder_options(params, ctx.target, "fp32")
+    ctx.progress.update(0, _num_layers(source) + 3, "builder: fp32 for cpu")
+    seconds = run_builder(base or source, fp32_dir, "fp32", "cpu", options, ctx.work_dir / "builder-cache", ctx)
+    shutil.rmtree(ctx.work_dir / "builder-cache", ignore_errors=True)
+    if not (fp32_dir / "genai_config.json").exists():
+        raise OnnxError("the model builder finished without writing genai_config.json; see the log")
+    ctx.progress.update(message="affine int4")
+    model_name = json.loads((fp32_dir / "genai_config.json").read_text())["model"]["decoder"].get("filename", "model.onnx")
+    try:
+        report = rewrite_file(fp32_dir / model_name, out / model_name, block=block, accuracy_level=level, lm_head_int8=lm_head,
+                              lora_dir=adapter)
+    except ValueError as err:
+        raise OnnxError(f"affine int4 failed: {err}; set int4_method: builder, or export the merged model at fp32 and quantize it") from None
+    for item in fp32_dir.iterdir():
+        if item.is_file() and not item.name.startswith(model_name):
+            shutil.copy2(item, out / item.name)
+    for name in TOKENIZER_FILES:  # the merged model's own tokenizer files, where it has them
+        if (source / name).exists():
+            shutil.copy2(source / name, out / name)
+    shutil.rmtree(fp32_dir, ignore_errors=True)
+    _check_genai_loads(out)
+    ctx.log.info("affine int4: %d MatMuls int4, %d with a LoRA side path, lm_head int8: %s, embedding shared: %s",
+                 report.quantized, report.lora_layers, report.lm_head is not None, report.shared_embedding)
+    meta = {"precision": "int4", "execution_provider": "cpu", "builder_options": options, "task": "text-generation",
+            "quantization": {**report.as_meta(), "block_size": block, "accuracy_level": level}}
+    return Artifact(path=out, kind="genai-model", meta=meta, metrics={"build_seconds": round(seconds, 2)})
+
+
+def merged_lora_lineage(ctx: PassContext) -> tuple[Path | None, Path | None]:
+    """(base folder, adapter folder) when the input was merged from a plain LoRA, else (None, None)."""
+    if not ctx.input.meta.get("merged_from"):
+        return None, None
+    adapter = base = None
+    for artifact in ctx.ancestors.values():
+        if adapter is None and artifact.kind == "hf-adapter":
+            adapter = artifact
+        elif adapter is not None and artifact.kind == "hf-model":
+            base = artifact
+            break
+    if adapter is None or base is None:
+        return None, None
+    config = Path(adapter.path) / "adapter_config.json"
+    try:
+        peft = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None, None
+    if peft.get("peft_type") != "LORA" or peft.get("use_dora") or peft.get("modules_to_save"):
+        ctx.log.warning("the input merges a %s adapter, which affine int4 cannot carry beside the base: quantizing the merged "
+                        "weights, which may round much of the fine-tuning away (export at fp32 or int8 to keep it)",
+                        "DoRA" if peft.get("use_dora") else peft.get("peft_type"))
+        return None, None
+    return Path(base.path), Path(adapter.path)
 
 
 def _check_genai_loads(folder: Path) -> None:

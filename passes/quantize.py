@@ -1,5 +1,8 @@
 """Quantize an ONNX model for a target, with onnxruntime's quantizers.
 
+- `affine` int4 (`passes/affine.py`, the CPU default): a scale and a float offset per block, kept
+  on onnxruntime's fast int4 kernel by a small side path; exact on GGUF Q4_1 weights; lm_head
+  int8, shared with a tied embedding.
 - Weight-only int4/int8 (MatMulNBits): `rtn` (onnxruntime's blockwise round-to-nearest, what the
   model builder uses), `hqq`, `k_quant`, and `gptq` (calibrated on a `data:` entry). Options:
   block size, symmetric, accuracy level, and lm_head (the last MatMul) kept at int8.
@@ -25,7 +28,7 @@ from slimops.passes.onnx import OnnxError, folder_size, load_model
 from slimops.passes.parity import ParityParams, check
 from slimops.plugin import Artifact, Pass, PassContext
 
-Method = Literal["auto", "rtn", "hqq", "k_quant", "gptq", "int8_dynamic", "qdq"]
+Method = Literal["auto", "affine", "rtn", "hqq", "k_quant", "gptq", "int8_dynamic", "qdq"]
 WEIGHT_ONLY = ("rtn", "hqq", "k_quant", "gptq")
 CALIBRATED = ("gptq", "qdq")
 
@@ -35,14 +38,17 @@ class QuantizeParams(BaseModel):
 
     method: Method = Field(
         "auto",
-        description="auto: from the target (int4/weight_only -> rtn, dynamic -> int8_dynamic, qdq -> qdq). "
+        description="auto: from the target (int4/weight_only -> affine on CPUs, rtn elsewhere; dynamic -> int8_dynamic; "
+        "qdq -> qdq). affine: scale + float offset per block, exact on GGUF Q4_1 weights, CPU only. "
         "rtn is fast; hqq and k_quant are slower and often closer; gptq needs calibration_data.",
     )
     bits: Literal[4, 8] | None = Field(None, description="Weight-only bits (default: 8 for an int8 target, else 4).")
     block_size: int | None = Field(None, description="Weights per scale (default: target settings, else 32). Smaller is closer and larger.")
     symmetric: bool | None = Field(None, description="Symmetric weights (default: target settings, else true).")
     accuracy_level: int | None = Field(None, ge=0, le=4, description="MatMulNBits compute type: 4 = int8 activations (fastest on CPU), 1 = fp32.")
-    keep_lm_head_int8: bool = Field(False, description="Quantize the last MatMul (lm_head) to int8 instead of int4: closer logits, a little larger.")
+    keep_lm_head_int8: bool | None = Field(
+        None, description="Quantize the last MatMul (lm_head) to int8 instead of int4: closer logits, a little larger. "
+        "Default: true for affine (which then shares it with a tied embedding), false otherwise.")
     nodes_to_exclude: list[str] = Field(default_factory=list, description="Node names to leave unquantized.")
     calibration_data: str | None = Field(None, description="A `data:` entry for gptq and qdq calibration.")
     calibration_split: str | None = Field(None, description="Split of the calibration data (default: train, else eval).")
@@ -117,6 +123,23 @@ class Quantize(Pass):
 
     def _quantize(self, ctx: PassContext, method: str, model_file: Path, out_file: Path, calibration, settings) -> tuple[str, dict]:
         params = ctx.params
+        if method == "affine":
+            from slimops.passes.affine import rewrite_file
+
+            if params.bits == 8:
+                raise OnnxError("affine is int4 only; for int8 use method: rtn with bits: 8, or int8_dynamic")
+            block = int(params.block_size or settings.get("block_size", 32))
+            level = params.accuracy_level if params.accuracy_level is not None else settings.get("accuracy_level", 4)
+            lm_head = True if params.keep_lm_head_int8 is None else params.keep_lm_head_int8
+            if ctx.input.meta.get("merged_from"):
+                ctx.log.warning("this model was merged from an adapter: int4 of merged weights may round the fine-tuning away; "
+                                "an onnx pass with precision int4 (int4_method: affine) on the merged model keeps it")
+            try:
+                report = rewrite_file(model_file, out_file, block=block, accuracy_level=level, lm_head_int8=lm_head,
+                                      exclude=tuple(params.nodes_to_exclude))
+            except ValueError as err:
+                raise OnnxError(f"affine int4 failed: {err}") from None
+            return "int4", {"quantization": {**report.as_meta(), "block_size": block, "accuracy_level": level}}
         if method in WEIGHT_ONLY:
             bits = params.bits or (8 if ctx.target.precision == "int8" else 4)
             options = {
@@ -125,9 +148,10 @@ class Quantize(Pass):
                 "symmetric": params.symmetric if params.symmetric is not None else settings.get("symmetric", True),
                 "accuracy_level": params.accuracy_level if params.accuracy_level is not None else settings.get("accuracy_level"),
             }
-            weight_only(model_file, out_file, method, options, params.keep_lm_head_int8, params.nodes_to_exclude, calibration, ctx.log)
+            lm_head = bool(params.keep_lm_head_int8)
+            weight_only(model_file, out_file, method, options, lm_head, params.nodes_to_exclude, calibration, ctx.log)
             precision = f"int{bits}"
-            meta = {"quantization": {"method": method, **options, "keep_lm_head_int8": params.keep_lm_head_int8}}
+            meta = {"quantization": {"method": method, **options, "keep_lm_head_int8": lm_head}}
         elif method == "int8_dynamic":
             dynamic_int8(model_file, out_file, params.nodes_to_exclude)
             precision, meta = "int8", {"quantization": {"method": method}}
@@ -175,7 +199,7 @@ def resolve_method(params: QuantizeParams, target: Any) -> str | None:
     if target.quant_format == "dynamic":
         return "int8_dynamic"
     if target.quant_format == "weight_only" or target.precision == "int4":
-        return "rtn"
+        return "affine" if target.device == "cpu" else "rtn"
     if target.precision == "int8":
         return "int8_dynamic"
     return None
@@ -201,7 +225,10 @@ def _check_quantizable(model_file: Path) -> None:
 
     model = onnx.load(str(model_file), load_external_data=False)
     initializers = {i.name for i in model.graph.initializer}
-    matmuls = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and any(i in initializers for i in n.input)]
+    from slimops.passes.affine import is_side_path
+
+    matmuls = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and any(i in initializers for i in n.input)
+               and not is_side_path(n)]
     nbits = sum(n.op_type == "MatMulNBits" for n in model.graph.node)
     if not matmuls:
         already = f" it is already quantized ({nbits} MatMulNBits nodes); export at fp32 (onnx: {{precision: fp32}}) before quantizing," if nbits else ""

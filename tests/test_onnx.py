@@ -151,7 +151,9 @@ def test_decoder_export_is_a_genai_folder_that_matches_pytorch(exported):
 def test_int4_target_gets_matmulnbits_within_thresholds(exported):
     int4 = exported["export@laptop"]
     assert int4.meta["precision"] == "int4"
-    assert int4.meta["builder_options"]["block_size"] == "32"  # from the cpu-int4 profile's settings
+    # affine by default on CPUs; block size and accuracy level from the cpu-int4 profile's settings
+    assert int4.meta["quantization"]["method"] == "affine"
+    assert (int4.meta["quantization"]["block_size"], int4.meta["quantization"]["accuracy_level"]) == (32, 4)
     assert "MatMulNBits" in op_types(Path(int4.path) / "model.onnx")
     assert int4.metrics["parity_top1"] >= 0.8
     assert int4.metrics["size_mb"] < exported["export@cpu"].metrics["size_mb"]
