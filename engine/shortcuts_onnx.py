@@ -26,7 +26,7 @@ from slimops.errors import ConfigError, Issue
 from slimops.shortcuts import DATA_TYPES, add_search_flags, check_search_flags, search_block
 
 DEFAULT_PRECISION = {"cpu": "int4", "cuda": "fp16", "dml": "int4", "npu": "int8"}
-METHODS = ("rtn", "hqq", "k_quant", "gptq", "int8_dynamic", "qdq")
+METHODS = ("affine", "rtn", "hqq", "k_quant", "gptq", "int8_dynamic", "qdq")
 BLOCK_SIZES = [32, 64, 128]
 OBJECTIVES = [{"metric": "perplexity", "direction": "minimize"}, {"metric": "size_mb", "direction": "minimize"}]
 
@@ -47,7 +47,7 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("quantize", help="quantize a model (HF or ONNX) for a device (writes the pipeline)")
     _common(p)
-    p.add_argument("--algorithm", "--method", dest="method", choices=METHODS, help="default: rtn for int4, int8_dynamic for int8, qdq for npu")
+    p.add_argument("--algorithm", "--method", dest="method", choices=METHODS, help="default: affine for int4 on cpu, rtn for int4 elsewhere, int8_dynamic for int8, qdq for npu")
     p.add_argument("--block_size", type=int, help="int4 weights per scale (default 32)")
     p.add_argument("--keep_lm_head_int8", action="store_true", help="quantize lm_head to int8 instead of int4")
     p.add_argument("--calibration_data", help="a .jsonl file to calibrate on (gptq, qdq)")
@@ -226,16 +226,20 @@ def _eval_data(command: str, args, absolute: bool) -> dict[str, Any]:
     return {"type": kind, "files": _path(args.eval_data, absolute), "text": args.text_field, "splits": {"eval": "[:]"}}
 
 
-def _no_calibration_methods() -> tuple[list[str], list[str]]:
-    """(weight-only int4, int8) quantize methods that need no calibration data, from the quantize pass."""
+def _no_calibration_methods(device: str = "cpu") -> tuple[list[str], list[str]]:
+    """(weight-only int4, int8) quantize methods that need no calibration data, from the quantize pass.
+
+    affine (a float offset per block) is a CPU graph, so it is tried on cpu only.
+    """
     from slimops.passes.quantize import CALIBRATED, WEIGHT_ONLY
 
-    return [m for m in WEIGHT_ONLY if m not in CALIBRATED], ["int8_dynamic"]
+    affine = ["affine"] if device == "cpu" else []
+    return affine + [m for m in WEIGHT_ONLY if m not in CALIBRATED], ["int8_dynamic"]
 
 
 def _optimize_methods(args) -> list[str]:
     """int4 methods everywhere, and int8_dynamic (MatMulInteger, a CPU kernel) on cpu."""
-    int4, int8 = _no_calibration_methods()
+    int4, int8 = _no_calibration_methods(args.device)
     by_precision = {"int4": int4, "int8": int8 if args.device == "cpu" else []}
     methods = by_precision.get(args.precision, []) if args.precision else int4 + by_precision["int8"]
     if len(methods) < 2:
@@ -248,14 +252,14 @@ def _quantize_search(command: str, args, quantize: dict[str, Any]) -> dict[str, 
     """The search over quantize's method (and block size, for quantize); sets the node's first point."""
     from slimops.passes.quantize import WEIGHT_ONLY
 
-    int4, _ = _no_calibration_methods()
+    int4, _ = _no_calibration_methods(args.device)
     space: dict[str, Any] = {}
     if command == "optimize":
         space["passes.quantize.method"] = _optimize_methods(args)
     else:
         if (args.precision or DEFAULT_PRECISION[args.device]) != "int4":
             raise _flag_error(command, "--precision", "--search tries weight-only int4 methods: use --precision int4 (the default on cpu and dml)")
-        if args.method and args.method not in WEIGHT_ONLY:
+        if args.method and args.method not in (*WEIGHT_ONLY, "affine"):
             raise _flag_error(command, "--algorithm", f"--search tries block sizes of weight-only methods, and {args.method} has none")
         if not args.method:
             space["passes.quantize.method"] = int4

@@ -30,11 +30,12 @@ def finetune_flags(model, data) -> list:
             "--prompt_template", PROMPT, "--response_template", "{tone}"]
 
 
-def no_calibration_int4() -> list[str]:
-    """The weight-only methods the quantize pass runs without calibration data: the space's source."""
+def no_calibration_int4(device: str = "cpu") -> list[str]:
+    """The weight-only methods the quantize pass runs without calibration data: the space's source
+    (affine, a CPU graph, first on cpu only)."""
     from slimops.passes.quantize import CALIBRATED, WEIGHT_ONLY
 
-    methods = [m for m in WEIGHT_ONLY if m not in CALIBRATED]
+    methods = (["affine"] if device == "cpu" else []) + [m for m in WEIGHT_ONLY if m not in CALIBRATED]
     assert "gptq" not in methods and "rtn" in methods
     return methods
 
@@ -86,7 +87,7 @@ def test_quantize_search_emits_methods_and_block_sizes_over_perplexity_and_size(
     assert search.strategy == "grid" and search.trial_count() == 3 * len(methods)
     assert [(o.metric, o.resolved_direction) for o in search.objectives] == [("perplexity", "minimize"), ("size_mb", "minimize")]
     assert list(config.passes) == ["export", "quantize", "eval"]
-    assert config.passes["quantize"].params.method == "rtn"  # the first point, so --no-search runs one
+    assert config.passes["quantize"].params.method == "affine"  # the first point, so --no-search runs one
     assert config.passes["eval"].params.data == "eval_data" and config.spec.data["eval_data"].text == "text"
 
     _, config = emitted(tmp_path, cli, "quantize", "-m", assets["hf"], "--search", "--eval_data", assets["text"],
@@ -103,7 +104,7 @@ def test_optimize_search_emits_int4_methods_and_int8_on_cpu(tmp_path, assets, cl
     assert [o.metric for o in config.spec.search.objectives] == ["perplexity", "size_mb"]
 
     _, config = emitted(tmp_path, cli, "optimize", "-m", assets["hf"], "--device", "cuda", "--search", "--eval_data", assets["text"])
-    assert config.spec.search.space == {"passes.quantize.method": no_calibration_int4()}  # int8_dynamic is a CPU kernel
+    assert config.spec.search.space == {"passes.quantize.method": no_calibration_int4("cuda")}  # int8_dynamic and affine are CPU-only
     assert config.passes["export"].params.precision == "fp16"
 
 
@@ -164,10 +165,10 @@ def test_quantize_search_runs_and_shares_the_export(tmp_path, cli, monkeypatch):
     code, out, err = cli("quantize", "-m", model, "--search", "--eval_data", tmp_path / "text.jsonl", "--block_size", "32",
                          "--trials", "2", "--output_path", "out")
     assert code == 0, err
-    assert "space of 3 points, 2 trials (grid)" in err
+    assert f"space of {len(no_calibration_int4())} points, 2 trials (grid)" in err
     body = json.loads((tmp_path / "out" / "trials.json").read_text())
     trials = body["trials"]
-    assert [t["params"]["passes.quantize.method"] for t in trials] == ["rtn", "hqq"]
+    assert [t["params"]["passes.quantize.method"] for t in trials] == ["affine", "rtn"]
     assert all(t["status"] == "ok" and len(t["values"]) == 2 for t in trials)
     runs = [json.loads((Path(t["output_dir"]) / "run.json").read_text())["nodes"] for t in trials]
     assert [r["export@cpu"]["cached"] for r in runs] == [False, True]  # one export, shared by every trial
