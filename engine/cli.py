@@ -206,12 +206,18 @@ def _print_metrics(result) -> None:
     compared = [(node_id, node) for node_id, node in rows if is_comparison(node.metrics)]
     if compared:
         table = Table(title="before / after", box=None, header_style="bold")
-        for column in ("node", "metric", "before", "after", "change"):
-            table.add_column(column, justify="right" if column in ("before", "after") else "left")
+        referenced = any(isinstance(node.metrics.get("reference"), dict) for _, node in compared)
+        for column in ("node", "metric", "before", "after", "change", *(["reference"] if referenced else [])):
+            table.add_column(column, justify="right" if column in ("before", "after", "reference") else "left")
         for node_id, node in compared:
+            reference = node.metrics.get("reference")
             for index, (name, old, new, change) in enumerate(comparison(node.metrics)):
                 colour = "green" if change.endswith("better") else ("red" if change.endswith("worse") else "")
-                table.add_row(node_id if index == 0 else "", name, fmt(old), fmt(new), f"[{colour}]{change}[/]" if colour else change)
+                cells = [node_id if index == 0 else "", name, fmt(old), fmt(new), f"[{colour}]{change}[/]" if colour else change]
+                if referenced:
+                    cells.append(fmt(reference.get(name)) + (f" ({node.meta.get('reference')})" if index == 0 else "")
+                                 if isinstance(reference, dict) else "")
+                table.add_row(*cells)
         _console().print(table)
     plain = [(node_id, node) for node_id, node in rows if not is_comparison(node.metrics)]
     if plain:

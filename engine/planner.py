@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 import importlib.metadata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +168,17 @@ def build_plan(config: PipelineConfig, cache: Cache | None = None) -> Plan:
             kinds = [nodes[i].kind for i in input_ids]
             if baseline_id is not None:
                 input_ids.append(baseline_id)
+            for extra in inst.extra_inputs(pc.params):
+                ids = expanded.get(extra)
+                if ids is None:
+                    known = [n for n in passes if n != name]
+                    hint = difflib.get_close_matches(extra, known, n=1)
+                    raise PlanError(f"{config.where('passes', name)} pass '{name}' reads '{extra}', which is not a pass"
+                                    + (f"; did you mean '{hint[0]}'?" if hint else f"; passes: {', '.join(known)}"))
+                extra_id = ids.get(target_name) if target_name in ids else ids.get(None)
+                if extra_id is None:
+                    raise PlanError(f"{config.where('passes', name)} pass '{name}' reads '{extra}', which is not built for target '{target_name}'")
+                input_ids.append(extra_id)
             node_id = f"{name}@{target_name}" if target_name else name
             node = Node(node_id, name, pc, target_name, target, input_ids, inst.output_kind(pc.params, kinds))
             _check_needs(config, node, inst)
@@ -189,16 +202,21 @@ def _pass_order(config: PipelineConfig) -> list[str]:
     names = list(config.passes)
     for index, name in enumerate(names):
         graph.add_node(name)
-        for input_name in config.passes[name].inputs or []:
-            if input_name != MODEL_INPUT:
+        for input_name in _reads(config.passes[name]):
+            if input_name != MODEL_INPUT and input_name in config.passes:
                 graph.add_edge(input_name, name)
     return list(nx.lexicographical_topological_sort(graph, key=lambda n: f"{names.index(n):06d}"))
+
+
+def _reads(pc: PassConfig) -> list[str]:
+    """The passes a pass reads: its inputs, and what its class adds (evaluate's `reference`)."""
+    return [*(pc.inputs or []), *pc.cls().extra_inputs(pc.params)]
 
 
 def _check_cycles(config: PipelineConfig) -> None:
     graph = nx.DiGraph()
     for name, pc in config.passes.items():
-        for input_name in pc.inputs or []:
+        for input_name in _reads(pc):
             graph.add_edge(input_name, name)
     try:
         cycle = nx.find_cycle(graph)

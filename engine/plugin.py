@@ -144,6 +144,11 @@ class Pass:
             return self.produces
         return input_kinds[0] if input_kinds else "any"
 
+    def extra_inputs(self, params: Any) -> list[str]:
+        """Other passes this one reads besides its inputs (evaluate's `reference`): they run
+        first and their artifacts reach `ctx.inputs` after the inputs, with no kind check."""
+        return []
+
     def check(self, params: Any, target: Any) -> str | None:
         """Say why this pass cannot serve `target` with `params`, or None if it can.
 

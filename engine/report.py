@@ -200,6 +200,15 @@ METRIC_HEAD = ["metric", "before", "after", "change"]
 GOAL_HEAD = ["metric", "goal", "before", "after", "result"]
 
 
+def metric_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(head, rows) of an evaluation; a `reference` evaluation gets its own column."""
+    reference = metrics.get("reference")
+    rows = [[m, fmt(b), fmt(a), c] for m, b, a, c in comparison(metrics)]
+    if not isinstance(reference, dict):
+        return METRIC_HEAD, rows
+    return [*METRIC_HEAD, "reference"], [row + [fmt(reference.get(row[0]))] for row in rows]
+
+
 def _goal_rows(node: dict) -> list[list[str]]:
     rows = []
     for goal in node.get("goals", []):
@@ -230,7 +239,7 @@ def _markdown(run, nodes, evaluations, charts, images, config_text, config_hash,
         lines += ["## Before and after", ""]
         for node_id, node in evaluations.items():
             lines += [f"### {node_id}", ""]
-            lines += _md_table(METRIC_HEAD, [[m, fmt(b), fmt(a), c] for m, b, a, c in comparison(node["metrics"])])
+            lines += _md_table(*metric_table(node["metrics"]))
             if node.get("goals"):
                 lines += ["Goals:", ""] + _md_table(GOAL_HEAD, _goal_rows(node))
             if charts.get(node_id):
@@ -284,7 +293,7 @@ def _html(run, nodes, evaluations, charts, images, config_text, config_hash, out
         parts.append("<h2>Before and after</h2>")
         for node_id, node in evaluations.items():
             parts.append(f"<h3>{esc(node_id)}</h3>")
-            parts.append(_html_table(METRIC_HEAD, [[m, fmt(b), fmt(a), c] for m, b, a, c in comparison(node["metrics"])]))
+            parts.append(_html_table(*metric_table(node["metrics"])))
             if node.get("goals"):
                 parts.append("<p>Goals:</p>" + _html_table(GOAL_HEAD, _goal_rows(node)))
             if charts.get(node_id):

@@ -50,7 +50,8 @@ class CustomMetric(BaseModel):
         return self.name or self.metric.rsplit(":", 1)[1]
 
 
-GoalRules = dict[Literal["min", "max", "max_drop", "max_increase"], float | str]
+GoalRules = dict[Literal["min", "max", "max_drop", "max_increase", "min_increase", "max_drop_from_reference",
+                          "max_increase_from_reference"], float | str]
 
 
 class Evaluate(Pass):
@@ -85,7 +86,13 @@ class Evaluate(Pass):
         warmup: int = Field(2, ge=0, description="Untimed generations before the timed ones (caches, allocator).")
         goals: dict[str, GoalRules] = Field(
             default_factory=dict,
-            description="Per metric: min, max (absolute), max_drop, max_increase (from the input model; a number or '5%').",
+            description="Per metric: min, max (absolute); max_drop, max_increase, min_increase (from the input model; "
+            "a number or '5%'); max_drop_from_reference, max_increase_from_reference (from the `reference` evaluation).",
+        )
+        reference: str | None = Field(
+            None,
+            description="Another evaluate pass whose results sit beside these (say, the fine-tuned PyTorch model's, "
+            "beside its int4 export's), for the *_from_reference goals. It runs first.",
         )
         on_miss: Literal["fail", "warn"] = Field("fail", description="What a missed goal does to the run.")
 
@@ -109,6 +116,13 @@ class Evaluate(Pass):
                     if relative and rule in ("min", "max"):
                         raise ValueError(f"goal {metric}.{rule}: a percentage only makes sense for max_drop or max_increase")
             return value
+
+        @model_validator(mode="after")
+        def _reference_goals(self):
+            uses = [f"{m}.{r}" for m, rules in self.goals.items() for r in rules if r.endswith(M.REFERENCE_SUFFIX)]
+            if uses and not self.reference:
+                raise ValueError(f"goal {uses[0]} compares with a reference: set reference to another evaluate pass")
+            return self
 
         @model_validator(mode="after")
         def _consistent(self):
@@ -137,10 +151,14 @@ class Evaluate(Pass):
             builtin = M.expand([m for m in self.metrics if isinstance(m, str) and ":" not in m])
             return [*builtin, *(c.label for c in self.custom())]
 
+    def extra_inputs(self, params: Any) -> list[str]:
+        return [params.reference] if params.reference else []
+
     def goals(self, params: Any, artifact: Artifact) -> list[dict[str, Any]]:
         if not params.goals or artifact.meta.get("role") == "before":
             return []
-        results = M.check_goals(params.goals, artifact.metrics.get("before", {}), artifact.metrics.get("after", {}))
+        results = M.check_goals(params.goals, artifact.metrics.get("before", {}), artifact.metrics.get("after", {}),
+                                artifact.metrics.get("reference"))
         return [{**result.as_dict(), "fatal": params.on_miss == "fail"} for result in results]
 
     def run(self, ctx: PassContext) -> Artifact:
@@ -148,7 +166,8 @@ class Evaluate(Pass):
         base_name = ctx.node.split("@", 1)[0]
         is_before = base_name.endswith(BASELINE_SUFFIX)
         before_artifact = ctx.inputs.get(f"{base_name}{BASELINE_SUFFIX}")
-        input_name, model = next((n, a) for n, a in ctx.inputs.items() if n != f"{base_name}{BASELINE_SUFFIX}")
+        reference = {n: a for n, a in ctx.inputs.items() if params.reference and n.split("@", 1)[0] == params.reference}
+        input_name, model = next((n, a) for n, a in ctx.inputs.items() if n != f"{base_name}{BASELINE_SUFFIX}" and n not in reference)
         after, details = measure(ctx, model)
         (ctx.output_dir / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in details.pop("rows")))
         if is_before:
@@ -161,9 +180,13 @@ class Evaluate(Pass):
             before = dict(after)  # this pass reads the input model itself (maybe converted)
         else:
             before = {}
-        body = {"model": str(model.path), "kind": model.kind, "before": before, "after": after, **details}
+        metrics = {"before": before, "after": after}
+        for artifact in reference.values():
+            metrics["reference"] = dict(artifact.metrics.get("after", {}))
+            details["reference"] = params.reference
+        body = {"model": str(model.path), "kind": model.kind, **metrics, **details}
         (ctx.output_dir / "metrics.json").write_text(json.dumps(body, indent=2))
-        return Artifact(path=ctx.output_dir, kind="metrics", meta=details, metrics={"before": before, "after": after})
+        return Artifact(path=ctx.output_dir, kind="metrics", meta=details, metrics=metrics)
 
 
 # -- measuring -------------------------------------------------------------------------------------

@@ -252,22 +252,27 @@ def parse_amount(value: Any) -> tuple[float, bool]:
     return float(value), False
 
 
-GOAL_RULES = ("min", "max", "max_drop", "max_increase")
+GOAL_RULES = ("min", "max", "max_drop", "max_increase", "min_increase", "max_drop_from_reference", "max_increase_from_reference")
+REFERENCE_SUFFIX = "_from_reference"
 
 
-def check_goals(goals: dict[str, dict[str, Any]], before: dict[str, float], after: dict[str, float]) -> list[GoalResult]:
-    """Check each goal of each metric against the after (and before) values.
+def check_goals(goals: dict[str, dict[str, Any]], before: dict[str, float], after: dict[str, float],
+                reference: dict[str, float] | None = None) -> list[GoalResult]:
+    """Check each goal of each metric against the after (and before, or reference) values.
 
     Rules: `min` / `max` bound the after value; `max_drop` / `max_increase` bound the change
-    from the before value, as a number in the metric's unit (`0.01`) or a percent of the before
-    value (`"5%"`). A metric that was not measured fails its goal.
+    from the before value and `min_increase` asks for at least that much gain, each as a number
+    in the metric's unit (`0.01`) or a percent of the before value (`"5%"`). The same rules ending
+    in `_from_reference` compare with the `reference:` evaluation instead of the input model.
+    A metric that was not measured fails its goal.
     """
     results = []
     for metric, rules in goals.items():
         value = after.get(metric)
-        old = before.get(metric)
         for rule, raw in rules.items():
             text = f"{rule} {raw}"
+            versus = reference if rule.endswith(REFERENCE_SUFFIX) else before
+            old = (versus or {}).get(metric)
             if value is None:
                 results.append(GoalResult(metric, text, None, old, False, "not measured; add it to metrics"))
                 continue
@@ -277,14 +282,21 @@ def check_goals(goals: dict[str, dict[str, Any]], before: dict[str, float], afte
                 ok, why = value <= float(raw), f"{_num(value)} > {_num(float(raw))}"
             else:
                 if old is None:
-                    results.append(GoalResult(metric, text, value, None, False, "no before value to compare with"))
+                    where = "reference" if rule.endswith(REFERENCE_SUFFIX) else "before"
+                    results.append(GoalResult(metric, text, value, None, False, f"no {where} value to compare with"))
                     continue
                 amount, relative = parse_amount(raw)
-                change = value - old if rule == "max_increase" else old - value
+                base_rule = rule.removesuffix(REFERENCE_SUFFIX)
                 limit = amount * abs(old) if relative else amount
-                word = "rose" if rule == "max_increase" else "dropped"
-                ok = change <= limit + 1e-12
-                why = f"{word} by {_num(change)}{_pct(change, old)}, limit {_num(limit)}"
+                if base_rule == "min_increase":
+                    change = value - old
+                    ok = change >= limit - 1e-12
+                    why = f"rose by {_num(change)}{_pct(change, old)}, needs {_num(limit)}"
+                else:
+                    change = value - old if base_rule == "max_increase" else old - value
+                    word = "rose" if base_rule == "max_increase" else "dropped"
+                    ok = change <= limit + 1e-12
+                    why = f"{word} by {_num(change)}{_pct(change, old)}, limit {_num(limit)}"
             results.append(GoalResult(metric, text, value, old, ok, "" if ok else why))
     return results
 

@@ -486,3 +486,27 @@ def test_reads_what_the_built_in_passes_make(tmp_path):
     adapter_ppl = hf_perplexity(llama, texts[:3], adapter=Path(result["finetune"].path))
     assert result["eval_adapter"].metrics["after"]["perplexity"] == pytest.approx(adapter_ppl, rel=1e-4)
     assert result["eval@laptop"].metrics["before"] == result["eval.before"].metrics
+
+
+def test_reference_evaluation_sits_beside_and_drives_goals(tmp_path, llama, cli):
+    """A second evaluate pass reads the first as its reference: its numbers come along, and
+    *_from_reference goals compare with them; the reference runs first even when written after."""
+    evaluate = ("{type: evaluate, data: tone, metrics: [perplexity], max_samples: 2, inputs: [perturb], reference: ref, "
+                "goals: {perplexity: {max_increase_from_reference: '1%'}}}")
+    path = write_project(tmp_path, llama, evaluate, "perturb: {type: plugin:Perturb, scale: 3.0}")
+    with path.open("a") as handle:  # the reference, written after the pass that reads it: the model itself
+        handle.write("  ref: {type: evaluate, data: tone, metrics: [perplexity], max_samples: 2, inputs: [model]}\n")
+    code, out, err = cli("run", "--config", path, "--quiet")
+    assert code == 3 and "goals missed" in out  # the scaled model is worse than the reference
+    nodes = json.loads((tmp_path / "out" / "run.json").read_text())["nodes"]
+    (goal,) = nodes["eval"]["goals"]
+    assert goal["rule"] == "max_increase_from_reference 1%" and not goal["ok"]
+    assert nodes["eval"]["metrics"]["reference"] == nodes["ref"]["metrics"]["after"]
+    assert "reference" in (tmp_path / "out" / "report.md").read_text()
+
+    path.write_text(path.read_text().replace("reference: ref", "reference: reff"))
+    code, _, err = cli("plan", "--config", path)
+    assert code == 2 and "reads 'reff', which is not a pass; did you mean 'ref'?" in err
+    path.write_text(path.read_text().replace("reference: reff, ", ""))
+    code, _, err = cli("validate", "--config", path)
+    assert code == 2 and "set reference to another evaluate pass" in err

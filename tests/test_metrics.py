@@ -104,3 +104,16 @@ def test_relative_goals_percent_and_absolute():
 def test_a_goal_on_an_unmeasured_metric_fails():
     (result,) = M.check_goals({"bleu": {"min": 1}}, {}, {"accuracy": 1.0})
     assert not result.ok and "not measured" in result.why
+
+
+def test_min_increase_and_goals_against_a_reference():
+    before, reference = {"accuracy": 0.10}, {"accuracy": 0.90}
+    goals = {"accuracy": {"min_increase": 0.40, "max_drop_from_reference": 0.03}}
+    ok = _by_rule(M.check_goals(goals, before, {"accuracy": 0.88}, reference))
+    assert all(r.ok for r in ok.values())
+    assert ok[("accuracy", "max_drop_from_reference 0.03")].before == 0.90  # the row shows what it compared with
+    bad = _by_rule(M.check_goals(goals, before, {"accuracy": 0.45}, reference))
+    assert not bad[("accuracy", "min_increase 0.4")].ok and "needs 0.4" in bad[("accuracy", "min_increase 0.4")].why
+    assert not bad[("accuracy", "max_drop_from_reference 0.03")].ok and "dropped by 0.45" in bad[("accuracy", "max_drop_from_reference 0.03")].why
+    (missing,) = M.check_goals({"accuracy": {"max_drop_from_reference": 0.03}}, before, {"accuracy": 0.5}, None)
+    assert not missing.ok and "no reference value" in missing.why
