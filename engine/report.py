@@ -155,6 +155,13 @@ def _chart(out_dir: Path, node_id: str, metrics: dict[str, Any]) -> str | None:
     rows = [(name, old, new) for name, old, new, _ in comparison(metrics) if new is not None]
     if not rows:
         return None
+    folder = out_dir / CHART_DIR
+    path = folder / f"{node_id.replace('@', '-at-').replace('/', '-')}-metrics.png"
+    # the same numbers draw the same chart: a rerun from the cache keeps it (matplotlib costs seconds)
+    stamp = path.with_suffix(".json")
+    drawn = json.dumps([node_id, rows], sort_keys=True)
+    if path.exists() and stamp.exists() and stamp.read_text() == drawn:
+        return os.path.relpath(path, out_dir)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,11 +185,10 @@ def _chart(out_dir: Path, node_id: str, metrics: dict[str, Any]) -> str | None:
         ax.margins(y=0.2)
     fig.suptitle(node_id, fontsize=10)
     fig.tight_layout()
-    folder = out_dir / CHART_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{node_id.replace('@', '-at-').replace('/', '-')}-metrics.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    stamp.write_text(drawn)
     return os.path.relpath(path, out_dir)
 
 

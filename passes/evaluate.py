@@ -62,7 +62,9 @@ class Evaluate(Pass):
     consumes = ("hf-model", "hf-adapter", "onnx-model", "genai-model")
     produces = "metrics"
     baseline = True
-    unkeyed = ("goals", "on_miss")
+    # goals are checked, not measured; `reference` reaches the key through its node's key, and the
+    # input model's evaluation (`.before`) never reads it, so passes that differ only there share it
+    unkeyed = ("goals", "on_miss", "reference")
     # per target (when its input is), it runs the model on the target's execution providers:
     # a target this machine cannot run is a plan error, not a silent CPU measurement
     executes_on_target = True

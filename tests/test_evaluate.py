@@ -317,8 +317,15 @@ def test_reports_hold_the_numbers_and_render_again(tmp_path, llama, cli):
     assert "report/eval-metrics.png" in md and "report/eval-metrics.png" in page
 
     (out_dir / "report.md").unlink()
+    drawn = chart.stat().st_mtime_ns
     code, out, _ = cli("report", out_dir)
     assert code == 0 and (out_dir / "report.md").read_text() == md
+    assert chart.stat().st_mtime_ns == drawn  # the same numbers: the chart is kept, not drawn again
+    run_json = json.loads((out_dir / "run.json").read_text())
+    run_json["nodes"]["eval"]["metrics"]["after"]["size_mb"] += 1.0
+    (out_dir / "run.json").write_text(json.dumps(run_json))
+    code, out, _ = cli("report", out_dir)
+    assert code == 0 and chart.stat().st_mtime_ns != drawn  # new numbers: drawn again
     code, _, err = cli("report", tmp_path / "nowhere")
     assert code == 1 and "no run.json" in err
 
