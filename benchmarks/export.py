@@ -1,16 +1,24 @@
-"""Export: SmolLM2-135M to int4 ONNX with slimops, against running the builder by hand, and the
-int4 model's decode speed (onnxruntime-genai) against PyTorch fp32 `generate`.
+"""Export: SmolLM2-135M to int4 ONNX for `cpu-int4`, against PyTorch fp32, the builder run by hand,
+and (with --olive-venv) Olive 0.13's `olive auto-opt`.
 
-    python benchmarks/export.py [--tokens 128] [--repeats 3] [--work DIR]
+    python benchmarks/export.py [--tokens 64] [--repeats 5] [--olive-venv /opt/olive-venv] [--work DIR]
 
-1. `slimops run`, cold cache, of `model: smollm2-135m` -> onnx (cpu-int4: the builder's int4), and
-   -> onnx fp32 -> quantize (rtn asymmetric as in configs/int4-cpu.yaml, and hqq; lm_head int8):
-   the GGUF is converted to an HF folder once (from_gguf); every model is parity-checked.
-2. The same builder call run directly on that HF folder (`python -m onnxruntime_genai.models.builder
-   -p int4 -e cpu`, with the cpu-int4 block size and accuracy level).
-3. Greedy decode of `--tokens` tokens after a short prompt: onnxruntime-genai on each int4 model vs
-   transformers `generate` in fp32 (KV cache on both); tokens/s of the decode phase, median of
-   `--repeats`.
+1. `slimops run`, cold cache: the bundled GGUF -> HF (from_gguf) -> `onnx` on `cpu-int4` three ways:
+   slimops's default (affine int4), the builder's own int4 (`int4_method: builder`), and fp32.
+2. Engine overhead on conversion: `slimops run` of a one-node pipeline (the builder's int4 on the
+   HF folder, parity check off, cold cache) against `python -m onnxruntime_genai.models.builder`
+   with the same options, alternating, median of --repeats.
+3. Decode: greedy, a 32-token prompt, --tokens new tokens; onnxruntime-genai for each ONNX model,
+   transformers `generate` (KV cache) for PyTorch fp32; tokens/s of the decode phase, median of
+   --repeats, the runs of all models interleaved.
+4. Agreement with PyTorch fp32, teacher-forced: fp32's greedy continuation (--tokens tokens) of 5
+   chat prompts is fed to each model; the share of positions whose argmax is fp32's.
+5. Size on disk against the fp32 weights; decode speed against a memory-bandwidth bound (read
+   bandwidth measured here, bytes per token ~ the model's weight bytes).
+Olive runs in its own venv (`python3 -m venv DIR && DIR/bin/pip install torch==2.13.0 &&
+DIR/bin/pip install "olive-ai[finetune]==0.13.0" && DIR/bin/pip install --no-deps onnxruntime-genai==0.13.2`:
+Olive 0.13's ModelBuilder pass imports `onnxruntime_genai.models.quantized_model`, which 0.14 and
+later lack, and with 0.15.2 it exits 0 without a model); slimops never imports it.
 The table goes into docs/benchmarks.md under "Export".
 """
 
@@ -29,141 +37,228 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import commit, machine, write_section  # noqa: E402
 
-PROMPT = "The capital of France is"
 PIPELINE = """\
 name: export-bench
 model: smollm2-135m
 targets: {laptop: cpu-int4}
 passes:
-  export: {type: onnx, parity: {min_top1: 0.0}}     # the builder's own int4 (rtn), recorded, never failed
+  int4: {type: onnx}                                   # slimops's default for cpu-int4: affine
+  builder: {type: onnx, int4_method: builder, inputs: [model], parity: {min_top1: 0.0}}
   fp32: {type: onnx, precision: fp32, inputs: [model]}
-  rtn: {type: quantize, method: rtn, symmetric: false, keep_lm_head_int8: true, parity: {min_top1: 0.0}}
-  hqq: {type: quantize, method: hqq, keep_lm_head_int8: true, inputs: [fp32], parity: {min_top1: 0.0}}
 engine: {cache_dir: cache, output_dir: out}
 """
+OVERHEAD = """\
+name: overhead
+model: {path: "%s"}
+targets: {laptop: cpu-int4}
+passes:
+  builder: {type: onnx, int4_method: builder, parity: {enabled: false}}
+engine: {cache_dir: cache-overhead, output_dir: out-overhead}
+"""
+BUILDER_ARGS = ["-p", "int4", "-e", "cpu", "--extra_options", "block_size=32", "accuracy_level=4", "hf_token=false"]
+LONG_TEXT = ("The history of the city begins with a small fishing village on the river, where traders from the north "
+             "and the south met every spring to exchange salt, wool and iron for grain and dried fish.")
+CHAT_PROMPTS = [
+    "Write a short poem about the sea.",
+    "Explain what a CPU cache is.",
+    "Give me three tips for learning to cook.",
+    "What is the tone of: I can't believe you broke my phone again!",
+    "Summarize the plot of Romeo and Juliet in two sentences.",
+]
 
 
 def size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
 
 
-def slimops_run(work: Path) -> tuple[float, dict]:
-    (work / "pipeline.yaml").write_text(PIPELINE)
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "slimops.cli", "run", "--config", "pipeline.yaml", "-q"], cwd=work, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    seconds = time.perf_counter() - t0
-    return seconds, json.loads((work / "out" / "run.json").read_text())["nodes"]
+def weight_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.suffix in (".data", ".safetensors", ".onnx")) / 2**20
 
 
-def builder_direct(hf: Path, out: Path) -> float:
-    shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(out), "-p", "int4",
-                    "-e", "cpu", "-c", str(out.parent / "builder-cache"), "--extra_options", "block_size=32", "accuracy_level=4",
-                    "hf_token=false"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+def prompt_ids(hf: Path) -> list[int]:
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(hf)(LONG_TEXT)["input_ids"]
+    assert len(ids) >= 32, len(ids)
+    return ids[:32]
 
 
-def genai_decode(folder: Path, tokens: int) -> tuple[float, float]:
-    """(prefill seconds, decode tokens/s) for greedy generation of `tokens` tokens."""
+def genai_decode(folder: Path, ids: list[int], tokens: int) -> float:
+    """Decode tokens/s of greedy generation of `tokens` tokens after `ids`."""
     import onnxruntime_genai as og
 
     model = og.Model(str(folder))
-    tokenizer = og.Tokenizer(model)
-    ids = tokenizer.encode(PROMPT)
     params = og.GeneratorParams(model)
     params.set_search_options(max_length=len(ids) + tokens, min_length=len(ids) + tokens, do_sample=False)
     generator = og.Generator(model, params)
-    t0 = time.perf_counter()
     generator.append_tokens(ids)
     generator.generate_next_token()
-    t1 = time.perf_counter()
-    produced = 1
+    t0, produced = time.perf_counter(), 1
     while not generator.is_done():
         generator.generate_next_token()
         produced += 1
-    t2 = time.perf_counter()
-    return t1 - t0, (produced - 1) / (t2 - t1)
+    return (produced - 1) / (time.perf_counter() - t0)
 
 
-def torch_decode(folder: Path, tokens: int, threads: int | None = None) -> tuple[float, float]:
+def torch_decode(hf: Path, ids: list[int], tokens: int) -> float:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        model.generate(x, max_new_tokens=2, do_sample=False)  # warm-up: lazy set-up
+        t0 = time.perf_counter()
+        model.generate(x, max_new_tokens=1, min_new_tokens=1, do_sample=False)
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = model.generate(x, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+        total = time.perf_counter() - t0
+    return (out.shape[1] - len(ids) - 1) / max(total - first, 1e-9)
+
+
+def teacher_forced(hf: Path, folders: dict[str, Path], tokens: int) -> dict[str, float]:
+    """Share of positions where each ONNX model's argmax is fp32 PyTorch's, on fp32's own continuations."""
+    import numpy as np
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if threads:
-        torch.set_num_threads(threads)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    ids = tokenizer(PROMPT, return_tensors="pt")
-    with torch.no_grad():
-        model.generate(**ids, max_new_tokens=2, do_sample=False)  # warm-up: the first call pays for lazy set-up
+    from slimops.passes.parity import OnnxCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(hf)
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
+    cases = []
+    for prompt in CHAT_PROMPTS:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt")
+        ids = ids if torch.is_tensor(ids) else ids["input_ids"]
+        with torch.no_grad():
+            full = model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+            reference = model(full).logits[0].argmax(-1).numpy()
+        cases.append((full[0].tolist(), ids.shape[1], reference))
+    scores = {}
+    for name, folder in folders.items():
+        onnx_model = OnnxCausalLM(folder, ["CPUExecutionProvider"])
+        shares = [float((onnx_model.logits(full)[start - 1:-1].argmax(-1) == ref[start - 1:-1]).mean()) for full, start, ref in cases]
+        scores[name] = float(np.mean(shares))
+    return scores
+
+
+def read_bandwidth_gbs() -> float:
+    """Read bandwidth with every core: torch sums a 1 GiB tensor, best of 5."""
+    import torch
+
+    x = torch.ones(2**28, dtype=torch.float32)
+    best = 0.0
+    for _ in range(5):
         t0 = time.perf_counter()
-        model.generate(**ids, max_new_tokens=1, do_sample=False)
-        first = time.perf_counter() - t0
+        x.sum().item()
+        best = max(best, x.numel() * 4 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def engine_overhead(work: Path, hf: Path, repeats: int) -> tuple[float, float, float]:
+    """(slimops run s, builder direct s, builder subprocess inside slimops s), medians."""
+    (work / "overhead.yaml").write_text(OVERHEAD % hf)
+    ours, direct, inner = [], [], []
+    for _ in range(repeats):
+        shutil.rmtree(work / "cache-overhead", ignore_errors=True)
+        shutil.rmtree(work / "out-overhead", ignore_errors=True)
         t0 = time.perf_counter()
-        out = model.generate(**ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
-        total = time.perf_counter() - t0
-    produced = out.shape[1] - ids["input_ids"].shape[1]
-    return first, (produced - 1) / max(total - first, 1e-9)
+        subprocess.run([sys.executable, "-m", "slimops.cli", "run", "--config", "overhead.yaml", "-q"], cwd=work, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ours.append(time.perf_counter() - t0)
+        inner.append(json.loads((work / "out-overhead" / "run.json").read_text())["nodes"]["builder@laptop"]["metrics"]["build_seconds"])
+        out = work / "direct"
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(out), *BUILDER_ARGS[:4],
+                        "-c", str(work / "direct-cache"), *BUILDER_ARGS[4:]], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        direct.append(time.perf_counter() - t0)
+        shutil.rmtree(work / "direct-cache", ignore_errors=True)
+    return statistics.median(ours), statistics.median(direct), statistics.median(inner)
+
+
+def olive_auto_opt(venv: Path, hf: Path, out: Path) -> float:
+    """`olive auto-opt` to int4 for the CPU in its own venv; wall seconds. The model folder is out/model."""
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    subprocess.run([str(venv / "bin" / "olive"), "auto-opt", "--model_name_or_path", str(hf), "--output_path", str(out),
+                    "--device", "cpu", "--provider", "CPUExecutionProvider", "--precision", "int4", "--use_model_builder",
+                    "--log_level", "3"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def find_genai_folder(root: Path) -> Path:
+    return next(p.parent for p in sorted(root.rglob("genai_config.json")))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--olive-venv", type=Path, help="a venv with olive-ai 0.13 (see the docstring)")
     parser.add_argument("--work", type=Path, help="keep the work folder here (default: a temp folder)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="slimops-export-"))
     work.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(work / "cache", ignore_errors=True)
-    shutil.rmtree(work / "out", ignore_errors=True)
+    for name in ("cache", "out"):
+        shutil.rmtree(work / name, ignore_errors=True)
 
-    run_seconds, nodes = slimops_run(work)
+    (work / "pipeline.yaml").write_text(PIPELINE)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "slimops.cli", "run", "--config", "pipeline.yaml", "-q"], cwd=work, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_seconds = time.perf_counter() - t0
+    nodes = json.loads((work / "out" / "run.json").read_text())["nodes"]
     hf = Path(nodes["model.from_gguf"]["path"])
-    onnx_dir = Path(nodes["export@laptop"]["path"])
-    export = nodes["export@laptop"]
-    direct = builder_direct(hf, work / "direct")
+    folders = {"slimops int4 (affine)": Path(nodes["int4@laptop"]["path"]), "builder int4": Path(nodes["builder@laptop"]["path"]),
+               "fp32 ONNX": Path(nodes["fp32@laptop"]["path"])}
+    olive_seconds = None
+    if args.olive_venv:
+        olive_seconds = olive_auto_opt(args.olive_venv, hf, work / "olive")
+        folders["Olive 0.13 auto-opt int4"] = find_genai_folder(work / "olive")
 
-    rtn, hqq = nodes["rtn@laptop"], nodes["hqq@laptop"]
-    rtn_dir, hqq_dir = Path(rtn["path"]), Path(hqq["path"])
-    runs = {
-        "builder int4": [genai_decode(onnx_dir, args.tokens) for _ in range(args.repeats)],
-        "rtn int4": [genai_decode(rtn_dir, args.tokens) for _ in range(args.repeats)],
-        "hqq int4": [genai_decode(hqq_dir, args.tokens) for _ in range(args.repeats)],
-        "PyTorch fp32": [torch_decode(hf, args.tokens) for _ in range(args.repeats)],
-        "PyTorch fp32, 1 thread": [torch_decode(hf, args.tokens, threads=1) for _ in range(args.repeats)],
-    }
-    tps = {name: statistics.median(r[1] for r in values) for name, values in runs.items()}
-    ttft = {name: statistics.median(r[0] for r in values) * 1000 for name, values in runs.items()}
+    ours, direct, inner = engine_overhead(work, hf, max(3, args.repeats // 2 + 1))
+    ids = prompt_ids(hf)
+    speeds: dict[str, list[float]] = {name: [] for name in [*folders, "PyTorch fp32"]}
+    for _ in range(args.repeats):  # interleaved, so that the machine's drift hits every model alike
+        for name, folder in folders.items():
+            speeds[name].append(genai_decode(folder, ids, args.tokens))
+        speeds["PyTorch fp32"].append(torch_decode(hf, ids, args.tokens))
+    tps = {name: statistics.median(values) for name, values in speeds.items()}
+    agreement = teacher_forced(hf, folders, args.tokens)
+    bandwidth = read_bandwidth_gbs()
+    fp32_mb = weight_mb(hf)
 
-    def parity(metrics):
-        return f"{metrics['parity_top1']:.3f} / {metrics['parity_agreement']:.3f} / {metrics['parity_max_logit_diff']:.3g}"
-
-    rows = [
-        ("`slimops run` cold, whole process (from_gguf, 2 exports, 2 quantizes, 4 parity checks)", f"{run_seconds:.1f} s"),
-        ("  from_gguf node (GGUF -> HF fp32)", f"{nodes['model.from_gguf']['seconds']:.1f} s"),
-        ("  onnx node, int4 by the builder (builder + parity check)", f"{export['seconds']:.1f} s"),
-        ("  of which the builder subprocess", f"{export['metrics']['build_seconds']:.1f} s"),
-        ("builder run directly on the same HF folder, int4", f"{direct:.1f} s"),
-        ("  onnx node fp32 / quantize node rtn / quantize node hqq (each with parity)",
-         f"{nodes['fp32@laptop']['seconds']:.1f} s / {rtn['seconds']:.1f} s / {hqq['seconds']:.1f} s"),
-        (f"decode tok/s ({args.tokens} tokens, median of {args.repeats}): " + " / ".join(runs), " / ".join(f"{tps[n]:.1f}" for n in runs)),
-        ("decode speed-up over the faster PyTorch fp32 row: builder int4 / rtn int4 / hqq int4",
-         " / ".join(f"{tps[n] / max(tps['PyTorch fp32'], tps['PyTorch fp32, 1 thread']):.1f}x" for n in ("builder int4", "rtn int4", "hqq int4"))),
-        ("time to first token (ms): " + " / ".join(runs), " / ".join(f"{ttft[n]:.0f}" for n in runs)),
-        ("size on disk (MB): HF fp32 / builder int4 / rtn int4 / hqq int4",
-         f"{size_mb(hf):.0f} / {size_mb(onnx_dir):.0f} / {size_mb(rtn_dir):.0f} / {size_mb(hqq_dir):.0f}"),
-        ("parity vs fp32 PyTorch, builder int4 (sym, lm_head int4): top-1 / greedy agreement / max logit diff", parity(export["metrics"])),
-        ("parity vs the fp32 ONNX, rtn int4 (asym, lm_head int8): same", parity(rtn["metrics"])),
-        ("parity vs the fp32 ONNX, hqq int4 (lm_head int8): same", parity(hqq["metrics"])),
-        ("parity, fp32 ONNX vs PyTorch: top-1 / greedy agreement / max logit diff", parity(nodes["fp32@laptop"]["metrics"])),
+    rows = []
+    for name, folder in folders.items():
+        mb = size_mb(folder)
+        bound = bandwidth * 1e9 / (weight_mb(folder) * 2**20)
+        rows.append([name, f"{tps[name]:.1f}", f"{tps[name] / tps['PyTorch fp32']:.1f}x", f"{mb:.0f}", f"{mb / fp32_mb * 100:.0f}%",
+                     f"{agreement[name]:.3f}", f"{tps[name] / bound * 100:.0f}% of {bound:.0f}"])
+    rows.append(["PyTorch fp32 (transformers generate)", f"{tps['PyTorch fp32']:.1f}", "1.0x", f"{fp32_mb:.0f}", "100%", "1 (itself)", ""])
+    head = ["model", "decode tok/s", "vs PyTorch", "size MB", "vs fp32", "teacher-forced top-1", "bandwidth bound (tok/s)"]
+    table = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n" + "\n".join("| " + " | ".join(r) + " |" for r in rows)
+    affine = nodes["int4@laptop"]
+    timing = [
+        f"- `slimops run`, cold cache, whole process (from_gguf, three exports, three parity checks): {run_seconds:.1f} s; "
+        f"from_gguf {nodes['model.from_gguf']['seconds']:.1f} s; affine int4 node {affine['seconds']:.1f} s "
+        f"(builder at fp32 {affine['metrics']['build_seconds']:.1f} s, then the affine rewrite and the parity check).",
+        f"- Engine overhead on conversion (builder int4, parity off, median of {max(3, args.repeats // 2 + 1)}, alternating): "
+        f"`slimops run` {ours:.1f} s against the builder run directly {direct:.1f} s: {(ours / direct - 1) * 100:+.1f}% "
+        f"(the builder subprocess inside slimops: {inner:.1f} s).",
+        f"- Read bandwidth, torch sum over 1 GiB with every core, best of 5: {bandwidth:.1f} GB/s; bytes per token taken as the "
+        "model's weight files.",
     ]
+    if olive_seconds is not None:
+        timing.append(f"- Olive 0.13 `olive auto-opt --precision int4 --use_model_builder` (its own venv): {olive_seconds:.1f} s wall.")
     body = (
-        f"`python benchmarks/export.py --tokens {args.tokens} --repeats {args.repeats}` at commit `{commit()}` on {machine()}, "
-        "shared with other work while it ran: timings vary between runs, PyTorch's threads most (hence the 1-thread row).\n"
-        "SmolLM2-135M from the bundled GGUF, target `cpu-int4` (block 32, accuracy level 4).\n\n"
-        "| what | value |\n| --- | --- |\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
+        f"`python benchmarks/export.py --tokens {args.tokens} --repeats {args.repeats}"
+        f"{' --olive-venv ' + str(args.olive_venv) if args.olive_venv else ''}` at commit `{commit()}` on {machine()}.\n"
+        f"SmolLM2-135M from the bundled GGUF (Q4_1 linears, Q8_0 embedding), target `cpu-int4` (block 32, accuracy level 4). "
+        f"Decode: greedy, a 32-token prompt, {args.tokens} new tokens, median of {args.repeats} runs interleaved across models. "
+        f"Agreement: teacher-forced top-1 against PyTorch fp32 on fp32's own {args.tokens}-token continuations of "
+        f"{len(CHAT_PROMPTS)} chat prompts.\n\n" + table + "\n\n" + "\n".join(timing)
     )
     write_section("Export", body)
     print(body)

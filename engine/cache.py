@@ -27,7 +27,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from slimops.errors import CacheError
-from slimops.fingerprint import HashMemo, sha256_file
+from slimops.fingerprint import HashMemo, sha256_file, shared_memo_path
 
 MANIFEST = "manifest.json"
 ARTIFACT = "artifact"
@@ -50,7 +50,7 @@ class Cache:
     def __init__(self, root: Path):
         self.root = Path(root)
         self.entries_dir = self.root / "entries"
-        self.memo = HashMemo(self.root / "hashes.json")
+        self.memo = HashMemo(self.root / "hashes.json", shared_memo_path())
 
     # -- reading ------------------------------------------------------------------------------
 

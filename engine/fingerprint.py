@@ -1,7 +1,10 @@
 """Content hashes of files and folders, memoised by (path, size, mtime, inode).
 
 A large model is read once; later runs find its hash from `os.stat` alone. The memo lives in
-the cache folder (`hashes.json`) and is only a shortcut: keys hold content, never paths.
+the cache folder (`hashes.json`) and, shared by every cache of this user, in
+`~/.cache/slimops/file-hashes.json` (`$SLIMOPS_HASH_MEMO`, or under `$XDG_CACHE_HOME`): a new
+cache folder does not read a 500 MB model again. It is only a shortcut: keys hold content,
+never paths.
 """
 
 from __future__ import annotations
@@ -32,18 +35,36 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-class HashMemo:
-    """File hashes remembered across runs in one JSON file."""
+SHARED_ENTRIES = 20000  # the shared memo keeps the newest entries
 
-    def __init__(self, store: Path | None):
+
+def shared_memo_path() -> Path:
+    """Where the user's shared memo of file hashes lives."""
+    explicit = os.environ.get("SLIMOPS_HASH_MEMO")
+    if explicit:
+        return Path(explicit)
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "slimops" / "file-hashes.json"
+
+
+def _read(store: Path | None) -> dict[str, str]:
+    if store is None or not store.is_file():
+        return {}
+    try:
+        found = json.loads(store.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+class HashMemo:
+    """File hashes remembered across runs: the cache's own JSON file, then the user's shared one."""
+
+    def __init__(self, store: Path | None, shared: Path | None = None):
         self.store = store
+        self.shared = shared
         self.changed = False
-        self.memo: dict[str, str] = {}
-        if store is not None and store.is_file():
-            try:
-                self.memo = json.loads(store.read_text())
-            except (OSError, ValueError):
-                self.memo = {}
+        self.memo: dict[str, str] = {**_read(shared), **_read(store)}
 
     def file(self, path: Path) -> str:
         stat = path.stat()
@@ -64,10 +85,21 @@ class HashMemo:
         return sha256_text(canonical(entries))
 
     def save(self) -> None:
-        if not self.changed or self.store is None:
+        if not self.changed:
             return
-        self.store.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.store.with_name(f"{self.store.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.memo))
-        os.replace(tmp, self.store)
+        if self.store is not None:
+            _write(self.store, self.memo)
+        if self.shared is not None:
+            merged = {**_read(self.shared), **self.memo}
+            try:  # best effort: a read-only home only costs a re-read next time
+                _write(self.shared, dict(list(merged.items())[-SHARED_ENTRIES:]))
+            except OSError:
+                pass
         self.changed = False
+
+
+def _write(store: Path, memo: dict[str, str]) -> None:
+    store.parent.mkdir(parents=True, exist_ok=True)
+    tmp = store.with_name(f"{store.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(memo))
+    os.replace(tmp, store)

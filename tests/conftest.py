@@ -36,3 +36,11 @@ def cli(capsys):
         return code, out.out, out.err
 
     return call
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_hash_memo(tmp_path_factory):
+    """The user's shared memo of file hashes goes to a temporary file, not ~/.cache."""
+    import os
+
+    os.environ["SLIMOPS_HASH_MEMO"] = str(tmp_path_factory.mktemp("memo") / "file-hashes.json")

@@ -196,3 +196,22 @@ def test_outputs_are_copies_not_links_into_the_cache(project):
     plan = slimops.plan(path)
     cached = plan.cache.get(result["a"].key).dir / "artifact" / "out.txt"
     assert cached.stat().st_nlink == 1 and cached.read_text() == out_file.read_text()
+
+
+def test_a_new_cache_folder_reuses_the_users_shared_hash_memo(tmp_path, monkeypatch):
+    import os
+
+    from slimops import fingerprint
+
+    model = tmp_path / "model.bin"
+    model.write_bytes(os.urandom(1 << 20))
+    shared = tmp_path / "shared.json"
+    first = fingerprint.HashMemo(tmp_path / "cache1" / "hashes.json", shared)
+    digest = first.path(model)
+    first.save()
+    reads = []
+    monkeypatch.setattr(fingerprint, "sha256_file", lambda path: reads.append(path) or "new")
+    second = fingerprint.HashMemo(tmp_path / "cache2" / "hashes.json", shared)
+    assert second.path(model) == digest and reads == []  # known from os.stat alone
+    model.write_bytes(os.urandom((1 << 20) + 1))  # new content: read again
+    assert second.path(model) == "new" and reads == [model]
