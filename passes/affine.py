@@ -214,7 +214,7 @@ def quantize_affine(model, block: int = 32, accuracy_level: int | None = 4, lm_h
 
     casts: list = []
     index_of = {n.output[0]: i for i, n in enumerate(graph.node)}
-    side_inputs: dict[str, list] = {}  # MatMul input -> [(node, weight name, K, N)] with a side path
+    side_inputs: dict[str, list] = {}  # MatMul input -> the MatMul nodes reading it, to quantize
     plans: dict[str, dict[str, Any]] = {}
 
     for node in matmuls:
@@ -232,65 +232,60 @@ def quantize_affine(model, block: int = 32, accuracy_level: int | None = 4, lm_h
         if consumers.get(weight, 0) == 1:
             drop.add(weight)
 
-    # U per MatMul input: [block sums | the LoRA A of every adapted MatMul reading that input]
-    u_names: dict[str, str] = {}
-    rank_rows: dict[str, tuple[int, int]] = {}  # node name -> (first row, rows) of its LoRA in U/V
-    for x, nodes in side_inputs.items():
-        k = plans[nodes[0].name]["k"]
-        p_name = constant(f"affine.block_sums.{k}.{block}", block_sum_matrix(k, block))
-        pieces, row = [p_name], -(-k // block)
-        for node in nodes:
-            for part_index, part in enumerate(parts.get(node.input[1], [])):
-                pieces.append(constant(f"{node.input[1]}.lora_a{part_index}", part.a, as_fp16=True))
-                rank_rows.setdefault(node.name, (row, 0))
-                first, count = rank_rows[node.name]
-                rank_rows[node.name] = (first, count + part.a.shape[1])
-                row += part.a.shape[1]
-        if len(pieces) == 1:
-            u_names[x] = p_name
-        else:
-            u_names[x] = f"{nodes[0].name}/affine_U"
-            casts.append(helper.make_node("Concat", pieces, [u_names[x]], axis=1, name=u_names[x] + "/Concat"))
-        plans[nodes[0].name]["u_rows"] = row
-        for node in nodes:
-            plans[node.name]["u_rows"] = row
-
-    block_sums: dict[str, str] = {}
-    for node in matmuls:
-        plan = plans.get(node.name)
-        if plan is None:
-            continue
-        weight, k, n, x = node.input[1], plan["k"], plan["n"], node.input[0]
-        out = node.output[0]
-        q_name = constant(weight + ".q4", plan["q"])
-        d_name = constant(weight + ".scales", plan["d"], as_fp16=True)
-        nodes = [helper.make_node("MatMulNBits", [x, q_name, d_name], [out + "/int4"], name=node.name + "/int4", domain="com.microsoft",
-                                  K=k, N=n, bits=4, block_size=block, **level)]
-        if x not in block_sums:
-            block_sums[x] = f"{node.name}/affine_xU"
-            nodes.append(helper.make_node("MatMul", [x, u_names[x]], [block_sums[x]], name=f"{node.name}/affine_xU"))
-        v_pieces = [constant(weight + ".offsets", plan["c"])]
-        rows = -(-k // block)
-        first, count = rank_rows.get(node.name, (rows, 0))
-        total = plan["u_rows"]
-        if total > rows:
-            lora = np.zeros((total - rows, n), dtype=np.float32)
-            at = first - rows
-            for part in parts.get(weight, []):
+    # One unit per MatMul input: the MatMuls reading it (the builder's gate and up projections, say)
+    # become one MatMulNBits, one side path and one Add, split back into their outputs.
+    for x, members in side_inputs.items():
+        k = plans[members[0].name]["k"]
+        widths = [plans[m.name]["n"] for m in members]
+        starts = [sum(widths[:i]) for i in range(len(members))]
+        total_n = sum(widths)
+        first = members[0]
+        stem = first.input[1] if len(members) == 1 else f"{first.input[1]}.merged"
+        # U = [block sums | LoRA A of each member], V = [offsets ; LoRA B placed at its member's columns]
+        u_pieces = [constant(f"affine.block_sums.{k}.{block}", block_sum_matrix(k, block))]
+        lora_a, lora_b = [], []
+        for member, column in zip(members, starts):
+            for part_index, part in enumerate(parts.get(member.input[1], [])):
+                u_pieces.append(constant(f"{member.input[1]}.lora_a{part_index}", part.a, as_fp16=True))
+                lora_a.append(part.a.shape[1])
+                lora_b.append((part, column))
+            report.lora_layers += bool(parts.get(member.input[1]))
+        u_name = u_pieces[0]
+        if len(u_pieces) > 1:
+            u_name = f"{first.name}/affine_U"
+            casts.append(helper.make_node("Concat", u_pieces, [u_name], axis=1, name=u_name + "/Concat"))
+        offsets = np.concatenate([plans[m.name]["c"] for m in members], axis=1)
+        v_pieces = [constant(stem + ".offsets", offsets)]
+        if lora_b:
+            lora = np.zeros((sum(lora_a), total_n), dtype=np.float32)
+            at = 0
+            for part, column in lora_b:
                 r = part.b.shape[0]
-                lora[at:at + r, part.offset:part.offset + part.b.shape[1]] = part.b
+                lora[at:at + r, column + part.offset:column + part.offset + part.b.shape[1]] = part.b
                 at += r
-            report.lora_layers += bool(parts.get(weight))
-            v_pieces.append(constant(weight + ".lora_b", lora, as_fp16=True))
-        if len(v_pieces) == 1:
-            v_name = v_pieces[0]
-        else:
-            v_name = weight + ".affine_V"
+            v_pieces.append(constant(stem + ".lora_b", lora, as_fp16=True))
+        v_name = v_pieces[0]
+        if len(v_pieces) > 1:
+            v_name = stem + ".affine_V"
             casts.append(helper.make_node("Concat", v_pieces, [v_name], axis=0, name=v_name + "/Concat"))
-        nodes.append(helper.make_node("MatMul", [block_sums[x], v_name], [out + "/offsets"], name=node.name + "/offsets"))
-        nodes.append(helper.make_node("Add", [out + "/int4", out + "/offsets"], [out], name=node.name + "/add_offsets"))
-        replaced[index_of[node.output[0]]] = nodes
-        report.quantized += 1
+
+        q = np.concatenate([plans[m.name]["q"] for m in members], axis=0)
+        d = np.concatenate([plans[m.name]["d"] for m in members], axis=0)
+        out = first.output[0] if len(members) == 1 else f"{first.name}/merged"
+        nodes = [
+            helper.make_node("MatMulNBits", [x, constant(stem + ".q4", q), constant(stem + ".scales", d, as_fp16=True)], [out + "/int4"],
+                             name=first.name + "/int4", domain="com.microsoft", K=k, N=total_n, bits=4, block_size=block, **level),
+            helper.make_node("MatMul", [x, u_name], [f"{first.name}/affine_xU"], name=f"{first.name}/affine_xU"),
+            helper.make_node("MatMul", [f"{first.name}/affine_xU", v_name], [out + "/offsets"], name=first.name + "/offsets"),
+            helper.make_node("Add", [out + "/int4", out + "/offsets"], [out], name=first.name + "/add_offsets"),
+        ]
+        if len(members) > 1:
+            sizes = constant(f"{stem}.split", np.array(widths, dtype=np.int64))
+            nodes.append(helper.make_node("Split", [out, sizes], [m.output[0] for m in members], axis=-1, name=first.name + "/split"))
+        replaced[index_of[first.output[0]]] = nodes
+        for member in members[1:]:
+            replaced[index_of[member.output[0]]] = []
+        report.quantized += len(members)
 
     if lm_head is not None:
         _lm_head_int8(graph, lm_head, inits, consumers, block, level, constant, replaced, index_of, drop, report)
