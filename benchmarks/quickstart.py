@@ -79,7 +79,8 @@ def main() -> None:
         ("whole process, cold cache", cold, f"{cold / 60:.0f} min {cold % 60:.0f} s wall, peak RSS {rss:.1f} GB, exit {code}"),
         (f"rerun, all cached ({args.reruns} runs)", statistics.median(reruns), " / ".join(f"{r:.2f}" for r in reruns) + " s"),
     ]
-    goals = [f"`{g['metric']}` {g['rule']}: {'met' if g['ok'] else 'MISSED'} ({g.get('value')})"
+    goals = [f"`{g['metric']}` {g['rule']}: {'met' if g['ok'] else 'MISSED'} ({g['value']:.3f})" if g.get("value") is not None
+             else f"`{g['metric']}` {g['rule']}: not measured"
              for node in ("eval", "eval_int4@laptop") for g in nodes[node].get("goals", [])]
     body = (
         f"`python benchmarks/quickstart.py` (`slimops run --config configs/quickstart.yaml`, fresh cache, then "
