@@ -23,8 +23,16 @@ passes:
 def _run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "slimops.cli", *args], cwd=cwd, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible,
     )
+
+
+def _interruptible() -> None:
+    """In the child: Ctrl-C as a terminal delivers it, whatever the test process's libraries did to
+    its own signal mask or SIGINT disposition (a child inherits both; once, in a full CI run, the
+    child never saw the test's SIGINT)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for(predicate, timeout: float = 30.0) -> None:
