@@ -272,3 +272,14 @@ def test_e2e_smollm2_lora_loss_falls(tmp_path):
     first, last = sum(curve[:3]) / 3, sum(curve[-3:]) / 3
     assert last < first * 0.8, f"loss did not fall: {curve}"
     assert (Path(result["merge"].path) / "model.safetensors").is_file()
+
+
+def test_early_stopping_stops_when_eval_loss_stops_improving(tmp_path, assets):
+    """A learning rate far too high makes the eval loss worse at once: with patience 1 the run
+    ends after the second evaluation, long before max_steps, and keeps the best checkpoint."""
+    params = {"type": "lora", "data": "tone", "max_steps": 40, "batch_size": 4, "learning_rate": 50.0, "eval_steps": 2,
+              "early_stopping_patience": 1}
+    ft = run(pipeline(tmp_path, assets, f"ft: {json.dumps(params)}\n"))["ft"]
+    assert ft.metrics["steps"] <= 8 < 40
+    evaluations = [e["eval_loss"] for e in json.loads((Path(ft.path) / "train_log.json").read_text()) if "eval_loss" in e]
+    assert 2 <= len(evaluations) <= 4
