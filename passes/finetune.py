@@ -217,7 +217,7 @@ def train(ctx: PassContext, method: str) -> Artifact:
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - started
-    eval_metrics = trainer.evaluate() if eval_set else {}
+    eval_metrics = _final_eval(trainer, params) if eval_set else {}
 
     metrics = _metrics(trainer, result, eval_metrics, seconds, trainable, checkpoint)
     _save(model, tokenizer, method, ctx.output_dir)
@@ -394,6 +394,16 @@ def _trainer(ctx: PassContext, model, tokenizer, params: Any, train_set, eval_se
 def _accuracy(prediction) -> dict[str, float]:
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
     return {"accuracy": float((logits.argmax(-1) == prediction.label_ids).mean())}
+
+
+def _final_eval(trainer, params) -> dict[str, float]:
+    """The eval metrics of the model as saved: the evaluation the Trainer just ran at the last
+    step when there was one (a second pass over the eval set would give the same numbers),
+    else a fresh one (also after early stopping, which reloads the best checkpoint)."""
+    last = next((entry for entry in reversed(trainer.state.log_history) if "eval_loss" in entry), None)
+    if last is not None and last.get("step") == trainer.state.global_step and not params.early_stopping_patience:
+        return {key: value for key, value in last.items() if key.startswith("eval_")}
+    return trainer.evaluate()
 
 
 def _has_cuda() -> bool:

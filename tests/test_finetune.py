@@ -283,3 +283,11 @@ def test_early_stopping_stops_when_eval_loss_stops_improving(tmp_path, assets):
     assert ft.metrics["steps"] <= 8 < 40
     evaluations = [e["eval_loss"] for e in json.loads((Path(ft.path) / "train_log.json").read_text()) if "eval_loss" in e]
     assert 2 <= len(evaluations) <= 4
+
+
+def test_the_last_steps_evaluation_is_not_run_twice(tmp_path, assets):
+    params = {"type": "lora", "data": "tone", "max_steps": 4, "batch_size": 4, "learning_rate": 0.01, "eval_steps": 2}
+    ft = run(pipeline(tmp_path, assets, f"ft: {json.dumps(params)}\n"))["ft"]
+    evaluations = [e for e in json.loads((Path(ft.path) / "train_log.json").read_text()) if "eval_loss" in e]
+    assert [e["step"] for e in evaluations] == [2, 4]
+    assert ft.metrics["eval_loss"] == pytest.approx(evaluations[-1]["eval_loss"], abs=1e-4)
