@@ -249,8 +249,11 @@ def run_search(config, overrides: list[str] | None = None, display=None, echo=pr
     first, later, unknown = estimate(config, overrides)
     echo(f"search: {len(spec.space)} params, space of {size if size else 'continuous'} points, {count} trials ({spec.strategy}); "
          f"objectives: {', '.join(f'{o.metric} ({o.resolved_direction})' for o in spec.objectives)}")
-    cost = f"estimated {first:.0f} s for the first trial, {later:.0f} s for each later one, ~{first + later * (count - 1):.0f} s in all"
-    echo(cost + (f" (no timing yet for: {', '.join(unknown)})" if unknown else ""))
+    if unknown and not first and not later:
+        echo("no cost estimate yet: none of these nodes has run with this cache; the first trial's timings will give one")
+    else:
+        cost = f"estimated {first:.0f} s for the first trial, {later:.0f} s for each later one, ~{first + later * (count - 1):.0f} s in all"
+        echo(cost + (f" (no timing yet for: {', '.join(unknown)})" if unknown else ""))
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=[o.resolved_direction for o in spec.objectives], sampler=_sampler(spec))

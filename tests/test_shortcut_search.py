@@ -130,7 +130,7 @@ def test_finetune_search_runs_names_the_best_and_reuses_the_cached_prefix(tmp_pa
              "--search", "--trials", "2", "--search_strategy", "random", "--output_path", "out"]
     code, out, err = cli(*flags)
     assert code == 0, err
-    assert "space of continuous points, 2 trials (random)" in err and "estimated" in err
+    assert "space of continuous points, 2 trials (random)" in err and "no cost estimate yet" in err
 
     body = json.loads((tmp_path / "out" / "trials.json").read_text())
     trials = body["trials"]
