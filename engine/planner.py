@@ -178,6 +178,9 @@ def build_plan(config: PipelineConfig, cache: Cache | None = None) -> Plan:
                 extra_id = ids.get(target_name) if target_name in ids else ids.get(None)
                 if extra_id is None:
                     raise PlanError(f"{config.where('passes', name)} pass '{name}' reads '{extra}', which is not built for target '{target_name}'")
+                if inst.extra_input_kind and nodes[extra_id].kind != inst.extra_input_kind:
+                    raise PlanError(f"{config.where('passes', name)} pass '{name}' reads '{extra}', which makes {nodes[extra_id].kind}; "
+                                    f"it needs a pass that makes {inst.extra_input_kind}")
                 input_ids.append(extra_id)
             node_id = f"{name}@{target_name}" if target_name else name
             node = Node(node_id, name, pc, target_name, target, input_ids, inst.output_kind(pc.params, kinds))

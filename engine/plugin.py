@@ -144,9 +144,12 @@ class Pass:
             return self.produces
         return input_kinds[0] if input_kinds else "any"
 
+    extra_input_kind: str | None = None
+
     def extra_inputs(self, params: Any) -> list[str]:
         """Other passes this one reads besides its inputs (evaluate's `reference`): they run
-        first and their artifacts reach `ctx.inputs` after the inputs, with no kind check."""
+        first and their artifacts reach `ctx.inputs` after the inputs; each must make
+        `extra_input_kind` when that is set."""
         return []
 
     def check(self, params: Any, target: Any) -> str | None:

@@ -56,7 +56,7 @@ def add_parsers(sub) -> None:
         p,
         "try the weight-only int4 methods that need no calibration data with block sizes 32/64/128, ranked by "
         "perplexity on --eval_data and by size (a Pareto front); needs --eval_data. --algorithm or --block_size fixes that knob",
-        "how many trials (default: the whole grid, 9 points)",
+        "how many trials (default: the whole grid, methods x 3 block sizes)",
     )
 
     p = sub.add_parser("generate-adapter", help="one ONNX base model with LoRA inputs and an .onnx_adapter per adapter")

@@ -199,6 +199,7 @@ def quantize_affine(model, block: int = 32, accuracy_level: int | None = 4, lm_h
     added: set[str] = set()
     drop: set[str] = set()
     replaced: dict[int, list] = {}  # node index -> nodes in its place
+    casts: list = []  # Cast/Concat of stored constants, folded by onnxruntime when the session loads
 
     def constant(name: str, array: np.ndarray, as_fp16: bool = False) -> str:
         """An initializer; fp16 ones get a Cast to fp32 that onnxruntime folds at load time."""
@@ -212,7 +213,6 @@ def quantize_affine(model, block: int = 32, accuracy_level: int | None = 4, lm_h
         casts.append(helper.make_node("Cast", [name + ".fp16"], [name], to=1, name=name + "/Cast"))
         return name
 
-    casts: list = []
     index_of = {n.output[0]: i for i, n in enumerate(graph.node)}
     side_inputs: dict[str, list] = {}  # MatMul input -> the MatMul nodes reading it, to quantize
     plans: dict[str, dict[str, Any]] = {}

@@ -153,6 +153,8 @@ class Evaluate(Pass):
             builtin = M.expand([m for m in self.metrics if isinstance(m, str) and ":" not in m])
             return [*builtin, *(c.label for c in self.custom())]
 
+    extra_input_kind = "metrics"  # `reference` names another evaluation
+
     def extra_inputs(self, params: Any) -> list[str]:
         return [params.reference] if params.reference else []
 

@@ -63,6 +63,8 @@ class QuantizeParams(BaseModel):
     def _calibration(self):
         if self.method == "gptq" and not self.calibration_data:
             raise ValueError("method gptq needs calibration_data: the name of a data: entry")
+        if self.method == "affine" and self.bits == 8:
+            raise ValueError("method affine is int4 only; for int8 weights use method: rtn with bits: 8, or int8_dynamic")
         return self
 
 
@@ -126,8 +128,6 @@ class Quantize(Pass):
         if method == "affine":
             from slimops.passes.affine import rewrite_file
 
-            if params.bits == 8:
-                raise OnnxError("affine is int4 only; for int8 use method: rtn with bits: 8, or int8_dynamic")
             block = int(params.block_size or settings.get("block_size", 32))
             level = params.accuracy_level if params.accuracy_level is not None else settings.get("accuracy_level", 4)
             lm_head = True if params.keep_lm_head_int8 is None else params.keep_lm_head_int8

@@ -514,6 +514,11 @@ def test_reference_evaluation_sits_beside_and_drives_goals(tmp_path, llama, cli)
     path.write_text(path.read_text().replace("reference: ref", "reference: reff"))
     code, _, err = cli("plan", "--config", path)
     assert code == 2 and "reads 'reff', which is not a pass; did you mean 'ref'?" in err
+    path.write_text(path.read_text().replace("reference: reff", "reference: perturb"))  # a model, not an evaluation
+    code, _, err = cli("plan", "--config", path)
+    assert code == 2 and "reads 'perturb', which makes hf-model; it needs a pass that makes metrics" in err
+    assert "pipeline.yaml:" in err and "Traceback" not in err
+    path.write_text(path.read_text().replace("reference: perturb", "reference: reff"))
     path.write_text(path.read_text().replace("reference: reff, ", ""))
     code, _, err = cli("validate", "--config", path)
     assert code == 2 and "set reference to another evaluate pass" in err

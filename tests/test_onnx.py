@@ -235,6 +235,9 @@ def test_gptq_without_data_is_a_config_error(assets, tmp_path):
     path = write_pipeline(tmp_path, assets, "passes:\n  quant: {type: quantize, method: gptq}\n")
     with pytest.raises(slimops.ConfigError, match="calibration_data"):
         slimops.load_config(path)
+    path = write_pipeline(tmp_path, assets, "passes:\n  quant: {type: quantize, method: affine, bits: 8}\n")
+    with pytest.raises(slimops.ConfigError, match="affine is int4 only"):
+        slimops.load_config(path)
 
 
 # -- parity that must fail ----------------------------------------------------------------------------------
