@@ -42,6 +42,13 @@ class TargetProfile(BaseModel):
         None, description="How quantized weights are stored; NPUs want QDQ."
     )
     memory_gb: float | None = Field(None, gt=0, description="Memory the model must fit in, in GiB.")
+    threads: int | None = Field(
+        None,
+        ge=0,
+        description="CPU threads ONNX Runtime runs one operator on, written into the exported model's genai_config.json. "
+        "0: one per physical core of the machine the model runs on. Unset: 0 on cpu targets (onnxruntime-genai's own "
+        "default there is a single thread), the runtime's default elsewhere.",
+    )
     settings: dict[str, Any] = Field(
         default_factory=dict, description="Defaults passes read for this target, e.g. {quantize: {block_size: 32}}."
     )
@@ -62,6 +69,13 @@ class TargetProfile(BaseModel):
     @property
     def execution_providers(self) -> list[str]:
         return self.providers or [PROVIDER_OF_DEVICE[self.device]]
+
+    @property
+    def runtime_threads(self) -> int | None:
+        """The intra-op thread count an exported model should ask for; None leaves the runtime's default."""
+        if self.threads is not None:
+            return self.threads
+        return 0 if self.device == "cpu" else None
 
     def fields_for_key(self) -> dict[str, Any]:
         """The fields that change what a per-target pass builds (the name of the profile does not)."""

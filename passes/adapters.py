@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from slimops.passes.onnx import BUILDER_EP, OnnxError, builder_options, folder_size, load_model, run_builder, OnnxParams
+from slimops.passes.onnx import BUILDER_EP, OnnxError, OnnxParams, builder_options, folder_size, load_model, run_builder, set_runtime_threads
 from slimops.passes.parity import ParityParams, check
 from slimops.plugin import Artifact, Pass, PassContext
 
@@ -116,6 +116,7 @@ class GenerateAdapter(Pass):
 
         onnx.save_model(base_model, str(out / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
                         location="model.onnx.data", size_threshold=1024)
+        set_runtime_threads(out, ctx.target)
         files = {}
         for name in names:
             files[name] = f"adapters/{name}.onnx_adapter"

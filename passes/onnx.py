@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from slimops.errors import SlimopsError
 from slimops.passes.parity import ParityParams, check, is_encoder
 from slimops.plugin import Artifact, Pass, PassContext
+from slimops.targets import TargetProfile
 
 
 class OnnxError(SlimopsError):
@@ -224,6 +225,7 @@ def build_decoder(source: Path, out: Path, params: OnnxParams, precision: str, c
     shutil.rmtree(ctx.work_dir / "builder-cache", ignore_errors=True)
     if not (out / "genai_config.json").exists():
         raise OnnxError("the model builder finished without writing genai_config.json; see the log")
+    set_runtime_threads(out, ctx.target)
     if ctx.target.device == "cpu":
         _check_genai_loads(out)
     meta = {"precision": precision, "execution_provider": ep, "builder_options": options, "task": "text-generation"}
@@ -268,6 +270,7 @@ def build_affine_int4(source: Path, out: Path, params: OnnxParams, ctx: PassCont
         if (source / name).exists():
             shutil.copy2(source / name, out / name)
     shutil.rmtree(fp32_dir, ignore_errors=True)
+    set_runtime_threads(out, ctx.target)
     _check_genai_loads(out)
     ctx.log.info("affine int4: %d MatMuls int4, %d with a LoRA side path, lm_head int8: %s, embedding shared: %s",
                  report.quantized, report.lora_layers, report.lm_head is not None, report.shared_embedding)
@@ -300,6 +303,22 @@ def merged_lora_lineage(ctx: PassContext) -> tuple[Path | None, Path | None]:
                         "DoRA" if peft.get("use_dora") else peft.get("peft_type"))
         return None, None
     return Path(base.path), Path(adapter.path)
+
+
+def set_runtime_threads(folder: Path, target: TargetProfile) -> None:
+    """Write the target's intra-op thread count into genai_config.json.
+
+    Unset, onnxruntime-genai runs each operator on one thread; measured on a 2-core machine, asking
+    for 0 (one per physical core of whatever machine runs the model) decodes SmolLM2-135M int4 about
+    1.3x faster, and 0 stays right on a machine with more cores than the one that built it.
+    """
+    threads = target.runtime_threads
+    config_file = folder / "genai_config.json"
+    if threads is None or not config_file.exists():
+        return
+    config = json.loads(config_file.read_text())
+    config["model"]["decoder"].setdefault("session_options", {})["intra_op_num_threads"] = threads
+    config_file.write_text(json.dumps(config, indent=4) + "\n")
 
 
 def _check_genai_loads(folder: Path) -> None:

@@ -109,10 +109,12 @@ class Quantize(Pass):
             precision, meta = self._quantize(ctx, method, model_file, out_file, calibration, settings)
         if source.is_dir():
             _copy_companions(source, ctx.output_dir, model_file.name)
-        if ctx.input.kind == "genai-model" and ctx.target.device == "cpu":
-            from slimops.passes.onnx import _check_genai_loads
+        if ctx.input.kind == "genai-model":
+            from slimops.passes.onnx import _check_genai_loads, set_runtime_threads
 
-            _check_genai_loads(ctx.output_dir)
+            set_runtime_threads(ctx.output_dir, ctx.target)
+            if ctx.target.device == "cpu":
+                _check_genai_loads(ctx.output_dir)
         ctx.progress.update(2, 3, "parity check")
         path = ctx.output_dir if source.is_dir() else out_file
         artifact = Artifact(path=path, kind=ctx.input.kind, meta={**ctx.input.meta, **meta, "precision": precision})

@@ -159,6 +159,23 @@ def test_int4_target_gets_matmulnbits_within_thresholds(exported):
     assert int4.metrics["size_mb"] < exported["export@cpu"].metrics["size_mb"]
 
 
+def genai_threads(folder) -> object:
+    options = json.loads((Path(folder) / "genai_config.json").read_text())["model"]["decoder"].get("session_options", {})
+    return options.get("intra_op_num_threads", "unset")
+
+
+def test_cpu_exports_ask_for_every_core(exported, assets, tmp_path):
+    # onnxruntime-genai's own default is one thread; cpu targets ask for one per physical core (0)
+    assert genai_threads(exported["export@cpu"].path) == 0
+    assert genai_threads(exported["export@laptop"].path) == 0
+    path = write_pipeline(tmp_path, assets, """\
+        targets: {box: {extends: cpu-int4, threads: 3}}
+        passes:
+          export: {type: onnx, int4_method: builder, parity: {enabled: false}}
+        """)
+    assert genai_threads(slimops.run(path, display=quiet())["export@box"].path) == 3
+
+
 def test_genai_model_generates_with_onnxruntime_genai(exported):
     import onnxruntime_genai as og
 
@@ -333,6 +350,7 @@ def test_cuda_export_writes_files_and_skips_parity_here(assets, tmp_path):
     node = slimops.run(path, display=quiet())["export@gpu"]
     config = json.loads((Path(node.path) / "genai_config.json").read_text())
     assert "cuda" in json.dumps(config["model"]["decoder"]["session_options"]["provider_options"])
+    assert genai_threads(node.path) == "unset"  # threads are a CPU matter; the GPU runtime keeps its default
     assert node.meta["precision"] == "fp16"
     assert node.meta["parity"] == "skipped: this onnxruntime lacks CUDAExecutionProvider"
     strict = write_pipeline(tmp_path, assets, "targets: {gpu: cuda-fp16}\npasses:\n  export: {type: onnx, parity: {require_target: true}}\n")
