@@ -56,8 +56,15 @@ class Registry:
 
         self.search_dir = search_dir
         self._builtin = dict(BUILTIN)
-        self._plugins = _entry_points()
+        self._plugin_points: dict[str, importlib.metadata.EntryPoint] | None = None
         self._loaded: dict[str, type[Pass]] = {}
+
+    @property
+    def _plugins(self) -> dict[str, importlib.metadata.EntryPoint]:
+        """Installed plugin passes; read on first need (scanning every installed package costs ~25 ms)."""
+        if self._plugin_points is None:
+            self._plugin_points = _entry_points()
+        return self._plugin_points
 
     def names(self) -> list[str]:
         return sorted({*self._builtin, *self._plugins})
