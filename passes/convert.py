@@ -48,9 +48,11 @@ def save_gguf_as_hf(gguf_file: Path, out_dir: Path, log=None) -> None:
     `save_pretrained`, so the weights are moved into a fresh model built from the same config.
 
     Raises:
-        ModelError: transformers cannot read the file (unsupported architecture or quant type).
+        ModelError: transformers cannot read the file (unsupported architecture or quant type,
+            or a file cut short).
     """
     import copy
+    import struct
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -59,7 +61,7 @@ def save_gguf_as_hf(gguf_file: Path, out_dir: Path, log=None) -> None:
     try:
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    except (ValueError, KeyError, OSError, NotImplementedError) as err:
+    except (ValueError, KeyError, OSError, NotImplementedError, struct.error) as err:  # struct.error: cut short in its metadata
         raise ModelError(f"transformers cannot read {gguf_file}: {err}") from None
     config = copy.deepcopy(loaded.config)  # reading it from the file again costs seconds
     # The GGUF config carries a quantization block that would make the fresh model "quantized" too.
