@@ -62,7 +62,8 @@ def save_gguf_as_hf(gguf_file: Path, out_dir: Path, log=None) -> None:
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     except (ValueError, KeyError, OSError, NotImplementedError, struct.error) as err:  # struct.error: cut short in its metadata
-        raise ModelError(f"transformers cannot read {gguf_file}: {err}") from None
+        raise ModelError(f"transformers cannot read {gguf_file}: {err} (an architecture or quantization type transformers "
+                         "does not convert, or a file cut short: check it is complete)") from None
     config = copy.deepcopy(loaded.config)  # reading it from the file again costs seconds
     # The GGUF config carries a quantization block that would make the fresh model "quantized" too.
     for attr in ("quantization_config", "_pre_quantization_dtype"):
