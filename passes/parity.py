@@ -4,6 +4,9 @@
 - `check(...)`: runs the reference and the candidate on the same fixed prompts and reports
   greedy-token agreement, top-1 agreement and the largest logit difference; raises `ParityError`
   when a threshold is missed.
+- `kv_agreement(...)`: for a genai-model on a CPU target, decodes the same prompts with
+  onnxruntime-genai (its KV cache, the folder's genai_config.json: what users deploy) and checks
+  that the uncached recompute would have picked the same tokens.
 - `open_session(...)`: an onnxruntime session on the target's execution providers that refuses
   to fall back to the CPU silently.
 - `OnnxCausalLM`, `OnnxEncoder`, `TorchModel`: one `logits(ids)` interface over the three kinds
@@ -12,13 +15,14 @@
   itself (`executes_on_target`), for a machine that has the target's hardware.
 
 Decoders are compared by recomputing the whole sequence each step (no KV cache): slower than
-generation, but exact, and the prompts are short.
+generation, but exact, and the prompts are short. That path never reads a cache, so a model whose
+cache is wired wrong would pass it: the KV check covers the cache path against the same uncached model.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +67,17 @@ class ParityParams(BaseModel):
     require_target: bool = Field(
         False,
         description="Fail when this machine lacks the target's execution provider, instead of skipping the check.",
+    )
+    min_kv_agreement: float = Field(
+        0.9, ge=0, le=1,
+        description="genai-model on a CPU target: least share of greedy tokens that onnxruntime-genai, decoding with its "
+        "KV cache, generates before the first one the model recomputed without a cache would not pick. A broken cache "
+        "path (past/present wiring, a genai_config.json that mismatches the graph) scores about 1/new_tokens.",
+    )
+    kv_near_tie: float = Field(
+        1.0, ge=0,
+        description="A cached token that the uncached model ranks within this many logits of its top-1 still agrees. "
+        "int4 kernels differ by up to ~0.5 logits between the two paths, which flips near ties; 0 demands exact tokens.",
     )
 
 
@@ -208,12 +223,16 @@ class ParityResult:
     positions: int
     providers: list[str]
     decoder: bool = True
+    candidate_tokens: list[list[int]] = field(default_factory=list)  # the candidate's greedy tokens, per prompt
+    kv_agreement: float | None = None
 
     def metrics(self) -> dict[str, Any]:
         metrics = {"parity_top1": round(self.top1, 4)}
         if self.decoder:
             metrics["parity_agreement"] = round(self.agreement, 4)
         metrics["parity_max_logit_diff"] = float(f"{self.max_logit_diff:.4g}")
+        if self.kv_agreement is not None:
+            metrics["parity_kv_agreement"] = round(self.kv_agreement, 4)
         return metrics
 
 
@@ -228,12 +247,13 @@ def compare(reference, candidate, token_lists: list[list[int]], new_tokens: int,
     """Greedy agreement (decoders) and teacher-forced top-1 / max logit difference on the same tokens."""
     import numpy as np
 
-    agree_counts, top1_hits, positions, max_diff = [], 0, 0, 0.0
+    agree_counts, top1_hits, positions, max_diff, candidate_tokens = [], 0, 0, 0.0, []
     for ids in token_lists:
         sequence = list(ids)
         if decoder:
             ref_tokens = greedy(reference, ids, new_tokens)
             cand_tokens = greedy(candidate, ids, new_tokens)
+            candidate_tokens.append(cand_tokens)
             prefix = 0
             for a, b in zip(ref_tokens, cand_tokens):
                 if a != b:
@@ -253,7 +273,105 @@ def compare(reference, candidate, token_lists: list[list[int]], new_tokens: int,
             positions += 1
         max_diff = max(max_diff, float(np.abs(ref - cand).max()))
     agreement = sum(agree_counts) / len(agree_counts) if agree_counts else 1.0
-    return ParityResult(top1_hits / max(positions, 1), agreement, max_diff, positions, list(candidate.providers), decoder)
+    return ParityResult(top1_hits / max(positions, 1), agreement, max_diff, positions, list(candidate.providers), decoder,
+                        candidate_tokens)
+
+
+# -- the cache path: onnxruntime-genai's own decoding ---------------------------------------------------------
+
+
+def genai_greedy(folder: Path, token_lists: list[list[int]], new_tokens: int, adapter: Path | None = None) -> list[list[int]]:
+    """Greedy tokens from onnxruntime-genai: a prompt pass, then one cached step per token.
+
+    Args:
+        folder: a genai-model folder; its genai_config.json wires the cache.
+        adapter: a .onnx_adapter file to activate (og.Adapters).
+
+    Returns:
+        the new tokens of each prompt; shorter than `new_tokens` when it stopped at an EOS token (the last).
+    """
+    import numpy as np
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    adapters = None
+    if adapter is not None:
+        adapters = og.Adapters(model)
+        adapters.load(str(adapter), "parity")
+    generated = []
+    for ids in token_lists:
+        params = og.GeneratorParams(model)
+        # plain argmax, whatever the folder's `search` section says: the uncached side has no
+        # minimum length (which masks EOS) and no repetition penalties
+        params.set_search_options(max_length=len(ids) + new_tokens, min_length=0, do_sample=False, num_beams=1,
+                                  repetition_penalty=1.0, no_repeat_ngram_size=0)
+        generator = og.Generator(model, params)
+        if adapters is not None:
+            generator.set_active_adapter(adapters, "parity")
+        generator.append_tokens(np.asarray([ids], dtype=np.int32))
+        while not generator.is_done():
+            generator.generate_next_token()
+        tokens = [int(t) for t in generator.get_sequence(0)[len(ids):]]
+        if len(tokens) < new_tokens:  # it stopped at EOS, which the sequence leaves out
+            last = int(generator.get_next_tokens()[0])
+            tokens += [] if tokens and tokens[-1] == last else [last]
+        generated.append(tokens)
+    return generated
+
+
+def kv_agreement(candidate, folder: Path, token_lists: list[list[int]], uncached_tokens: list[list[int]], new_tokens: int,
+                 near_tie: float, adapter: Path | None = None) -> tuple[float, float]:
+    """How far onnxruntime-genai's cached decoding follows the same model recomputed without a cache.
+
+    Per prompt: the share of onnxruntime-genai's greedy tokens before the first one that the uncached
+    model, given the same history, ranks more than `near_tie` logits below its top-1 (1.0 when
+    it stopped at EOS with every token agreeing); averaged over the prompts.
+
+    Args:
+        candidate: the uncached model (`logits(ids)`), the same files as `folder`.
+        uncached_tokens: its greedy tokens per prompt (from `compare`); where the cached tokens are
+            the same, no further recompute is needed.
+
+    Returns:
+        (agreement, exact): `exact` counts only tokens identical to `uncached_tokens`.
+
+    Raises:
+        ParityError: onnxruntime-genai failed to load or run the folder.
+    """
+    eos = json.loads((folder / "genai_config.json").read_text())["model"].get("eos_token_id", [])
+    eos = set(eos if isinstance(eos, list) else [eos])
+    try:
+        cached_tokens = genai_greedy(folder, token_lists, new_tokens, adapter)
+    except Exception as err:  # the message of onnxruntime-genai is the useful part
+        raise ParityError(f"onnxruntime-genai cannot decode the model with its cache: {err}") from None
+
+    def share(kept: int, cached: list[int]) -> float:
+        done = kept == len(cached) and (kept == new_tokens or bool(cached) and cached[-1] in eos)
+        return 1.0 if done else kept / new_tokens
+
+    agree, exact = [], []
+    for ids, plain, cached in zip(token_lists, uncached_tokens, cached_tokens):
+        same = next((k for k, (a, b) in enumerate(zip(plain, cached)) if a != b), min(len(plain), len(cached)))
+        exact.append(share(same, cached))
+        kept = same
+        if same < len(cached):  # judge the rest on the cached history: a near tie may flip, nothing more
+            rows = candidate.logits(ids + cached)[len(ids) - 1:]
+            kept = next((k for k, token in enumerate(cached) if rows[k].max() - rows[k][token] > near_tie), len(cached))
+        agree.append(share(kept, cached))
+    return sum(agree) / len(agree), sum(exact) / len(exact)
+
+
+def kv_skip_reason(candidate: Artifact, providers: list[str]) -> str | None:
+    """Why the cached decoding cannot be checked here, or None."""
+    if candidate.kind != "genai-model":
+        return f"a {candidate.kind} artifact is not run by onnxruntime-genai"
+    if providers[0] != "CPUExecutionProvider":
+        return f"cached decoding is checked on CPU targets only; this target runs on {providers[0]}"
+    try:
+        import onnxruntime_genai  # noqa: F401
+    except ImportError:
+        return "onnxruntime-genai is not installed"
+    return None
 
 
 def tokenize_prompts(folder: Path, prompts: list[str]) -> list[list[int]]:
@@ -310,8 +428,9 @@ def check(reference: Artifact, candidate: Artifact, params: ParityParams, target
         reference_adapter, candidate_adapter: compare with a LoRA adapter applied on both sides.
 
     Returns:
-        metrics for the Artifact (`parity_top1`, `parity_agreement`, `parity_max_logit_diff`) and a
-        `parity` entry for its meta (providers used, thresholds, or why the check was skipped).
+        metrics for the Artifact (`parity_top1`, `parity_agreement`, `parity_max_logit_diff`, and
+        `parity_kv_agreement` for a genai-model on a CPU target) and a `parity` entry for its meta
+        (providers used, thresholds, or why the check or its cached part was skipped).
 
     Raises:
         ParityError: a threshold was missed, or the target's provider was not the one used.
@@ -333,11 +452,22 @@ def check(reference: Artifact, candidate: Artifact, params: ParityParams, target
     tokenizer_dir = Path(reference.path) if Path(reference.path).is_dir() else Path(candidate.path)
     token_lists = tokenize_prompts(tokenizer_dir, params.prompts)
     result = compare(reference_model, candidate_model, token_lists, params.new_tokens, decoder)
+    kv: dict[str, Any] = {}
+    if decoder:
+        skipped = kv_skip_reason(candidate, providers)
+        if skipped:
+            kv["kv_cache"] = f"skipped: {skipped}"
+            if log:
+                log.info("parity: KV cache check skipped: %s", skipped)
+        else:
+            result.kv_agreement, exact = kv_agreement(candidate_model, Path(candidate.path), token_lists, result.candidate_tokens,
+                                                      params.new_tokens, params.kv_near_tie, candidate_adapter)
+            kv.update(kv_exact_agreement=round(exact, 4), min_kv_agreement=params.min_kv_agreement, kv_near_tie=params.kv_near_tie)
     min_top1 = params.min_top1 if params.min_top1 is not None else DEFAULT_MIN_TOP1.get(precision, 0.9)
     metrics = result.metrics()
     meta = {"parity": {**metrics, "positions": result.positions, "providers": result.providers,
                        "min_top1": min_top1, "min_agreement": params.min_agreement,
-                       "max_logit_diff": params.max_logit_diff}}
+                       "max_logit_diff": params.max_logit_diff, **kv}}
     if log:
         log.info("parity: %s on %s", metrics, ", ".join(result.providers))
     problems = []
@@ -347,12 +477,22 @@ def check(reference: Artifact, candidate: Artifact, params: ParityParams, target
         problems.append(f"greedy-token agreement {result.agreement:.3f} < min_agreement {params.min_agreement}")
     if params.max_logit_diff is not None and result.max_logit_diff > params.max_logit_diff:
         problems.append(f"max logit difference {result.max_logit_diff:.4g} > max_logit_diff {params.max_logit_diff}")
+    failures = []
     if problems:
-        raise ParityError(
+        failures.append(
             "parity check failed against the input model: " + "; ".join(problems)
             + f" (on {result.positions} positions, providers {', '.join(result.providers)}). "
             "Use a gentler setting (higher precision, smaller block_size, keep_lm_head_int8) or relax `parity:`."
         )
+    if result.kv_agreement is not None and result.kv_agreement < params.min_kv_agreement:
+        failures.append(
+            f"KV-cache check failed: onnxruntime-genai, decoding with its cache, agrees with the same model recomputed "
+            f"without a cache on {result.kv_agreement:.3f} of greedy tokens < min_kv_agreement {params.min_kv_agreement}. "
+            "The cache path is broken: check the past/present names in genai_config.json against the graph's inputs and "
+            "outputs, or relax `parity: {min_kv_agreement: ...}`."
+        )
+    if failures:
+        raise ParityError(" ".join(failures))
     return {"metrics": metrics, "meta": meta}
 
 
