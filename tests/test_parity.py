@@ -20,7 +20,8 @@ from slimops.plugin import Artifact
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxruntime_genai")
 
-from slimops.passes.parity import OnnxCausalLM, ParityError, ParityParams, check, greedy, kv_agreement, kv_skip_reason  # noqa: E402
+from slimops.passes.kvcheck import kv_agreement, kv_skip_reason  # noqa: E402
+from slimops.passes.parity import OnnxCausalLM, ParityError, ParityParams, check, greedy  # noqa: E402
 from test_onnx import CORPUS, lora_adapter, quiet, tiny_trained_llama, write_pipeline  # noqa: E402
 
 
@@ -169,7 +170,7 @@ def test_a_folder_onnxruntime_genai_cannot_decode_is_a_parity_error(exported, tm
 def test_a_near_tie_flipped_by_the_cache_still_agrees(tmp_path, monkeypatch):
     import numpy as np
 
-    from slimops.passes import parity
+    from slimops.passes import kvcheck
 
     class Uncached:  # prefers token 1 after every history, token 2 half a logit behind
         def logits(self, ids):
@@ -178,7 +179,7 @@ def test_a_near_tie_flipped_by_the_cache_still_agrees(tmp_path, monkeypatch):
             return rows
 
     (tmp_path / "genai_config.json").write_text(json.dumps({"model": {"eos_token_id": 4}}))
-    monkeypatch.setattr(parity, "genai_greedy", lambda *args: [[1, 1, 2, 1], [1, 1, 1, 3]])
+    monkeypatch.setattr(kvcheck, "genai_greedy", lambda *args: [[1, 1, 2, 1], [1, 1, 1, 3]])
     uncached = [[1, 1, 1, 1], [1, 1, 1, 1]]
     # the flip to 2 is a near tie; 3 is 3 logits down: that prompt agrees for 3 tokens of 4
     assert kv_agreement(Uncached(), tmp_path, [[0], [0]], uncached, 4, near_tie=1.0) == ((1 + 3 / 4) / 2, (2 / 4 + 3 / 4) / 2)
