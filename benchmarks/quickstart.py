@@ -76,7 +76,7 @@ def main() -> None:
         ("`eval_int4@laptop` (int4 ONNX, onnxruntime-genai)", cold_nodes["eval_int4@laptop"]["seconds"],
          f"tone accuracy {int4_after['accuracy']:.3f}, macro F1 {int4_after['f1']:.3f}, {int4_after['latency_p50_ms']:.1f} ms/token p50, "
          f"{int4_after['size_mb']:.0f} MB"),
-        ("whole process, cold cache", cold, f"{cold / 60:.0f} min {cold % 60:.0f} s wall, peak RSS {rss:.1f} GB, exit {code}"),
+        ("whole process, cold cache", cold, f"{int(cold // 60)} min {cold % 60:.0f} s wall, peak RSS {rss:.1f} GB, exit {code}"),
         (f"rerun, all cached ({args.reruns} runs)", statistics.median(reruns), " / ".join(f"{r:.2f}" for r in reruns) + " s"),
     ]
     goals = [f"`{g['metric']}` {g['rule']}: {'met' if g['ok'] else 'MISSED'} ({g['value']:.3f})" if g.get("value") is not None

@@ -387,7 +387,8 @@ def check(reference: Artifact, candidate: Artifact, params: ParityParams, target
         failures.append(
             "parity check failed against the input model: " + "; ".join(problems)
             + f" (on {result.positions} positions, providers {', '.join(result.providers)}). "
-            "Use a gentler setting (higher precision, smaller block_size, keep_lm_head_int8) or relax `parity:`."
+            "Use a gentler setting (higher precision, smaller block_size, keep_lm_head_int8, or on a CPU int4 target the "
+            "default int4_method: affine) or relax `parity:`."
         )
     if result.kv_agreement is not None and result.kv_agreement < params.min_kv_agreement:
         failures.append(
