@@ -289,16 +289,21 @@ class Corrupt(Pass):
 '''
 
 
-def test_corrupted_weights_fail_the_parity_check(assets, tmp_path, cli):
-    (tmp_path / "corrupt.py").write_text(CORRUPT)
-    path = write_pipeline(tmp_path, assets, """\
-        targets: {cpu: cpu}
+def run_broken_chain(tmp_path, assets, cli, module: str, source: str, cls: str):
+    """export -> a plugin pass `module:cls` (written from `source`) that breaks the model -> parity."""
+    (tmp_path / f"{module}.py").write_text(source)
+    path = write_pipeline(tmp_path, assets, f"""\
+        targets: {{cpu: cpu}}
         passes:
-          export: {type: onnx}
-          broken: {type: "corrupt:Corrupt"}
-          check: {type: parity}
+          export: {{type: onnx}}
+          broken: {{type: "{module}:{cls}"}}
+          check: {{type: parity}}
         """)
-    code, out, err = cli("run", "--config", path, "--quiet")
+    return path, *cli("run", "--config", path, "--quiet")
+
+
+def test_corrupted_weights_fail_the_parity_check(assets, tmp_path, cli):
+    path, code, out, err = run_broken_chain(tmp_path, assets, cli, "corrupt", CORRUPT, "Corrupt")
     assert code == 1
     assert "pass 'check@cpu' failed: parity check failed against the input model: top-1 agreement" in err
     assert "Traceback" not in err

@@ -22,7 +22,7 @@ pytest.importorskip("onnxruntime_genai")
 
 from slimops.passes.kvcheck import kv_agreement, kv_skip_reason  # noqa: E402
 from slimops.passes.parity import OnnxCausalLM, ParityError, ParityParams, check, greedy  # noqa: E402
-from test_onnx import CORPUS, lora_adapter, quiet, tiny_trained_llama, write_pipeline  # noqa: E402
+from test_onnx import CORPUS, lora_adapter, quiet, run_broken_chain, tiny_trained_llama, write_pipeline  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -107,15 +107,7 @@ class BreakCache(Pass):
 
 
 def test_a_broken_cache_fails_the_parity_node(exported, assets, tmp_path, cli):
-    (tmp_path / "break_cache.py").write_text(BREAK_CACHE)
-    path = write_pipeline(tmp_path, assets, """\
-        targets: {cpu: cpu}
-        passes:
-          export: {type: onnx}
-          broken: {type: "break_cache:BreakCache"}
-          check: {type: parity}
-        """)
-    code, out, err = cli("run", "--config", path, "--quiet")
+    _, code, out, err = run_broken_chain(tmp_path, assets, cli, "break_cache", BREAK_CACHE, "BreakCache")
     assert code == 1
     assert "pass 'check@cpu' failed: KV-cache check failed" in err and "Traceback" not in err
 
