@@ -437,6 +437,7 @@ def test_generate_adapter_makes_one_base_and_an_adapter_file_each(assets, tmp_pa
     node = slimops.run(path, display=quiet())["multi@cpu"]
     folder = Path(node.path)
     assert node.meta["adapters"] == {"tone": "adapters/tone.onnx_adapter", "legal": "adapters/legal.onnx_adapter"}
+    assert genai_threads(folder) == 0  # a cpu target's multi-adapter model asks for every core too
     for suffix in ("", "_tone", "_legal"):  # the base alone, then each adapter against PEFT
         assert node.metrics[f"parity_top1{suffix}"] == 1.0
         assert node.metrics[f"parity_max_logit_diff{suffix}"] < 1e-3
