@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import difflib
-
 import importlib.metadata
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -162,6 +162,7 @@ def _chart(out_dir: Path, node_id: str, metrics: dict[str, Any]) -> str | None:
     drawn = json.dumps([node_id, rows], sort_keys=True)
     if path.exists() and stamp.exists() and stamp.read_text() == drawn:
         return os.path.relpath(path, out_dir)
+    stamp.unlink(missing_ok=True)  # a draw killed half-way must not be kept by the next run
     import matplotlib
 
     matplotlib.use("Agg")

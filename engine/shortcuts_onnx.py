@@ -22,8 +22,7 @@ from typing import Any
 
 import yaml
 
-from slimops.errors import ConfigError, Issue
-from slimops.shortcuts import DATA_TYPES, add_search_flags, check_search_flags, search_block
+from slimops.shortcuts import DATA_TYPES, add_search_flags, check_search_flags, flag_error, search_block
 
 DEFAULT_PRECISION = {"cpu": "int4", "cuda": "fp16", "dml": "int4", "npu": "int8"}
 METHODS = ("affine", "rtn", "hqq", "k_quant", "gptq", "int8_dynamic", "qdq")
@@ -145,10 +144,10 @@ def pipeline_for(command: str, args, absolute: bool = False) -> dict[str, Any]:
     passes: dict[str, Any] = {}
     needs_calibration = target.get("quant_format") == "qdq" or getattr(args, "method", None) in ("gptq", "qdq")
     if needs_calibration and "calib" not in data:
-        raise _flag_error(command, "--calibration_data", f"{'the npu target' if args.device == 'npu' else args.method} calibrates on data: give a .jsonl file")
+        raise flag_error(command, "--calibration_data", f"{'the npu target' if args.device == 'npu' else args.method} calibrates on data: give a .jsonl file")
     if command == "generate-adapter" or (command == "optimize" and args.adapter_path):
         if kind not in ("hf-decoder", "gguf"):
-            raise _flag_error(command, "--model_name_or_path", f"adapters need an HF (or GGUF) base model, and {args.model_name_or_path} is {kind}")
+            raise flag_error(command, "--model_name_or_path", f"adapters need an HF (or GGUF) base model, and {args.model_name_or_path} is {kind}")
         paths = args.adapter_path if isinstance(args.adapter_path, list) else [args.adapter_path]
         adapters = {}
         for item in paths:
@@ -184,7 +183,7 @@ def pipeline_for(command: str, args, absolute: bool = False) -> dict[str, Any]:
         if args.method:
             quantize["method"] = args.method
         elif target["precision"] not in ("int4", "int8") and target.get("quant_format") != "qdq":
-            raise _flag_error(command, "--precision", f"{target['precision']} is not a quantized precision; use int4 or int8, or give --algorithm")
+            raise flag_error(command, "--precision", f"{target['precision']} is not a quantized precision; use int4 or int8, or give --algorithm")
         if args.block_size:
             quantize["block_size"] = args.block_size
         if args.keep_lm_head_int8:
@@ -209,20 +208,20 @@ def pipeline_for(command: str, args, absolute: bool = False) -> dict[str, Any]:
 def _check_searchable(command: str, args, kind: str) -> None:
     """A search ranks decoders by perplexity on --eval_data; say which flag is missing or in the way."""
     if not args.eval_data:
-        raise _flag_error(command, "--eval_data", "--search ranks trials by perplexity: give a text file to measure it on (.jsonl with --text_field)")
+        raise flag_error(command, "--eval_data", "--search ranks trials by perplexity: give a text file to measure it on (.jsonl with --text_field)")
     if args.device == "npu":
-        raise _flag_error(command, "--device", "--search covers cpu, cuda and dml; for npu (QDQ), write a search: block over passes.quantize params")
+        raise flag_error(command, "--device", "--search covers cpu, cuda and dml; for npu (QDQ), write a search: block over passes.quantize params")
     if kind == "hf-encoder":
-        raise _flag_error(command, "--model_name_or_path", f"--search ranks by perplexity, which needs a decoder, and {args.model_name_or_path} "
+        raise flag_error(command, "--model_name_or_path", f"--search ranks by perplexity, which needs a decoder, and {args.model_name_or_path} "
                           "is an encoder; write a search: block with an accuracy objective instead")
     if command == "optimize" and args.adapter_path:
-        raise _flag_error(command, "--adapter_path", "--search does not cover adapters; drop one of them")
+        raise flag_error(command, "--adapter_path", "--search does not cover adapters; drop one of them")
 
 
 def _eval_data(command: str, args, absolute: bool) -> dict[str, Any]:
     kind = DATA_TYPES.get(Path(args.eval_data).suffix.lower())
     if kind is None:
-        raise _flag_error(command, "--eval_data", f"cannot tell the format of {args.eval_data}; use one of {', '.join(DATA_TYPES)}")
+        raise flag_error(command, "--eval_data", f"cannot tell the format of {args.eval_data}; use one of {', '.join(DATA_TYPES)}")
     return {"type": kind, "files": _path(args.eval_data, absolute), "text": args.text_field, "splits": {"eval": "[:]"}}
 
 
@@ -243,7 +242,7 @@ def _optimize_methods(args) -> list[str]:
     by_precision = {"int4": int4, "int8": int8 if args.device == "cpu" else []}
     methods = by_precision.get(args.precision, []) if args.precision else int4 + by_precision["int8"]
     if len(methods) < 2:
-        raise _flag_error("optimize", "--precision", f"--search has {len(methods)} method to try at {args.precision} on {args.device}; "
+        raise flag_error("optimize", "--precision", f"--search has {len(methods)} method to try at {args.precision} on {args.device}; "
                           "drop --precision to try int4 and int8, or drop --search")
     return methods
 
@@ -258,9 +257,9 @@ def _quantize_search(command: str, args, quantize: dict[str, Any]) -> dict[str, 
         space["passes.quantize.method"] = _optimize_methods(args)
     else:
         if (args.precision or DEFAULT_PRECISION[args.device]) != "int4":
-            raise _flag_error(command, "--precision", "--search tries weight-only int4 methods: use --precision int4 (the default on cpu and dml)")
+            raise flag_error(command, "--precision", "--search tries weight-only int4 methods: use --precision int4 (the default on cpu and dml)")
         if args.method and args.method not in (*WEIGHT_ONLY, "affine"):
-            raise _flag_error(command, "--algorithm", f"--search tries block sizes of weight-only methods, and {args.method} has none")
+            raise flag_error(command, "--algorithm", f"--search tries block sizes of weight-only methods, and {args.method} has none")
         if not args.method:
             space["passes.quantize.method"] = int4
             quantize["method"] = int4[0]
@@ -269,10 +268,6 @@ def _quantize_search(command: str, args, quantize: dict[str, Any]) -> dict[str, 
     # random and tpe default to as many trials as the grid has points
     trials = None if (args.search_strategy or "grid") == "grid" else math.prod(len(values) for values in space.values())
     return search_block(command, args, space, OBJECTIVES, "grid", trials)
-
-
-def _flag_error(command: str, flag: str, message: str) -> ConfigError:
-    return ConfigError([Issue(f"slimops {command}", None, flag, message)])
 
 
 def _yaml(pipeline: dict[str, Any], command: str) -> str:

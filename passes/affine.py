@@ -350,6 +350,15 @@ def _lm_head_int8(graph, lm_head, inits, consumers, block, level, constant, repl
         drop.add(weight)
 
 
+def options_for(params: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """`rewrite_file` options from an `onnx` or `quantize` pass's params, else the target's quantize settings."""
+    return {
+        "block": int(params.block_size or settings.get("block_size", 32)),
+        "accuracy_level": params.accuracy_level if params.accuracy_level is not None else settings.get("accuracy_level", 4),
+        "lm_head_int8": True if params.keep_lm_head_int8 is None else params.keep_lm_head_int8,
+    }
+
+
 def rewrite_file(source: Path, dest: Path, **options) -> AffineReport:
     """Load `source` (external data too), rewrite it, save `dest` with its data beside it."""
     import onnx

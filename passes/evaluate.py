@@ -116,7 +116,8 @@ class Evaluate(Pass):
                     except ValueError:
                         raise ValueError(f"goal {metric}.{rule}: '{amount}' is not a number or a percentage like '5%'") from None
                     if relative and rule in ("min", "max"):
-                        raise ValueError(f"goal {metric}.{rule}: a percentage only makes sense for max_drop or max_increase")
+                        raise ValueError(f"goal {metric}.{rule}: a percentage only makes sense for the rules that compare with another "
+                                         "value (max_drop, max_increase, min_increase and their _from_reference forms), not min or max")
             return value
 
         @model_validator(mode="after")

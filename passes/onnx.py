@@ -66,8 +66,8 @@ class OnnxParams(BaseModel):
         "affine",
         description="How a CPU int4 decoder is made. affine: the builder at fp32, then int4 with a scale and a float offset "
         "per block (exact on GGUF Q4_1 weights) and a merged LoRA kept exactly beside the int4 base; lm_head int8, "
-        "shared with the embedding. builder: the builder's own int4 (round-to-nearest, integer zero points): "
-        "a little smaller and faster, further from the input model.",
+        "shared with the embedding. builder: the builder's own int4 (symmetric round-to-nearest): "
+        "smaller and faster, much further from the input model (set a lower parity.min_top1 with it).",
     )
     extra_options: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="More model-builder options, passed as KEY=VALUE (see its --help).",
@@ -239,28 +239,24 @@ def build_affine_int4(source: Path, out: Path, params: OnnxParams, ctx: PassCont
     would round the fine-tuning away; when the input was merged from a plain LoRA adapter and
     its base is upstream, the base is exported and the adapter rides beside the int4 weights.
     """
-    from slimops.passes.affine import rewrite_file
+    from slimops.passes.affine import options_for, rewrite_file
 
-    settings = dict((ctx.target.settings or {}).get("quantize", {}))
-    block = int(params.block_size or settings.get("block_size", 32))
-    level = params.accuracy_level if params.accuracy_level is not None else settings.get("accuracy_level", 4)
-    lm_head = True if params.keep_lm_head_int8 is None else params.keep_lm_head_int8
+    options = options_for(params, (ctx.target.settings or {}).get("quantize", {}))
     base, adapter = merged_lora_lineage(ctx)
     if adapter is not None:
         ctx.log.info("the input is %s merged into %s: exporting the base, the adapter goes beside the int4 weights", adapter, base)
     fp32_dir = ctx.work_dir / "fp32"
     shutil.rmtree(fp32_dir, ignore_errors=True)
-    options = builder_options(params, ctx.target, "fp32")
+    builder = builder_options(params, ctx.target, "fp32")
     ctx.progress.update(0, _num_layers(source) + 3, "builder: fp32 for cpu")
-    seconds = run_builder(base or source, fp32_dir, "fp32", "cpu", options, ctx.work_dir / "builder-cache", ctx)
+    seconds = run_builder(base or source, fp32_dir, "fp32", "cpu", builder, ctx.work_dir / "builder-cache", ctx)
     shutil.rmtree(ctx.work_dir / "builder-cache", ignore_errors=True)
     if not (fp32_dir / "genai_config.json").exists():
         raise OnnxError("the model builder finished without writing genai_config.json; see the log")
     ctx.progress.update(message="affine int4")
     model_name = json.loads((fp32_dir / "genai_config.json").read_text())["model"]["decoder"].get("filename", "model.onnx")
     try:
-        report = rewrite_file(fp32_dir / model_name, out / model_name, block=block, accuracy_level=level, lm_head_int8=lm_head,
-                              lora_dir=adapter)
+        report = rewrite_file(fp32_dir / model_name, out / model_name, **options, lora_dir=adapter)
     except ValueError as err:
         raise OnnxError(f"affine int4 failed: {err}; set int4_method: builder, or export the merged model at fp32 and quantize it") from None
     for item in fp32_dir.iterdir():
@@ -274,8 +270,8 @@ def build_affine_int4(source: Path, out: Path, params: OnnxParams, ctx: PassCont
     _check_genai_loads(out)
     ctx.log.info("affine int4: %d MatMuls int4, %d with a LoRA side path, lm_head int8: %s, embedding shared: %s",
                  report.quantized, report.lora_layers, report.lm_head is not None, report.shared_embedding)
-    meta = {"precision": "int4", "execution_provider": "cpu", "builder_options": options, "task": "text-generation",
-            "quantization": {**report.as_meta(), "block_size": block, "accuracy_level": level}}
+    meta = {"precision": "int4", "execution_provider": "cpu", "builder_options": builder, "task": "text-generation",
+            "quantization": {**report.as_meta(), "block_size": options["block"], "accuracy_level": options["accuracy_level"]}}
     return Artifact(path=out, kind="genai-model", meta=meta, metrics={"build_seconds": round(seconds, 2)})
 
 

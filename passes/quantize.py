@@ -128,20 +128,17 @@ class Quantize(Pass):
     def _quantize(self, ctx: PassContext, method: str, model_file: Path, out_file: Path, calibration, settings) -> tuple[str, dict]:
         params = ctx.params
         if method == "affine":
-            from slimops.passes.affine import rewrite_file
+            from slimops.passes.affine import options_for, rewrite_file
 
-            block = int(params.block_size or settings.get("block_size", 32))
-            level = params.accuracy_level if params.accuracy_level is not None else settings.get("accuracy_level", 4)
-            lm_head = True if params.keep_lm_head_int8 is None else params.keep_lm_head_int8
+            options = options_for(params, settings)
             if ctx.input.meta.get("merged_from"):
                 ctx.log.warning("this model was merged from an adapter: int4 of merged weights may round the fine-tuning away; "
                                 "an onnx pass with precision int4 (int4_method: affine) on the merged model keeps it")
             try:
-                report = rewrite_file(model_file, out_file, block=block, accuracy_level=level, lm_head_int8=lm_head,
-                                      exclude=tuple(params.nodes_to_exclude))
+                report = rewrite_file(model_file, out_file, **options, exclude=tuple(params.nodes_to_exclude))
             except ValueError as err:
                 raise OnnxError(f"affine int4 failed: {err}") from None
-            return "int4", {"quantization": {**report.as_meta(), "block_size": block, "accuracy_level": level}}
+            return "int4", {"quantization": {**report.as_meta(), "block_size": options["block"], "accuracy_level": options["accuracy_level"]}}
         if method in WEIGHT_ONLY:
             bits = params.bits or (8 if ctx.target.precision == "int8" else 4)
             options = {
