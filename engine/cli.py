@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from slimops.errors import SlimopsError
 
@@ -416,5 +418,28 @@ def _shortcut(args) -> int:
     return SHORTCUTS[args.command](args)
 
 
+def entry() -> None:
+    """The `slimops` command: `main`, then `leave`."""
+    leave(main())
+
+
+def leave(code: int) -> NoReturn:
+    """Exit with `code` without tearing the interpreter down.
+
+    Tearing down costs about 0.08 s after a cached run and over a second once torch is loaded;
+    everything slimops writes is closed by now, and the exit handlers (logging's among them) run
+    and the standard streams are flushed before the process leaves.
+    """
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach it
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
