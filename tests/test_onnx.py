@@ -399,6 +399,59 @@ def test_encoder_exports_with_dynamic_axes_and_matches_pytorch(assets, tmp_path)
     assert "MatMulInteger" in op_types(Path(result["int8@cpu"].path) / "model.onnx")
 
 
+def tiny_bert_encoder(folder: Path) -> Path:
+    """The classifier's random 2-layer BERT without a head: a vector per token (feature extraction)."""
+    import torch
+    from tiny_models import build_tokenizer
+    from transformers import BertConfig, BertModel
+
+    tokenizer = build_tokenizer(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=2, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+def test_an_encoders_vectors_are_checked_by_cosine_similarity(assets, tmp_path):
+    """The argmax of a hidden vector means nothing: an embedding model's parity is the cosine of its vectors."""
+    import onnx
+    from onnx import numpy_helper
+
+    from slimops.passes.parity import ParityError, ParityParams, check
+    from slimops.plugin import Artifact
+    from slimops.targets import builtin
+
+    encoder = tiny_bert_encoder(tmp_path / "encoder")
+    path = write_pipeline(tmp_path, assets, """\
+        targets: {cpu: cpu}
+        passes:
+          export: {type: onnx}
+          int8: {type: quantize, method: int8_dynamic}
+        """)
+    path.write_text(path.read_text().replace(str(assets["llama"]), str(encoder)))
+    result = slimops.run(path, display=quiet())
+    export, int8 = result["export@cpu"], result["int8@cpu"]
+    assert export.meta["task"] == "feature-extraction"
+    assert export.metrics["parity_cosine_min"] > 0.9999 and "parity_top1" not in export.metrics
+    assert int8.meta["parity"]["min_cosine"] == 0.98 and "min_top1" not in int8.meta["parity"]
+    assert int8.metrics["parity_cosine"] >= 0.98
+    model = onnx.load(str(Path(int8.path) / "model.onnx"))
+    sizes = {t.name: numpy_helper.to_array(t).size for t in model.graph.initializer}
+    weight_zero_points = [sizes[n.input[3]] for n in model.graph.node if n.op_type == "MatMulInteger"]
+    assert weight_zero_points and all(size > 1 for size in weight_zero_points)  # per output column, not one per tensor
+
+    # the same export with its word embeddings reversed (a random model's layers barely move the residual stream,
+    # so a broken layer would not show) fails on cosine, with advice for an encoder
+    broken = onnx.load(str(Path(export.path) / "model.onnx"))
+    weight = next(t for t in broken.graph.initializer if t.name.endswith("word_embeddings.weight"))
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight)[::-1].copy(), weight.name))
+    (tmp_path / "broken").mkdir()
+    onnx.save_model(broken, str(tmp_path / "broken" / "model.onnx"))
+    with pytest.raises(ParityError, match=r"mean cosine similarity 0\.\d+ < min_cosine 0\.999 .*a higher precision"):
+        check(Artifact(encoder, "hf-model"), Artifact(tmp_path / "broken", "onnx-model"), ParityParams(), builtin("cpu"), "fp32")
+
+
 def test_optimize_refuses_builder_output(assets, tmp_path, exported):
     path = write_pipeline(tmp_path, assets, "targets: {cpu: cpu}\npasses:\n  export: {type: onnx}\n  fused: {type: optimize}\n")
     with pytest.raises(PassError, match="already fuses it"):
