@@ -83,7 +83,7 @@ class Onnx(Pass):
     """Exports an HF model to ONNX: decoders via the onnxruntime-genai builder, encoders via torch.onnx."""
 
     name = "onnx"
-    version = "1"
+    version = "2"
     consumes = ("hf-model",)
     produces = "genai-model"
     per_target = True
@@ -107,7 +107,7 @@ class Onnx(Pass):
         params = ctx.params
         source = Path(ctx.input.path)
         encoder = params.task in ("text-classification", "feature-extraction") or (params.task == "auto" and is_encoder(source))
-        precision = resolve_precision(params.precision, ctx.target)
+        precision = resolve_precision(params.precision, ctx.target, encoder)
         if encoder:
             artifact = export_encoder(source, ctx.output_dir, params, precision, ctx)
         else:
@@ -126,11 +126,16 @@ class Onnx(Pass):
         return artifact
 
 
-def resolve_precision(requested: str, target: Any) -> str:
-    """The precision to export at: the param, else the target's; QDQ targets export fp32 for `quantize`."""
+def resolve_precision(requested: str, target: Any, encoder: bool = False) -> str:
+    """The precision to export at: the param, else the target's.
+
+    QDQ targets export fp32 for `quantize`, and so do encoders for int8 dynamic targets; a decoder
+    for an int8 dynamic target gets the builder's weight-only int8 (dynamic int8 does not suit
+    decoders: see `quantize.resolve_method`).
+    """
     if requested != "auto":
         return requested
-    if target.quant_format in ("qdq", "dynamic"):
+    if target.quant_format == "qdq" or (target.quant_format == "dynamic" and encoder):
         return "fp32"
     precision = target.precision
     supported = BUILDER_PRECISIONS.get(BUILDER_EP[target.device], {"fp32"})

@@ -25,7 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from slimops.passes.onnx import OnnxError, folder_size, load_model
-from slimops.passes.parity import ParityParams, check
+from slimops.passes.parity import ParityError, ParityParams, check
 from slimops.plugin import Artifact, Pass, PassContext
 
 Method = Literal["auto", "affine", "rtn", "hqq", "k_quant", "gptq", "int8_dynamic", "qdq"]
@@ -38,14 +38,15 @@ class QuantizeParams(BaseModel):
 
     method: Method = Field(
         "auto",
-        description="auto: from the target (int4/weight_only -> affine on CPUs, rtn elsewhere; dynamic -> int8_dynamic; "
-        "qdq -> qdq). affine: scale + float offset per block, exact on GGUF Q4_1 weights, CPU only. "
+        description="auto: from the target (int4/weight_only -> affine on CPUs, rtn elsewhere; dynamic -> int8_dynamic, "
+        "or weight-only rtn int8 for a decoder (genai-model); qdq -> qdq). affine: scale + float offset per block, exact on GGUF Q4_1 weights, CPU only. "
         "rtn is fast; hqq and k_quant are slower and often closer; gptq needs calibration_data.",
     )
     bits: Literal[4, 8] | None = Field(None, description="Weight-only bits (default: 8 for an int8 target, else 4).")
     block_size: int | None = Field(None, description="Weights per scale (default: target settings, else 32). Smaller is closer and larger.")
     symmetric: bool | None = Field(None, description="Symmetric weights (default: target settings, else true).")
-    accuracy_level: int | None = Field(None, ge=0, le=4, description="MatMulNBits compute type: 4 = int8 activations (fastest on CPU), 1 = fp32.")
+    accuracy_level: int | None = Field(None, ge=0, le=4, description="MatMulNBits compute type: 4 = int8 activations (fastest on CPU), "
+                                       "1 = fp32. Default: target settings, else 4 on CPU targets.")
     keep_lm_head_int8: bool | None = Field(
         None, description="Quantize the last MatMul (lm_head) to int8 instead of int4: closer logits, a little larger. "
         "Default: true for affine (which then shares it with a tied embedding), false otherwise.")
@@ -72,7 +73,7 @@ class Quantize(Pass):
     """Quantizes an ONNX model: weight-only int4/int8 (rtn, hqq, k_quant, gptq), int8 dynamic, or static QDQ."""
 
     name = "quantize"
-    version = "2"
+    version = "3"
     consumes = ("genai-model", "onnx-model")
     produces = None
     per_target = True
@@ -91,7 +92,7 @@ class Quantize(Pass):
 
     def run(self, ctx: PassContext) -> Artifact:
         params = ctx.params
-        method = resolve_method(params, ctx.target)
+        method = resolve_method(params, ctx.target, ctx.input.kind)
         assert method is not None
         source = Path(ctx.input.path)
         source_dir = source if source.is_dir() else source.parent
@@ -118,7 +119,13 @@ class Quantize(Pass):
         ctx.progress.update(2, 3, "parity check")
         path = ctx.output_dir if source.is_dir() else out_file
         artifact = Artifact(path=path, kind=ctx.input.kind, meta={**ctx.input.meta, **meta, "precision": precision})
-        result = check(ctx.input, artifact, params.parity, ctx.target, precision, ctx.log)
+        try:
+            result = check(ctx.input, artifact, params.parity, ctx.target, precision, ctx.log)
+        except ParityError as err:
+            if method == "int8_dynamic" and ctx.input.kind == "genai-model":
+                raise ParityError(f"{err} int8_dynamic quantizes a decoder's activations with one scale per tensor, which "
+                                  "its outlier features defeat: use method: rtn with bits: 8 (weight-only int8).") from None
+            raise
         artifact.metrics.update(result["metrics"])
         artifact.meta.update(result["meta"])
         artifact.metrics["size_mb"] = round(folder_size(ctx.output_dir) / 2**20, 2)
@@ -145,7 +152,10 @@ class Quantize(Pass):
                 "bits": bits,
                 "block_size": params.block_size or settings.get("block_size", 32),
                 "symmetric": params.symmetric if params.symmetric is not None else settings.get("symmetric", True),
-                "accuracy_level": params.accuracy_level if params.accuracy_level is not None else settings.get("accuracy_level"),
+                # on a CPU the kernel without int8 activations is slow: 8-bit MatMulNBits, 1.5-1.9 ms per 576x1536
+                # product at levels 0 and 1 against 0.06 ms at level 4 (SmolLM2 int8: 2.3 against 93 tokens/s)
+                "accuracy_level": params.accuracy_level if params.accuracy_level is not None
+                else settings.get("accuracy_level", 4 if ctx.target.device == "cpu" else None),
             }
             lm_head = bool(params.keep_lm_head_int8)
             weight_only(model_file, out_file, method, options, lm_head, params.nodes_to_exclude, calibration, ctx.log)
@@ -190,13 +200,16 @@ class _LogStream:
         pass
 
 
-def resolve_method(params: QuantizeParams, target: Any) -> str | None:
+def resolve_method(params: QuantizeParams, target: Any, kind: str | None = None) -> str | None:
+    """The method `auto` stands for on `target`; `kind` is the input's, where known (at run time)."""
     if params.method != "auto":
         return params.method
     if target.quant_format == "qdq":
         return "qdq"
     if target.quant_format == "dynamic":
-        return "int8_dynamic"
+        # int8_dynamic quantizes activations with one scale per tensor, which a decoder's outlier features
+        # defeat (SmolLM2-135M: top-1 0.0-0.6 against fp32); its weights take int8 per block instead
+        return "rtn" if kind == "genai-model" else "int8_dynamic"
     if target.quant_format == "weight_only" or target.precision == "int4":
         return "affine" if target.device == "cpu" else "rtn"
     if target.precision == "int8":

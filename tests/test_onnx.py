@@ -225,6 +225,34 @@ def test_quantize_method(quantized, name):
     assert node.meta["parity"]["min_top1"] == {"int4": 0.8, "int8": 0.9}[node.meta["precision"]]
 
 
+def test_an_int8_dynamic_target_gives_a_decoder_int8_weights_per_block(assets, tmp_path):
+    """int8_dynamic scales activations per tensor, which a decoder's outlier features defeat: on cpu-int8 a decoder
+    gets weight-only int8 at accuracy level 4 (the fast CPU kernel), from the builder or from `quantize`."""
+    import onnx
+
+    from slimops.passes.quantize import QuantizeParams, resolve_method
+    from slimops.targets import builtin
+
+    path = write_pipeline(tmp_path, assets, """\
+        targets: {box: cpu-int8}
+        passes:
+          export: {type: onnx}
+          fp32: {type: onnx, precision: fp32, inputs: [model]}
+          q8: {type: quantize, inputs: [fp32]}
+        """)
+    result = slimops.run(path, display=quiet())
+    for name in ("export@box", "q8@box"):
+        node = result[name]
+        assert node.meta["precision"] == "int8", name
+        graph = onnx.load(str(Path(node.path) / "model.onnx"), load_external_data=False).graph
+        nbits = [{a.name: a.i for a in n.attribute} for n in graph.node if n.op_type == "MatMulNBits"]
+        assert nbits and all(n["bits"] == 8 and n["accuracy_level"] == 4 for n in nbits), name
+        assert "MatMulInteger" not in {n.op_type for n in graph.node}
+    assert result["q8@box"].meta["quantization"]["method"] == "rtn"
+    # an encoder (an onnx-model) on the same target still takes int8_dynamic, per output column
+    assert resolve_method(QuantizeParams(), builtin("cpu-int8"), "onnx-model") == "int8_dynamic"
+
+
 def test_lm_head_kept_at_int8(quantized):
     import onnx
 
