@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from slimops.errors import DataError, ModelError
 from slimops.passes import metrics as M
+from slimops.passes.runners import FEATURES
 from slimops.plugin import BASELINE_SUFFIX, Artifact, Pass, PassContext
 
 DEFAULT_PROMPT = "The quick brown fox"
@@ -58,7 +59,7 @@ class Evaluate(Pass):
     """Measures a model on a data split and against the pipeline's input model."""
 
     name = "evaluate"
-    version = "1"
+    version = "2"
     consumes = ("hf-model", "hf-adapter", "onnx-model", "genai-model")
     produces = "metrics"
     baseline = True
@@ -149,7 +150,10 @@ class Evaluate(Pass):
         def metric_names(self, task: str | None) -> list[str]:
             """Built-in names measured (groups expanded), then custom names."""
             if self.metrics is None:
-                quality = [] if self.data is None else (["accuracy", "f1"] if task == "text-classification" else ["perplexity"])
+                if self.data is None or task == FEATURES:
+                    quality = []
+                else:
+                    quality = ["accuracy", "f1"] if task == "text-classification" else ["perplexity"]
                 return M.expand([*quality, "latency", "size_mb"])
             builtin = M.expand([m for m in self.metrics if isinstance(m, str) and ":" not in m])
             return [*builtin, *(c.label for c in self.custom())]
@@ -219,6 +223,8 @@ def measure(ctx: PassContext, model: Artifact) -> tuple[dict[str, float], dict[s
     runner = open_runner(model, base, providers, device, params.max_new_tokens)
     try:
         names = params.metric_names(runner.task)
+        if runner.task == FEATURES:
+            names = _measurable_on_vectors(names, ctx, model)
         out: dict[str, float] = {}
         rows: list[dict[str, Any]] = []
         examples = _examples(ctx, runner.task) if params.data else []
@@ -276,8 +282,29 @@ def _examples(ctx: PassContext, task: str) -> list[dict[str, Any]]:
     examples = load_split(spec, params.split, params.data)
     if params.max_samples is not None:
         examples = examples[: params.max_samples]
+    if task == FEATURES:  # only their text is read, for latency
+        return examples if spec.text or spec.template else []
     check_fields(examples, spec, params.data, params.split, task)
     return examples
+
+
+def _measurable_on_vectors(names: list[str], ctx: PassContext, model: Artifact) -> list[str]:
+    """An encoder without a head gives vectors: no label, no next token, so only latency and size.
+
+    The baseline of a classifier's evaluation (the pipeline's input model, before a head was
+    trained) drops the rest with a note in the log; any other node asking for them is an error.
+
+    Raises:
+        ModelError: a quality metric was asked of a model that cannot give one.
+    """
+    quality = [n for n in names if n not in M.TIMED and n not in ("size_mb", "peak_mb")]
+    if not quality:
+        return names
+    if ctx.node.split("@", 1)[0].endswith(BASELINE_SUFFIX):
+        ctx.log.info("the input model %s is an encoder without a head: %s not measured before", model.path, ", ".join(quality))
+        return [n for n in names if n not in quality]
+    raise ModelError(f"{model.path} is an encoder without a classification head: it gives vectors, so {', '.join(quality)} "
+                     "cannot be measured; evaluate a fine-tuned classifier, or ask only for latency and size_mb")
 
 
 def _perplexity(runner: Any, examples: list[dict], spec: Any, ctx: PassContext) -> float:
@@ -341,7 +368,7 @@ def prompt_and_reference(example: dict[str, Any], spec: Any, tokenizer: Any = No
 
 
 def _prompt_of(example: dict[str, Any], spec: Any, runner: Any) -> str:
-    if runner.task == "text-classification":
+    if runner.task in ("text-classification", FEATURES):
         from slimops.passes.data import classification_text
 
         return classification_text(example, spec)
@@ -407,7 +434,7 @@ def generate(runner: Any, prompt: str, max_new_tokens: int, stop: str | None = N
 
 def _latency(runner: Any, prompts: list[str], params: Any, ctx: PassContext) -> dict[str, float]:
     total = params.warmup + params.latency_runs
-    if runner.task == "text-classification":
+    if runner.task in ("text-classification", FEATURES):  # one forward pass per text
         times = []
         tokens = 0
         for run in range(total):

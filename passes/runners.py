@@ -26,6 +26,13 @@ from slimops.errors import ModelError
 
 CAUSAL = "text-generation"
 CLASSIFIER = "text-classification"
+FEATURES = "feature-extraction"  # an encoder without a head: vectors, no labels, no next token
+
+
+def _encoder_types() -> set[str]:
+    from slimops.passes.parity import ENCODER_TYPES
+
+    return ENCODER_TYPES
 
 
 class HFRunner:
@@ -40,8 +47,14 @@ class HFRunner:
         config = json.loads((folder / "config.json").read_text())
         architectures = config.get("architectures") or []
         self.task = CLASSIFIER if any(a.endswith("ForSequenceClassification") for a in architectures) else CAUSAL
+        if self.task == CAUSAL:
+            from slimops.passes.parity import is_encoder
+
+            if is_encoder(folder):  # loading it as a causal LM would bolt a random LM head onto it
+                self.task = FEATURES
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(adapter if adapter and _has_tokenizer(adapter) else folder)
-        cls = transformers.AutoModelForSequenceClassification if self.task == CLASSIFIER else transformers.AutoModelForCausalLM
+        cls = {CLASSIFIER: transformers.AutoModelForSequenceClassification, FEATURES: transformers.AutoModel}.get(
+            self.task, transformers.AutoModelForCausalLM)
         model = cls.from_pretrained(folder, dtype=torch.float32)
         if adapter is not None:
             import peft
@@ -83,10 +96,14 @@ class HFRunner:
         return out.logits[0, -1]
 
     def classify(self, text: str) -> str:
+        """The label of `text`; for an encoder without a head, only the forward pass (latency) and ""."""
         torch = self.torch
         with torch.no_grad():
             encoded = self.tokenizer(text, return_tensors="pt", truncation=True).to(self.device)
-            index = int(self.model(**encoded).logits[0].argmax())
+            out = self.model(**encoded)
+        if self.task == FEATURES:
+            return ""
+        index = int(out.logits[0].argmax())
         return self.labels.get(index, str(index))
 
     def close(self) -> None:
@@ -117,8 +134,13 @@ class OnnxRunner:
         self.eos_ids = _eos_ids(self.tokenizer, None, config)
         self.labels = {int(k): v for k, v in (config.get("id2label") or {}).items()}
         logits_shape = self.session.get_outputs()[0].shape
-        self.task = CLASSIFIER if len(logits_shape) == 2 else CAUSAL
         self.past_names = [name for name in self.inputs if name.startswith("past")]
+        if len(logits_shape) == 2:
+            self.task = CLASSIFIER
+        elif config.get("model_type") in _encoder_types() or (not self.past_names and "token_type_ids" in self.inputs):
+            self.task = FEATURES  # a vector per token from an exported encoder
+        else:
+            self.task = CAUSAL
         self.present_names = [name for name in self.outputs if name.startswith("present")]
         # past_key_values.3.key <- present.3.key (by name; by position when names differ)
         by_name = [(p, p.replace("past_key_values", "present")) for p in self.past_names]
@@ -196,9 +218,12 @@ class OnnxRunner:
         return self._run([token])[0, -1]
 
     def classify(self, text: str) -> str:
+        """The label of `text`; for an encoder without a head, only the forward pass (latency) and ""."""
         encoded = self.tokenizer(text, truncation=True)
         ids = encoded["input_ids"]
         logits = self.session.run(None, self._feed(ids, len(ids), {}))[0]
+        if self.task == FEATURES:
+            return ""
         index = int(logits[0].argmax())
         return self.labels.get(index, str(index))
 

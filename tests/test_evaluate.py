@@ -372,6 +372,28 @@ def test_classifier_head_predictions(tmp_path):
     assert result["eval"].metrics["before"] == after and "eval.before" not in result.nodes
 
 
+def test_an_encoder_without_a_head_is_timed_not_scored(tmp_path):
+    """Its vectors carry no label and no next token: evaluate times its forward pass (as PyTorch and as ONNX) and
+    weighs it, and asking it for accuracy is an error that says why (a random LM head used to give a perplexity)."""
+    from tiny_models import tiny_bert
+
+    from slimops.errors import PassError
+
+    folder = tiny_bert(tmp_path / "encoder")
+    path = write_project(tmp_path, folder, "{type: evaluate, data: tone, max_samples: 6, latency_runs: 3, inputs: [model]}",
+                         extra_passes="export: {type: onnx}\nonnx_eval: {type: evaluate, data: tone, latency_runs: 3, inputs: [export]}")
+    text = path.read_text().replace(f'template: "{TEMPLATE}"', "text: phrase")
+    path.write_text(text)
+    result = slimops.run(path, display=quiet())
+    for node in ("eval", "onnx_eval@cpu"):
+        after = result[node].metrics["after"]
+        assert set(after) == {"ttft_ms", "latency_p50_ms", "latency_p90_ms", "tokens_per_s", "size_mb"}, node
+        assert result[node].meta["task"] == "feature-extraction"
+    path.write_text(text.replace("max_samples: 6", "metrics: [accuracy], max_samples: 6"))
+    with pytest.raises(PassError, match="encoder without a classification head: it gives vectors, so accuracy cannot be measured"):
+        slimops.run(path, display=quiet())
+
+
 def tiny_onnx_lm(folder: Path, vocab: int, seed: int = 0) -> tuple[Path, "object", "object"]:
     """An ONNX 'language model' with no KV cache: logits = embedding[input_ids] @ W."""
     import numpy as np

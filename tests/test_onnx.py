@@ -427,20 +427,6 @@ def test_encoder_exports_with_dynamic_axes_and_matches_pytorch(assets, tmp_path)
     assert "MatMulInteger" in op_types(Path(result["int8@cpu"].path) / "model.onnx")
 
 
-def tiny_bert_encoder(folder: Path) -> Path:
-    """The classifier's random 2-layer BERT without a head: a vector per token (feature extraction)."""
-    import torch
-    from tiny_models import build_tokenizer
-    from transformers import BertConfig, BertModel
-
-    tokenizer = build_tokenizer(folder)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=2, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
-    BertModel(config).save_pretrained(folder)
-    return folder
-
-
 def test_an_encoders_vectors_are_checked_by_cosine_similarity(assets, tmp_path):
     """The argmax of a hidden vector means nothing: an embedding model's parity is the cosine of its vectors."""
     import onnx
@@ -450,7 +436,9 @@ def test_an_encoders_vectors_are_checked_by_cosine_similarity(assets, tmp_path):
     from slimops.plugin import Artifact
     from slimops.targets import builtin
 
-    encoder = tiny_bert_encoder(tmp_path / "encoder")
+    from tiny_models import tiny_bert
+
+    encoder = tiny_bert(tmp_path / "encoder")
     path = write_pipeline(tmp_path, assets, """\
         targets: {cpu: cpu}
         passes:
