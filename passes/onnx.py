@@ -83,7 +83,7 @@ class Onnx(Pass):
     """Exports an HF model to ONNX: decoders via the onnxruntime-genai builder, encoders via torch.onnx."""
 
     name = "onnx"
-    version = "2"
+    version = "3"
     consumes = ("hf-model",)
     produces = "genai-model"
     per_target = True
@@ -247,10 +247,18 @@ def build_decoder(source: Path, out: Path, params: OnnxParams, precision: str, c
     shutil.rmtree(ctx.work_dir / "builder-cache", ignore_errors=True)
     if not (out / "genai_config.json").exists():
         raise OnnxError("the model builder finished without writing genai_config.json; see the log")
+    shared = None
+    if precision == "int8" or "last_matmul:int8" in options.get("matmul_mixed_precision", ""):
+        from slimops.passes.tied import share_in_file
+
+        shared = share_in_file(out / "model.onnx")  # the int8 lm_head's bytes serve a tied embedding too
+        if shared:
+            ctx.log.info("the embedding now reads the int8 lm_head's weights; dropped the fp32 table %s", shared)
     set_runtime_threads(out, ctx.target)
     if ctx.target.device == "cpu":
         _check_genai_loads(out)
-    meta = {"precision": precision, "execution_provider": ep, "builder_options": options, "task": "text-generation"}
+    meta = {"precision": precision, "execution_provider": ep, "builder_options": options, "task": "text-generation",
+            "shared_embedding": shared is not None}
     return Artifact(path=out, kind="genai-model", meta=meta, metrics={"build_seconds": round(seconds, 2)})
 
 

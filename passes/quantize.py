@@ -73,7 +73,7 @@ class Quantize(Pass):
     """Quantizes an ONNX model: weight-only int4/int8 (rtn, hqq, k_quant, gptq), int8 dynamic, or static QDQ."""
 
     name = "quantize"
-    version = "3"
+    version = "4"
     consumes = ("genai-model", "onnx-model")
     produces = None
     per_target = True
@@ -158,9 +158,9 @@ class Quantize(Pass):
                 else settings.get("accuracy_level", 4 if ctx.target.device == "cpu" else None),
             }
             lm_head = bool(params.keep_lm_head_int8)
-            weight_only(model_file, out_file, method, options, lm_head, params.nodes_to_exclude, calibration, ctx.log)
+            shared = weight_only(model_file, out_file, method, options, lm_head, params.nodes_to_exclude, calibration, ctx.log)
             precision = f"int{bits}"
-            meta = {"quantization": {"method": method, **options, "keep_lm_head_int8": lm_head}}
+            meta = {"quantization": {"method": method, **options, "keep_lm_head_int8": lm_head, "shared_embedding": shared is not None}}
         elif method == "int8_dynamic":
             dynamic_int8(model_file, out_file, params.nodes_to_exclude)
             precision, meta = "int8", {"quantization": {"method": method}}
@@ -266,8 +266,12 @@ def _last_matmul(model) -> str | None:
 
 
 def weight_only(model_file: Path, out_file: Path, method: str, options: dict[str, Any], keep_lm_head_int8: bool,
-                exclude: list[str], calibration: list[dict] | None, log) -> None:
-    """MatMulNBits quantization; lm_head at int8 takes a second pass over that one node."""
+                exclude: list[str], calibration: list[dict] | None, log) -> str | None:
+    """MatMulNBits quantization; lm_head at int8 takes a second pass over that one node.
+
+    Returns:
+        the fp32 embedding table dropped because it now reads the int8 lm_head (`passes/tied.py`), or None.
+    """
     import onnx
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
     from onnxruntime.quantization.quant_utils import QuantFormat
@@ -299,7 +303,13 @@ def weight_only(model_file: Path, out_file: Path, method: str, options: dict[str
         )
         second.process()
         result = second.model.model
+    from slimops.passes.tied import share_int8_embedding
+
+    shared = share_int8_embedding(result)  # an int8 lm_head's bytes serve a tied embedding too
+    if shared:
+        log.info("the embedding now reads the int8 lm_head's weights; dropped the fp32 table %s", shared)
     _save(result, out_file)
+    return shared
 
 
 def _save(model, out_file: Path) -> None:

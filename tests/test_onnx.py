@@ -249,6 +249,9 @@ def test_an_int8_dynamic_target_gives_a_decoder_int8_weights_per_block(assets, t
         assert nbits and all(n["bits"] == 8 and n["accuracy_level"] == 4 for n in nbits), name
         assert "MatMulInteger" not in {n.op_type for n in graph.node}
     assert result["q8@box"].meta["quantization"]["method"] == "rtn"
+    # this llama's embedding is not tied to its lm_head: both keep their own weights (passes/tied.py)
+    assert result["export@box"].meta["shared_embedding"] is False
+    assert result["q8@box"].meta["quantization"]["shared_embedding"] is False
     # an encoder (an onnx-model) on the same target still takes int8_dynamic, per output column
     assert resolve_method(QuantizeParams(), builtin("cpu-int8"), "onnx-model") == "int8_dynamic"
 
