@@ -532,6 +532,28 @@ def test_generate_adapter_makes_one_base_and_an_adapter_file_each(assets, tmp_pa
     assert abs(base - tone).max() > 1e-2 and abs(tone - legal).max() > 1e-2
 
 
+def test_an_int4_cpu_base_is_affine_with_float_lora_branches(assets, tmp_path):
+    """On a CPU int4 target the shared base is affine int4 (rtn's grid put SmolLM2 at parity 0.5); the LoRA
+    branches still read the adapter's weights in float, so each adapter keeps parity with PEFT."""
+    import onnx
+
+    lora_adapter(assets["llama"], tmp_path / "tone", rank=8, seed=1)
+    path = write_pipeline(tmp_path, assets, """\
+        targets: {laptop: cpu-int4}
+        passes:
+          multi: {type: generate_adapter, adapters: {tone: tone}}
+        """)
+    node = slimops.run(path, display=quiet())["multi@laptop"]
+    graph = onnx.load(str(Path(node.path) / "model.onnx"), load_external_data=False).graph
+    nodes = list(graph.node)
+    assert node.meta["precision"] == "int4"
+    assert any(n.op_type == "MatMulNBits" for n in nodes) and any(n.name.endswith("/affine_xU") for n in nodes)
+    lora = [n for n in nodes if "/lora" in n.name and n.op_type == "MatMul"]
+    inputs = {i.name for i in graph.input}
+    assert lora and all(n.input[1] in inputs for n in lora)  # the branches read the adapter's weights
+    assert node.metrics["parity_top1"] >= 0.8 and node.metrics["parity_top1_tone"] >= 0.8
+
+
 # -- templates and CLI shortcuts ---------------------------------------------------------------------------------
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "configs"
