@@ -289,6 +289,7 @@ def run_shortcut(command: str, args) -> int:
         return 0
     from slimops import run
     from slimops.display import RunDisplay
+    from slimops.errors import SlimopsError
 
     pipeline = pipeline_for(command, args, absolute=True)
     out = Path(args.output_path)
@@ -299,7 +300,15 @@ def run_shortcut(command: str, args) -> int:
         from slimops.shortcuts import run_search
 
         return run_search(config, command)
-    result = run(config, display=RunDisplay(quiet=args.quiet))
+    try:
+        result = run(config, display=RunDisplay(quiet=args.quiet))
+    except SlimopsError as err:
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        print(f"the pipeline is {config}: change it there (the method, the thresholds under `parity:`) and run "
+              f"`slimops run --config {config}`; what finished stays cached", file=sys.stderr)
+        return err.exit_code
     last = list(result.nodes.values())[-1]
     print(f"{command}: {last.kind} in {last.path} ({result.seconds:.1f}s; pipeline: {config})", file=sys.stderr)
     if last.metrics:

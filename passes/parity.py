@@ -408,8 +408,9 @@ def check(reference: Artifact, candidate: Artifact, params: ParityParams, target
         problems.append(f"max logit difference {result.max_logit_diff:.4g} > max_logit_diff {params.max_logit_diff}")
     failures = []
     if problems:
-        gentler = ("higher precision, smaller block_size, keep_lm_head_int8, or on a CPU int4 target the default "
-                   "int4_method: affine" if decoder else "a higher precision, or a smaller block_size for int4")
+        gentler = ("higher precision, smaller block_size, keep_lm_head_int8, or affine int4 on a CPU: `method: affine` in "
+                   "quantize, `int4_method: affine` in onnx, the defaults for cpu-int4" if decoder
+                   else "a higher precision, or a smaller block_size for int4")
         failures.append(
             "parity check failed against the input model: " + "; ".join(problems)
             + f" (on {result.positions} positions, providers {', '.join(result.providers)}). "

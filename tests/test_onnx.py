@@ -639,3 +639,17 @@ def test_shortcut_quantize_runs_and_writes_its_pipeline(assets, tmp_path, cli, m
     assert (tmp_path / "q" / "pipeline.yaml").exists() and (folder / "genai_config.json").exists()
     assert "MatMulNBits" in op_types(folder / "model.onnx")
     assert f"quantize: genai-model in {folder}" in err
+
+
+def test_a_failed_shortcut_says_where_its_pipeline_is(assets, tmp_path, cli, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    broken = tmp_path / "broken"
+    shutil.copytree(assets["llama"], broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # plans (the file is there), fails in the builder
+    code, out, err = cli("quantize", "-m", broken, "--algorithm", "rtn", "-o", "q", "-q")
+    assert code == 1
+    assert "error: pass 'export@cpu' failed" in err and "Traceback" not in err
+    assert "the pipeline is q/pipeline.yaml: change it there" in err and "slimops run --config q/pipeline.yaml" in err
