@@ -248,7 +248,8 @@ def build_decoder(source: Path, out: Path, params: OnnxParams, precision: str, c
     if not (out / "genai_config.json").exists():
         raise OnnxError("the model builder finished without writing genai_config.json; see the log")
     shared = None
-    if precision == "int8" or "last_matmul:int8" in options.get("matmul_mixed_precision", ""):
+    # CPU only: GatherBlockQuantized over int8 is what onnxruntime's CPU kernels run; GPUs are untested here
+    if ctx.target.device == "cpu" and (precision == "int8" or "last_matmul:int8" in options.get("matmul_mixed_precision", "")):
         from slimops.passes.tied import share_in_file
 
         shared = share_in_file(out / "model.onnx")  # the int8 lm_head's bytes serve a tied embedding too

@@ -158,7 +158,8 @@ class Quantize(Pass):
                 else settings.get("accuracy_level", 4 if ctx.target.device == "cpu" else None),
             }
             lm_head = bool(params.keep_lm_head_int8)
-            shared = weight_only(model_file, out_file, method, options, lm_head, params.nodes_to_exclude, calibration, ctx.log)
+            shared = weight_only(model_file, out_file, method, options, lm_head, params.nodes_to_exclude, calibration, ctx.log,
+                                 share_embedding=ctx.target.device == "cpu")
             precision = f"int{bits}"
             meta = {"quantization": {"method": method, **options, "keep_lm_head_int8": lm_head, "shared_embedding": shared is not None}}
         elif method == "int8_dynamic":
@@ -266,7 +267,7 @@ def _last_matmul(model) -> str | None:
 
 
 def weight_only(model_file: Path, out_file: Path, method: str, options: dict[str, Any], keep_lm_head_int8: bool,
-                exclude: list[str], calibration: list[dict] | None, log) -> str | None:
+                exclude: list[str], calibration: list[dict] | None, log, share_embedding: bool = True) -> str | None:
     """MatMulNBits quantization; lm_head at int8 takes a second pass over that one node.
 
     Returns:
@@ -305,7 +306,7 @@ def weight_only(model_file: Path, out_file: Path, method: str, options: dict[str
         result = second.model.model
     from slimops.passes.tied import share_int8_embedding
 
-    shared = share_int8_embedding(result)  # an int8 lm_head's bytes serve a tied embedding too
+    shared = share_int8_embedding(result) if share_embedding else None  # an int8 lm_head's bytes serve a tied embedding too
     if shared:
         log.info("the embedding now reads the int8 lm_head's weights; dropped the fp32 table %s", shared)
     _save(result, out_file)

@@ -6,7 +6,7 @@ MatMulNBits over int8 blocks while the lookup still reads the fp32 table: 113 MB
 SmolLM2-135M's 258 MB at int8. `share_int8_embedding` points the lookup at the lm_head's bytes
 through a GatherBlockQuantized, as `affine` does for its int4 models, but only where those bytes
 are the table rounded to its blocks: an untied model, or one whose lm_head was fitted some other
-way, is left as it is.
+way, is left as it is. The passes call it for CPU targets only (no GPU here to check the kernel).
 """
 
 from __future__ import annotations
