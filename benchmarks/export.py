@@ -3,8 +3,9 @@ and (with --olive-venv) Olive 0.13's `olive auto-opt`.
 
     python benchmarks/export.py [--tokens 64] [--repeats 5] [--olive-venv /opt/olive-venv] [--work DIR]
 
-1. `slimops run`, cold cache: the bundled GGUF -> HF (from_gguf) -> `onnx` on `cpu-int4` three ways:
-   slimops's default (affine int4), the builder's own int4 (`int4_method: builder`), and fp32.
+1. `slimops run`, cold cache: the bundled GGUF -> HF (from_gguf) -> `onnx` four ways: on `cpu-int4`
+   slimops's default (affine int4), the builder's own int4 (`int4_method: builder`) and fp32; on
+   `cpu-int8` slimops's default (the builder's weight-only int8, the tied embedding read from it).
 2. Engine overhead on conversion: `slimops run` of a one-node pipeline (the builder's int4 on the
    HF folder, parity check off, cold cache) against `python -m onnxruntime_genai.models.builder`
    with the same options, and that command through slimops's launcher (which skips the
@@ -42,11 +43,12 @@ from report import commit, machine, write_section  # noqa: E402
 PIPELINE = """\
 name: export-bench
 model: smollm2-135m
-targets: {laptop: cpu-int4}
+targets: {laptop: cpu-int4, box: cpu-int8}
 passes:
-  int4: {type: onnx}                                   # slimops's default for cpu-int4: affine
-  builder: {type: onnx, int4_method: builder, inputs: [model], parity: {min_top1: 0.0}}
-  fp32: {type: onnx, precision: fp32, inputs: [model]}
+  int4: {type: onnx, targets: [laptop]}                # slimops's default for cpu-int4: affine
+  builder: {type: onnx, int4_method: builder, inputs: [model], targets: [laptop], parity: {min_top1: 0.0}}
+  fp32: {type: onnx, precision: fp32, inputs: [model], targets: [laptop]}
+  int8: {type: onnx, inputs: [model], targets: [box]}  # slimops's default for cpu-int8 decoders: weight-only int8
 engine: {cache_dir: cache, output_dir: out}
 """
 OVERHEAD = """\
@@ -264,7 +266,7 @@ def main() -> None:
     nodes = json.loads((work / "out" / "run.json").read_text())["nodes"]
     hf = Path(nodes["model.from_gguf"]["path"])
     folders = {"slimops int4 (affine)": Path(nodes["int4@laptop"]["path"]), "builder int4": Path(nodes["builder@laptop"]["path"]),
-               "fp32 ONNX": Path(nodes["fp32@laptop"]["path"])}
+               "slimops int8 (weight-only, shared embedding)": Path(nodes["int8@box"]["path"]), "fp32 ONNX": Path(nodes["fp32@laptop"]["path"])}
     olive_seconds = None
     if args.olive_venv:
         olive_seconds = olive_auto_opt(args.olive_venv, hf, work / "olive")
@@ -297,7 +299,7 @@ def main() -> None:
     table = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n" + "\n".join("| " + " | ".join(r) + " |" for r in rows)
     affine = nodes["int4@laptop"]
     timing = [
-        f"- `slimops run`, cold cache, whole process (from_gguf, three exports, three parity checks): {run_seconds:.1f} s; "
+        f"- `slimops run`, cold cache, whole process (from_gguf, four exports, four parity checks): {run_seconds:.1f} s; "
         f"from_gguf {nodes['model.from_gguf']['seconds']:.1f} s; affine int4 node {affine['seconds']:.1f} s "
         f"(builder at fp32 {affine['metrics']['build_seconds']:.1f} s, then the affine rewrite and the parity check).",
         f"- Engine overhead on conversion (builder int4, parity off, median of {max(5, args.repeats)}, alternating): "
