@@ -191,6 +191,7 @@ def build_plan(config: PipelineConfig, cache: Cache | None = None) -> Plan:
             expanded[name][target_name] = node_id
         previous = name
 
+    _check_followed(config, nodes, instances)
     plan = Plan(config, graph, nodes, cache)
     for node in plan.order():
         _key(plan, node)
@@ -267,6 +268,22 @@ def _baseline_node(config: PipelineConfig, nodes: dict[str, Node], graph: nx.DiG
     graph.add_node(node_id)
     graph.add_edge(model_id, node_id)
     return node_id
+
+
+def _check_followed(config: PipelineConfig, nodes: dict[str, Node], instances: dict[str, Pass]) -> None:
+    """A node whose pass says another must finish its job (`Pass.needs_after`) has one reading it."""
+    readers: dict[str, set[str]] = {}
+    for node in nodes.values():
+        for input_id in node.inputs:
+            if node.config is not None:
+                readers.setdefault(input_id, set()).add(node.config.type)
+    for node in nodes.values():
+        if node.config is None or node.config.name not in instances:
+            continue
+        need = instances[node.config.name].needs_after(node.config.params, node.target)
+        if need and need[0] not in readers.get(node.id, set()):
+            raise PlanError(f"{config.where('passes', node.config.name)} pass '{node.config.name}' ({node.config.type}) "
+                            f"on target '{node.target_name}': {need[1]}")
 
 
 def _check_needs(config: PipelineConfig, node: Node, inst: Pass) -> None:

@@ -159,6 +159,11 @@ class Pass:
         """
         return None
 
+    def needs_after(self, params: Any, target: Any) -> tuple[str, str] | None:
+        """(pass type, why) when this pass's output is only half the job for `target` and a pass of that
+        type must read it; the planner reports a pipeline without one. Default: None."""
+        return None
+
     def goals(self, params: Any, artifact: Artifact) -> list[dict[str, Any]]:
         """Goals checked on the finished artifact, fresh or cached (default: none).
 

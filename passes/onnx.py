@@ -96,6 +96,13 @@ class Onnx(Pass):
             return "onnx-model"
         return "genai-model"  # an auto-detected encoder returns onnx-model at run time
 
+    def needs_after(self, params, target):
+        if params.precision == "auto" and target.quant_format == "qdq":
+            return ("quantize", "a QDQ target gets its int8 from a `quantize` pass (calibrated), and this export is fp32 "
+                                "for it; add one after it, e.g. `quant: {type: quantize, calibration_data: <a data: entry>}`, "
+                                "or set `precision: fp32` here to export fp32 on purpose")
+        return None
+
     def check(self, params, target):
         precision = resolve_precision(params.precision, target)
         if precision not in BUILDER_PRECISIONS.get(BUILDER_EP[target.device], set()) and params.precision != "auto":

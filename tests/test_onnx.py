@@ -357,6 +357,16 @@ def test_parity_threshold_is_configurable(assets, tmp_path):
 # -- providers ------------------------------------------------------------------------------------------------
 
 
+def test_an_export_for_a_qdq_target_without_quantize_is_a_plan_error(assets, tmp_path):
+    """QDQ targets get their int8 from a calibrated `quantize`; an `onnx` alone would ship fp32 without a word."""
+    path = write_pipeline(tmp_path, assets, "targets: {npu: npu-qdq}\npasses:\n  export: {type: onnx}\n")
+    with pytest.raises(PlanError, match=r"pipeline.yaml:\d+ passes.export pass 'export' \(onnx\) on target 'npu': a QDQ target gets "
+                                        r"its int8 from a `quantize` pass"):
+        slimops.plan(path)
+    path.write_text(path.read_text().replace("export: {type: onnx}", "export: {type: onnx, precision: fp32}"))
+    slimops.plan(path)  # fp32 on purpose plans
+
+
 def test_missing_provider_is_a_plan_error_only_for_passes_that_run_on_the_target(assets, tmp_path):
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime has CUDA")
