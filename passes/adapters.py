@@ -21,14 +21,14 @@ generator.set_active_adapter(adapters, name)`; or with onnxruntime: `RunOptions.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from slimops.passes.onnx import BUILDER_EP, OnnxError, OnnxParams, builder_options, folder_size, load_model, run_builder, set_runtime_threads
+from slimops.passes.onnx import (BUILDER_EP, OnnxError, OnnxParams, builder_options, folder_size, load_model, run_builder, save_model,
+                                 set_runtime_threads)
 from slimops.passes.parity import ParityParams, check
 from slimops.plugin import Artifact, Pass, PassContext
 
@@ -115,11 +115,7 @@ class GenerateAdapter(Pass):
             block = params.block_size or settings.get("block_size", 32)
             base_model = quantize_base(base_model, block, settings.get("accuracy_level", 4), ctx.target.device == "cpu", ctx.log)
             precision = "int4"
-        (out / "model.onnx.data").unlink(missing_ok=True)
-        import onnx
-
-        onnx.save_model(base_model, str(out / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location="model.onnx.data", size_threshold=1024)
+        save_model(base_model, out / "model.onnx")
         set_runtime_threads(out, ctx.target)
         files = {}
         for name in names:

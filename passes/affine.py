@@ -363,10 +363,9 @@ def rewrite_file(source: Path, dest: Path, **options) -> AffineReport:
     """Load `source` (external data too), rewrite it, save `dest` with its data beside it."""
     import onnx
 
+    from slimops.passes.onnx import save_model
+
     model = onnx.load(str(source))
     report = quantize_affine(model, **options)
-    data = dest.with_name(dest.name + ".data")
-    if data.exists():
-        data.unlink()
-    onnx.save_model(model, str(dest), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
+    save_model(model, dest)
     return report

@@ -468,6 +468,16 @@ def copy_tokenizer(source: Path, dest: Path) -> None:
             shutil.copy2(source / name, dest / name)
 
 
+def save_model(model, model_file: Path) -> None:
+    """Save `model` with its weights in `<model_file>.data` beside it, replacing both files."""
+    import onnx
+
+    data = model_file.with_name(model_file.name + ".data")
+    data.unlink(missing_ok=True)  # a new file, not a write through a link the cache may share
+    onnx.save_model(model, str(model_file), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
+                    size_threshold=1024)
+
+
 def load_model(model_file: Path):
     """`onnx.load` with external data read here: the cache hard-links artifacts, and onnx's own
     loader refuses external data files that have more than one link."""

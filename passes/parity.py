@@ -398,9 +398,10 @@ def check(reference: Artifact, candidate: Artifact, params: ParityParams, target
     if log:
         log.info("parity: %s on %s", metrics, ", ".join(result.providers))
     problems = []
-    if result.cosine is not None and result.cosine < min_cosine:
-        problems.append(f"mean cosine similarity {result.cosine:.4f} < min_cosine {min_cosine} (least {result.cosine_min:.4f})")
-    if result.cosine is None and result.top1 < min_top1:
+    if result.cosine is not None:
+        if result.cosine < min_cosine:
+            problems.append(f"mean cosine similarity {result.cosine:.4f} < min_cosine {min_cosine} (least {result.cosine_min:.4f})")
+    elif result.top1 < min_top1:
         problems.append(f"top-1 agreement {result.top1:.3f} < min_top1 {min_top1}")
     if decoder and result.agreement < params.min_agreement:
         problems.append(f"greedy-token agreement {result.agreement:.3f} < min_agreement {params.min_agreement}")

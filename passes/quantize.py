@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from slimops.passes.onnx import OnnxError, folder_size, load_model
+from slimops.passes.onnx import OnnxError, folder_size, load_model, save_model
 from slimops.passes.parity import ParityError, ParityParams, check
 from slimops.plugin import Artifact, Pass, PassContext
 
@@ -273,7 +273,6 @@ def weight_only(model_file: Path, out_file: Path, method: str, options: dict[str
     Returns:
         the fp32 embedding table dropped because it now reads the int8 lm_head (`passes/tied.py`), or None.
     """
-    import onnx
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
     from onnxruntime.quantization.quant_utils import QuantFormat
 
@@ -309,18 +308,8 @@ def weight_only(model_file: Path, out_file: Path, method: str, options: dict[str
     shared = share_int8_embedding(result) if share_embedding else None  # an int8 lm_head's bytes serve a tied embedding too
     if shared:
         log.info("the embedding now reads the int8 lm_head's weights; dropped the fp32 table %s", shared)
-    _save(result, out_file)
+    save_model(result, out_file)
     return shared
-
-
-def _save(model, out_file: Path) -> None:
-    import onnx
-
-    data = out_file.with_name(out_file.name + ".data")
-    if data.exists():
-        data.unlink()
-    onnx.save_model(model, str(out_file), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data.name, size_threshold=1024)
 
 
 def dynamic_int8(model_file: Path, out_file: Path, exclude: list[str]) -> None:

@@ -29,12 +29,6 @@ CLASSIFIER = "text-classification"
 FEATURES = "feature-extraction"  # an encoder without a head: vectors, no labels, no next token
 
 
-def _encoder_types() -> set[str]:
-    from slimops.passes.parity import ENCODER_TYPES
-
-    return ENCODER_TYPES
-
-
 class HFRunner:
     """A transformers model on the CPU (or CUDA when the target says so)."""
 
@@ -133,11 +127,13 @@ class OnnxRunner:
                       "head_dim": decoder.get("head_size"), **config}
         self.eos_ids = _eos_ids(self.tokenizer, None, config)
         self.labels = {int(k): v for k, v in (config.get("id2label") or {}).items()}
+        from slimops.passes.parity import ENCODER_TYPES
+
         logits_shape = self.session.get_outputs()[0].shape
         self.past_names = [name for name in self.inputs if name.startswith("past")]
         if len(logits_shape) == 2:
             self.task = CLASSIFIER
-        elif config.get("model_type") in _encoder_types() or (not self.past_names and "token_type_ids" in self.inputs):
+        elif config.get("model_type") in ENCODER_TYPES or (not self.past_names and "token_type_ids" in self.inputs):
             self.task = FEATURES  # a vector per token from an exported encoder
         else:
             self.task = CAUSAL

@@ -118,7 +118,7 @@ def share_in_file(model_file: Path) -> str | None:
     """`share_int8_embedding` on a saved model (its data beside it), rewritten only when it shares."""
     import onnx
 
-    from slimops.passes.onnx import load_model
+    from slimops.passes.onnx import load_model, save_model
 
     graph = onnx.load(str(model_file), load_external_data=False).graph
     outputs = {o.name for o in graph.output}
@@ -128,8 +128,5 @@ def share_in_file(model_file: Path) -> str | None:
     model = load_model(model_file)
     dropped = share_int8_embedding(model)
     if dropped is not None:
-        data = model_file.with_name(model_file.name + ".data")
-        data.unlink(missing_ok=True)
-        onnx.save_model(model, str(model_file), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
-                        size_threshold=1024)
+        save_model(model, model_file)
     return dropped
