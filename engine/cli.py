@@ -6,6 +6,7 @@
     slimops cache    ls|show|verify|gc|clear  manage the cache
     slimops report   DIR                      render report.md/report.html again from DIR/run.json
     slimops passes | targets | schema | init  list passes, targets; write the schema; copy a template
+    slimops doctor                            check this environment before a long run
 
 Errors print as one message without a traceback (`--debug` shows it): exit 2 for config, plan,
 data and model errors, 1 for a failed pass or cache error, 3 when an evaluation missed a goal
@@ -59,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="render report.md and report.html again from an output folder's run.json")
     p.add_argument("dir", nargs="?", default="out", help="the output folder (default: out)")
+
+    p = sub.add_parser("doctor", help="check this environment: packages each pass needs, providers, CPU, CUDA, disk")
+    p.add_argument("--config", "-c", help="check the disk where this pipeline's cache lives")
+    p.add_argument("--cache-dir", help="the cache folder (default .slimops/cache)")
 
     sub.add_parser("passes", help="list every pass with its params and kinds")
     sub.add_parser("targets", help="list target profiles and whether this machine runs them")
@@ -374,6 +379,22 @@ def cmd_schema(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from slimops.doctor import FAIL, diagnose, report
+
+    if args.cache_dir:
+        cache_dir = Path(args.cache_dir)
+    elif args.config:
+        from slimops.config import load_config
+
+        cache_dir = load_config(args.config).cache_dir
+    else:
+        cache_dir = Path(".slimops/cache")
+    checks = diagnose(cache_dir)
+    print(report(checks))
+    return 1 if any(c.state == FAIL for c in checks) else 0
+
+
 def cmd_init(args) -> int:
     from slimops.templates import copy_template, templates
 
@@ -399,6 +420,7 @@ COMMANDS = {
     "targets": cmd_targets,
     "schema": cmd_schema,
     "init": cmd_init,
+    "doctor": cmd_doctor,
     "optimize": lambda args: _shortcut(args),
     "quantize": lambda args: _shortcut(args),
     "generate-adapter": lambda args: _shortcut(args),

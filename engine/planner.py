@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import difflib
-import importlib.metadata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from slimops.config import MODEL_INPUT, PassConfig, PipelineConfig
 from slimops.errors import ModelError, PlanError
 from slimops.fingerprint import canonical, sha256_text
 from slimops.models import resolve_model
+from slimops.needs import install_line, installed
 from slimops.plugin import BASELINE_SUFFIX, Artifact, Pass
 from slimops.targets import TargetProfile, builtin, machine_has_cuda, machine_support
 
@@ -291,12 +291,12 @@ def _check_needs(config: PipelineConfig, node: Node, inst: Pass) -> None:
     pc = node.config
     where = config.where("passes", pc.name) if pc.name in config.passes else f"pass '{node.id}'"
     alt = f"; use type: {inst.alternative} instead" if inst.alternative else ""
-    libraries = {}
-    for dist in inst.requires:
-        try:
-            libraries[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            raise PlanError(f"{where} pass '{pc.name}' ({pc.type}) needs the package '{dist}': pip install {dist}{alt}") from None
+    libraries = installed(inst.requires)
+    missing = [dist for dist, version in libraries.items() if version is None]
+    if missing:
+        names = ", ".join(f"'{d}'" for d in missing)
+        raise PlanError(f"{where} pass '{pc.name}' ({pc.type}) needs the package{'s' if len(missing) > 1 else ''} {names}: "
+                        f"{install_line(missing)}{alt} ('slimops doctor' checks every pass)")
     node.parts["libraries"] = libraries
     if "cuda" in inst.devices and not machine_has_cuda():
         raise PlanError(f"{where} pass '{pc.name}' ({pc.type}) needs a CUDA device, and this machine has none{alt}")

@@ -55,7 +55,7 @@ class GenerateAdapter(Pass):
     consumes = ("hf-adapter", "hf-model")
     produces = "genai-model"
     per_target = True
-    requires = ("onnx", "onnxruntime", "onnxruntime-genai", "transformers", "torch", "peft")
+    requires = ("onnx", "onnxruntime", "onnxruntime-genai", "onnx-ir", "transformers", "torch", "peft")  # onnx-ir: the builder imports it
 
     Params = GenerateAdapterParams
 

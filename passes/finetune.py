@@ -138,6 +138,7 @@ class Qlora(_FineTune):
 
     name = "qlora"
     method = "qlora"
+    version = "2"  # layers whose shape does not fit a 4-bit block stay in float
     requires = ("torch", "transformers", "peft", "bitsandbytes")
     alternative = "lora"
     Params = QloraParams
@@ -204,7 +205,12 @@ def train(ctx: PassContext, method: str) -> Artifact:
     train_set, eval_set = features["train"], features.get("eval")
     ctx.log.info("%s: %d train examples, %d eval, task %s", method, len(train_set), len(eval_set or []), task)
 
-    model = _load_model(base, task, method, params, labels)
+    float_layers, kept_by_default = _unquantizable_layers(base, task, labels) if method == "qlora" else ([], [])
+    if float_layers:
+        ctx.log.info("qlora: %d linear layers stay in float (their shape does not fit a 4-bit block): %s",
+                     len(float_layers), ", ".join(float_layers))
+    model = _load_model(base, task, method, params, labels, [*float_layers, *kept_by_default] if float_layers else None)
+    four_bit = sum(type(m).__name__ == "Linear4bit" for m in model.modules()) if method == "qlora" else 0
     model = _wrap(model, method, params, task)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -232,6 +238,9 @@ def train(ctx: PassContext, method: str) -> Artifact:
     }
     if labels:
         meta["labels"] = labels
+    if method == "qlora":
+        meta["four_bit_layers"] = four_bit
+        meta["float_layers"] = float_layers
     kind = "hf-model" if method == "full" else "hf-adapter"
     return Artifact(path=ctx.output_dir, kind=kind, meta=meta, metrics=metrics)
 
@@ -271,7 +280,37 @@ def _features(part: _Part, tokenizer, max_seq_len: int, labels: list[str]) -> li
     return datalib.tokenize_lm(part.rows, part.spec, tokenizer, max_seq_len, part.data, part.split)
 
 
-def _load_model(base: Path, task: str, method: str, params: Any, labels: list[str]):
+# bitsandbytes quantizes 4-bit weights in blocks of 64 along a row; its CPU kernel for AVX512-BF16
+# and AMX machines repacks a layer's weight in groups of 32 output rows and fails on any other
+# shape ("shape '[32, 0]' is invalid"), so such layers are kept in float on every machine alike.
+BNB_BLOCK = 64
+BNB_ROW_GROUP = 32
+
+
+def _unquantizable_layers(base: Path, task: str, labels: list[str]) -> tuple[list[str], list[str]]:
+    """The linear layers whose (out, in) shape does not fit bitsandbytes' 4-bit blocks, and what
+    transformers keeps in float on its own (the output head); read from a weightless skeleton."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers.quantizers.base import get_keys_to_not_convert
+
+    config = AutoConfig.from_pretrained(base)
+    auto = AutoModelForCausalLM
+    if task == "text-classification":
+        config.num_labels = len(labels)
+        auto = AutoModelForSequenceClassification
+    with torch.device("meta"):
+        skeleton = auto.from_config(config)
+    kept = list(get_keys_to_not_convert(skeleton))
+    misfits = sorted(
+        name for name, module in skeleton.named_modules()
+        if isinstance(module, torch.nn.Linear) and name not in kept
+        and (module.in_features % BNB_BLOCK or module.out_features % BNB_ROW_GROUP)
+    )
+    return misfits, kept
+
+
+def _load_model(base: Path, task: str, method: str, params: Any, labels: list[str], float_modules: list[str] | None = None):
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -284,6 +323,7 @@ def _load_model(base: Path, task: str, method: str, params: Any, labels: list[st
             bnb_4bit_quant_type=params.quant_type,
             bnb_4bit_use_double_quant=params.double_quant,
             bnb_4bit_compute_dtype=torch.bfloat16 if params.precision == "bf16" else torch.float32,
+            llm_int8_skip_modules=float_modules,  # a list replaces transformers' own, so it carries those too
         )
     if task == "text-classification":
         return AutoModelForSequenceClassification.from_pretrained(

@@ -87,7 +87,7 @@ class Onnx(Pass):
     consumes = ("hf-model",)
     produces = "genai-model"
     per_target = True
-    requires = ("onnx", "onnxruntime", "onnxruntime-genai", "transformers", "torch")
+    requires = ("onnx", "onnxruntime", "onnxruntime-genai", "onnx-ir", "onnxscript", "transformers", "torch")  # onnx-ir: the builder; onnxscript: torch.onnx
 
     Params = OnnxParams
 

@@ -44,3 +44,25 @@ def _private_hash_memo(tmp_path_factory):
     import os
 
     os.environ["SLIMOPS_HASH_MEMO"] = str(tmp_path_factory.mktemp("memo") / "file-hashes.json")
+
+
+# Every package the product promises is declared, so a test skipped because one could not be
+# imported hides a broken install: it fails instead, on CI and everywhere else.
+def _missing_import(report) -> bool:
+    return report.skipped and "could not import" in str(report.longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if _missing_import(report):
+        report.outcome = "failed"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    report = outcome.get_result()
+    if _missing_import(report):
+        report.outcome = "failed"

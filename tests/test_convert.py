@@ -17,9 +17,8 @@ import slimops
 from slimops.display import RunDisplay
 from slimops.errors import ModelError
 
-gguf = pytest.importorskip("gguf")
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+import gguf  # noqa: E402
+import torch  # noqa: E402
 
 LAYERS, HIDDEN, HEADS, KV_HEADS, INTERMEDIATE = 2, 64, 4, 2, 128
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]

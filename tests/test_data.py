@@ -99,8 +99,20 @@ def test_unreadable_files(tmp_path):
 
 
 def test_hub_data_offline_is_a_data_error():
-    with pytest.raises(DataError, match="hf"):
+    with pytest.raises(DataError, match="cannot load hub data set 'nobody/nothing-here'.*Offline"):
         datalib.load_split(DataSpec(type="hf", name="nobody/nothing-here"), "train")
+
+
+def test_parquet_reads_rows_and_a_corrupt_file_is_a_data_error(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"phrase": "so glad", "tone": "joyful"}, {"phrase": "go away", "tone": "angry"}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "tone.parquet")
+    assert datalib.read_file(tmp_path / "tone.parquet", "parquet") == rows
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match="cannot read parquet file .*bad.parquet"):
+        datalib.read_file(tmp_path / "bad.parquet", "parquet")
 
 
 def test_check_fields_names_field_and_index(tmp_path):

@@ -26,7 +26,7 @@ PROMPT = "<|im_start|>user\\n{phrase}<|im_end|>\\n<|im_start|>assistant\\n"
 METHODS = [
     ("lora", "hf-adapter", {}),
     ("dora", "hf-adapter", {"lr_scheduler": "linear", "warmup_steps": 2, "weight_decay": 0.01, "gradient_accumulation_steps": 2}),
-    ("qlora", "hf-adapter", {"quant_type": "nf4"}),
+    ("qlora", "hf-adapter", {"quant_type": "nf4"}),  # on llama64: 4-bit blocks fit every layer
     ("loha", "hf-adapter", {"precision": "bf16", "lr_scheduler": "constant"}),
     ("lokr", "hf-adapter", {"gradient_checkpointing": True, "target_modules": ["q_proj", "v_proj", "gate_proj"]}),
     ("ia3", "hf-adapter", {"learning_rate": 0.2}),
@@ -38,7 +38,8 @@ METHODS = [
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("assets")
     write_jsonl(root / "tone.jsonl", tone_rows(48))
-    return {"llama": tiny_llama(root / "llama"), "bert": tiny_bert(root / "bert"), "data": root / "tone.jsonl"}
+    return {"llama": tiny_llama(root / "llama"), "llama64": tiny_llama(root / "llama64", hidden=64),
+            "bert": tiny_bert(root / "bert"), "data": root / "tone.jsonl"}
 
 
 def pipeline(tmp_path: Path, assets: dict, passes: str, model: str = "llama", task: str = "text-generation", fmt: str | None = None) -> Path:
@@ -69,13 +70,12 @@ def losses(folder: Path) -> list[float]:
 
 @pytest.mark.parametrize("method, kind, extra", METHODS, ids=[m[0] for m in METHODS])
 def test_every_finetuning_pass(tmp_path, assets, method, kind, extra):
-    if method == "qlora":
-        pytest.importorskip("bitsandbytes")
     params = {"type": method, "data": "tone", "max_steps": 16, "batch_size": 4, "learning_rate": 0.01, "eval_steps": 8, **extra}
     passes = f"ft: {json.dumps(params)}\n"
     if kind == "hf-adapter":
         passes += "merge: {type: merge_adapter}\n"
-    result = run(pipeline(tmp_path, assets, passes))
+    model = "llama64" if method == "qlora" else "llama"
+    result = run(pipeline(tmp_path, assets, passes, model=model))
 
     ft = result["ft"]
     out = Path(ft.path)
@@ -91,11 +91,25 @@ def test_every_finetuning_pass(tmp_path, assets, method, kind, extra):
         assert not (out / "model.safetensors").exists(), "an adapter pass must not copy the base"
         merged = Path(result["merge"].path)
         assert result["merge"].kind == "hf-model"
-        assert _weights_differ(assets["llama"], merged), "merging changed no weight"
+        assert _weights_differ(assets[model], merged), "merging changed no weight"
     else:
         assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
-        assert _weights_differ(assets["llama"], out)
+        assert _weights_differ(assets[model], out)
+    if method == "qlora":  # 2 layers x 7 projections, the tied output head kept in float
+        assert ft.meta["four_bit_layers"] == 14 and ft.meta["float_layers"] == []
     assert not list((tmp_path / ".slimops/cache/work").glob("*/checkpoints")), "checkpoints must go once the node completes"
+
+
+def test_qlora_keeps_layers_too_narrow_for_a_4bit_block_in_float(tmp_path, assets):
+    """bitsandbytes' CPU kernel (AVX512-BF16, AMX) fails on a layer of 32 inputs; the pass keeps such layers in float."""
+    result = run(pipeline(tmp_path, assets, "ft: {type: qlora, data: tone, max_steps: 4, batch_size: 4, eval_steps: 2}\n"))
+    ft = result["ft"]
+    assert ft.meta["four_bit_layers"] == 2  # down_proj: 64 inputs, 32 outputs
+    assert ft.meta["float_layers"] == sorted(f"model.layers.{i}.{part}" for i in range(2) for part in (
+        "mlp.gate_proj", "mlp.up_proj", "self_attn.k_proj", "self_attn.o_proj", "self_attn.q_proj", "self_attn.v_proj"))
+    assert ft.metrics["eval_loss"] > 0
+    log = next((tmp_path / ".slimops/cache").rglob("log.txt")).read_text()
+    assert "12 linear layers stay in float" in log
 
 
 def _weights_differ(a: Path, b: Path) -> bool:

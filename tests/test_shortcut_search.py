@@ -156,7 +156,6 @@ def test_finetune_search_runs_names_the_best_and_reuses_the_cached_prefix(tmp_pa
 
 def test_quantize_search_runs_and_shares_the_export(tmp_path, cli, monkeypatch):
     """The ONNX side: tiny_models' llama has 8-wide heads, below the builder's 16, so this uses test_onnx's."""
-    pytest.importorskip("onnxruntime_genai")
     from test_onnx import CORPUS, tiny_trained_llama
 
     monkeypatch.chdir(tmp_path)

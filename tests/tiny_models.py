@@ -58,15 +58,18 @@ def build_tokenizer(folder: Path):
     return tokenizer
 
 
-def tiny_llama(folder: Path) -> Path:
-    """A random 2-layer llama (hidden 32, tied embeddings) and its tokenizer, in `folder`."""
+def tiny_llama(folder: Path, hidden: int = 32) -> Path:
+    """A random 2-layer llama (hidden 32 unless given, tied embeddings) and its tokenizer, in `folder`.
+
+    hidden=64 gives every linear layer a shape bitsandbytes can quantize to 4 bits (rows of 64 inputs).
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_tokenizer(folder)
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
