@@ -53,7 +53,7 @@ def smol_shaped(folder: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tiny_models import build_tokenizer
+    from assets import build_tokenizer
 
     tokenizer = build_tokenizer(folder)
     torch.manual_seed(0)
@@ -67,7 +67,7 @@ def smol_shaped(folder: Path) -> Path:
 
 
 def build_assets(work: Path, models: list[str]) -> dict[str, Path]:
-    from tiny_models import tiny_llama, tone_rows, write_jsonl
+    from assets import tiny_llama, tone_rows, write_jsonl
 
     assets = {"data": write_jsonl(work / "tone.jsonl", tone_rows(120))}
     if "tiny" in models:

@@ -40,6 +40,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import commit, machine, write_section  # noqa: E402
 
+from slimops.sizes import size_mb  # noqa: E402  (the one measure of size on disk, as the passes report it)
+
 PIPELINE = """\
 name: export-bench
 model: smollm2-135m
@@ -69,10 +71,6 @@ CHAT_PROMPTS = [
     "What is the tone of: I can't believe you broke my phone again!",
     "Summarize the plot of Romeo and Juliet in two sentences.",
 ]
-
-
-def size_mb(path: Path) -> float:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
 
 
 def weight_mb(path: Path) -> float:
@@ -147,7 +145,7 @@ def teacher_forced(hf: Path, folders: dict[str, Path], tokens: int) -> dict[str,
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slimops.passes.parity import OnnxCausalLM
+    from slimops.passes._runtime.ort import OnnxCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(hf)
     model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
@@ -189,7 +187,7 @@ def engine_overhead(work: Path, hf: Path, repeats: int) -> tuple[float, float, f
     """
     (work / "overhead.yaml").write_text(OVERHEAD % hf)
     env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
-    from slimops.passes.onnx import BUILDER_MODULE, LAUNCHER
+    from slimops.passes._onnx.builder import BUILDER_MODULE, LAUNCHER
 
     ours, direct, inner, launched = [], [], [], []
     for _ in range(repeats):

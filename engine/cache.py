@@ -27,7 +27,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from slimops.errors import CacheError
-from slimops.fingerprint import HashMemo, sha256_file, shared_memo_path
+from slimops.keys import HashMemo, sha256_file, shared_memo_path
 
 MANIFEST = "manifest.json"
 ARTIFACT = "artifact"

@@ -80,14 +80,14 @@ def undeclared_imports() -> list[Check]:
 
 
 def providers() -> list[Check]:
-    from slimops.targets import BUILTIN_DATA, available_providers, builtin, machine_support
+    from slimops.targets import BUILTIN, available_providers, builtin, machine_support
 
     have = available_providers()
     if not have:
         return [Check("execution providers", FAIL, "onnxruntime is not installed", install_line(["onnxruntime"]))]
     checks = [Check("execution providers", OK, ", ".join(have))]
     runnable, not_here = [], {}
-    for name in BUILTIN_DATA:
+    for name in BUILTIN:
         ok, why = machine_support(builtin(name))
         if ok:
             runnable.append(name)
@@ -151,7 +151,7 @@ def cuda() -> list[Check]:
 
 def models() -> list[Check]:
     from slimops.errors import ModelError
-    from slimops.models import REGISTERED, registered_path
+    from slimops.inputs import REGISTERED, registered_path
 
     checks = []
     for name, (_, _, dist, _) in REGISTERED.items():
@@ -171,7 +171,7 @@ def disk(cache_dir: Path) -> list[Check]:
     free_gb = shutil.disk_usage(probe).free / 2**30
     found = f"{free_gb:.1f} GB free at {probe} (cache: {cache_dir})"
     if free_gb < DISK_WARN_GB:
-        return [Check("disk", WARN, found, f"a quickstart run caches about 2.5 GB; free space or set engine.cache_dir elsewhere")]
+        return [Check("disk", WARN, found, "a quickstart run caches about 2.5 GB; free space or set engine.cache_dir elsewhere")]
     return [Check("disk", OK, found)]
 
 

@@ -5,14 +5,13 @@
   `name@target`; the others run once.
 - A GGUF (or other) input that a pass cannot read is converted by a `converts` pass, inserted here.
 - Cycles, kind mismatches, missing packages and targets a pass cannot serve are `PlanError`s.
-- Each node's key is the sha256 of what it is made from (see `key_parts`).
+- Each node's key is the sha256 of what it is made from (`slimops.keys.node_key`).
 """
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import networkx as nx
@@ -20,8 +19,8 @@ import networkx as nx
 from slimops.cache import Cache
 from slimops.config import MODEL_INPUT, PassConfig, PipelineConfig
 from slimops.errors import ModelError, PlanError
-from slimops.fingerprint import canonical, sha256_text
-from slimops.models import resolve_model
+from slimops.keys import canonical, node_key
+from slimops.inputs import resolve_model
 from slimops.needs import install_line, installed
 from slimops.plugin import BASELINE_SUFFIX, Artifact, Pass
 from slimops.targets import TargetProfile, builtin, machine_has_cuda, machine_support
@@ -194,7 +193,7 @@ def build_plan(config: PipelineConfig, cache: Cache | None = None) -> Plan:
     _check_followed(config, nodes, instances)
     plan = Plan(config, graph, nodes, cache)
     for node in plan.order():
-        _key(plan, node)
+        node_key(plan, node)
     cache.memo.save()
     return plan
 
@@ -310,45 +309,3 @@ def _check_needs(config: PipelineConfig, node: Node, inst: Pass) -> None:
     reason = inst.check(pc.params, node.target)
     if reason:
         raise PlanError(f"{where} pass '{pc.name}' ({pc.type}) cannot serve target '{node.target_name or 'any'}': {reason}{alt}")
-
-
-def data_fingerprint(config: PipelineConfig, cache: Cache, name: str) -> str:
-    """Hash of a data set's settings and the contents of its files."""
-    data = config.spec.data[name]
-    files = {file: cache.memo.path(config.base_dir / file) for file in data.file_list()}
-    return sha256_text(canonical({"spec": data.model_dump(mode="json", exclude={"files"}), "files": files}))
-
-
-def _key(plan: Plan, node: Node) -> None:
-    if node.source is not None:
-        content = plan.cache.memo.path(Path(node.source.path))
-        node.parts = {"source": content, "kind": node.kind}
-        node.key = sha256_text(canonical(node.parts))
-        return
-    pc = node.config
-    assert pc is not None
-    cls = pc.cls
-    data = {}
-    for field_name in cls.data_fields:
-        value = getattr(pc.params, field_name, None)
-        if isinstance(value, str) and value in plan.config.spec.data:
-            data[field_name] = data_fingerprint(plan.config, plan.cache, value)
-    node.parts = key_parts(
-        cls, pc.params.model_dump(mode="json", exclude=set(cls.unkeyed)),
-        {plan.nodes[i].name: plan.nodes[i].key for i in node.inputs},
-        data, node.target.fields_for_key() if cls.per_target else None, node.parts.get("libraries", {}),
-    )
-    node.key = sha256_text(canonical(node.parts))
-
-
-def key_parts(cls: type[Pass], params: dict, inputs: dict[str, str], data: dict[str, str], target: dict | None, libraries: dict[str, str]) -> dict[str, Any]:
-    """What a node's key is made of; `slimops plan --explain` compares these field by field."""
-    return {
-        "pass": cls.name,
-        "version": cls.version,
-        "params": params,
-        "inputs": inputs,
-        "data": data,
-        "target": target,
-        "libraries": libraries,
-    }

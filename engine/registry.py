@@ -12,6 +12,8 @@ import importlib.metadata
 import sys
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+
 from slimops.plugin import Pass
 
 ENTRY_POINT_GROUP = "slimops.passes"
@@ -39,8 +41,26 @@ def _import_path(spec: str, search_dir: Path | None = None) -> type[Pass]:
     cls = getattr(module, attr, None)
     if cls is None:
         raise PassNotFound(f"module '{module_name}' has no '{attr}'")
+    return _checked(cls, spec)
+
+
+def _checked(cls: object, where: str) -> type[Pass]:
+    """`cls` if it keeps the plugin contract, else a PassNotFound that says which rule it breaks.
+
+    A Params that leaves pydantic's `extra` unset gets a strict subclass (unknown keys are errors);
+    one that sets `extra="allow"` keeps it.
+    """
     if not (isinstance(cls, type) and issubclass(cls, Pass)):
-        raise PassNotFound(f"'{spec}' is not a subclass of slimops.Pass")
+        raise PassNotFound(f"'{where}' is not a subclass of slimops.Pass")
+    if not cls.name:
+        raise PassNotFound(f"pass '{where}' sets no `name` (the `type:` users write)")
+    params = getattr(cls, "Params", None)
+    if not (isinstance(params, type) and issubclass(params, BaseModel)):
+        raise PassNotFound(f"pass '{where}': Params must be a pydantic BaseModel")
+    if params.model_config.get("extra") is None:
+        # pydantic ignores unknown keys by default; a misspelt key must be an error, not a silent default
+        cls.Params = type(params.__name__, (params,), {"model_config": ConfigDict(**params.model_config, extra="forbid"),
+                                                       "__module__": params.__module__, "__doc__": params.__doc__})
     return cls
 
 
@@ -86,8 +106,7 @@ class Registry:
                 cls = self._plugins[type_name].load()
             except Exception as err:
                 raise PassNotFound(f"the plugin pass '{type_name}' failed to load: {type(err).__name__}: {err}") from None
-            if not (isinstance(cls, type) and issubclass(cls, Pass)):
-                raise PassNotFound(f"entry point '{type_name}' is not a subclass of slimops.Pass")
+            cls = _checked(cls, f"entry point {type_name}")
         else:
             close = difflib.get_close_matches(type_name, self.names(), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -97,14 +116,16 @@ class Registry:
         self._loaded[type_name] = cls
         return cls
 
-    def all(self) -> dict[str, type[Pass]]:
-        found = {}
+    def all(self) -> tuple[dict[str, type[Pass]], dict[str, str]]:
+        """Every pass that loads, and for each one that does not, why (never dropped unsaid)."""
+        found, broken = {}, {}
         for name in self.names():
             try:
                 found[name] = self.get(name)
-            except PassNotFound:
-                continue
-        return found
+            except PassNotFound as err:
+                broken[name] = str(err)
+        return found, broken
 
     def converters(self) -> list[type[Pass]]:
-        return [cls for cls in self.all().values() if cls.converts]
+        """Built-in passes the planner may insert to turn one kind into another (a GGUF into HF)."""
+        return [cls for cls in self.all()[0].values() if cls.converts]

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from slimops.errors import SlimopsError
+from slimops.metrics import lower_is_better
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 CHART_DIR = "report"
-LOWER_IS_BETTER = {"perplexity", "ttft_ms", "latency_p50_ms", "latency_p90_ms", "peak_mb", "size_mb"}
+TRIALS_JSON = "trials.json"  # a search writes it beside the best trial's outputs
 # the order tables show metrics in (the cache stores them sorted); others follow by name
 ORDER = ["accuracy", "exact_match", "f1", "perplexity", "rouge_l", "bleu", "ttft_ms", "latency_p50_ms",
          "latency_p90_ms", "tokens_per_s", "peak_mb", "size_mb"]
@@ -51,7 +52,7 @@ def change_text(name: str, old: float | None, new: float | None) -> str:
     if delta == 0:
         return "same"
     pct = f" ({delta / abs(old) * 100:+.1f}%)" if old else ""
-    better = (delta < 0) if name in LOWER_IS_BETTER else (delta > 0)
+    better = (delta < 0) if lower_is_better(name) else (delta > 0)
     return f"{delta:+.4g}{pct} {'better' if better else 'worse'}"
 
 
@@ -102,8 +103,6 @@ def write_report(out_dir: Path) -> tuple[Path, Path]:
 
 def _trials(out_dir: Path) -> tuple[list[str], list[list[str]]] | None:
     """The trials table when this folder holds a search's trials.json."""
-    from slimops.search import TRIALS_JSON, trials_rows
-
     try:
         body = json.loads((out_dir / TRIALS_JSON).read_text())
     except (OSError, ValueError):
@@ -180,7 +179,7 @@ def _chart(out_dir: Path, node_id: str, metrics: dict[str, Any]) -> str | None:
         labels.append("after"), values.append(new), colors.append("#2f6fdf")
         bars = ax.bar(labels, values, color=colors)
         ax.bar_label(bars, labels=[fmt(v) for v in values], fontsize=8)
-        arrow = "lower is better" if name in LOWER_IS_BETTER else "higher is better"
+        arrow = "lower is better" if lower_is_better(name) else "higher is better"
         ax.set_title(f"{name}\n({arrow})", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.margins(y=0.2)
@@ -317,3 +316,16 @@ def _html(run, nodes, evaluations, charts, images, config_text, config_hash, out
         parts.append(f"<h2>Config</h2><pre>{esc(config_text)}</pre>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def trials_rows(body: dict) -> tuple[list[str], list[list[str]]]:
+    """The trials table (head, rows) from trials.json, for the CLI and the report."""
+    trials = body.get("trials", [])
+    params = list(trials[0]["params"]) if trials else []
+    head = ["trial", "", *(p.split(".", 2)[2] for p in params), *(o["metric"] for o in body.get("objectives", [])), "status", "seconds", "hits"]
+    rows = []
+    for t in trials:
+        mark = "best" if t["number"] == body.get("best") else ("pareto" if t["number"] in body.get("pareto", []) else "")
+        rows.append([str(t["number"]), mark, *(fmt(t["params"][p]) for p in params), *(fmt(v) for v in t["values"]),
+                     t["status"], f"{t['seconds']:.1f}", str(t["hits"])])
+    return head, rows

@@ -10,7 +10,7 @@
       objectives: [{metric: accuracy, direction: maximize}, {metric: latency_p50_ms}]
       seed: 0
 
-- `SearchSpec`: the block's shape (pydantic only; optuna is imported when a search runs).
+- The block's shape is `slimops.config.search.SearchSpec` (optuna is imported when a search runs).
 - `run_search(config, overrides, display)`: prints the space and a cost estimate, runs the
   trials, writes `trials.json`, and materialises the best trial's artifacts into the output folder.
 Objectives read an evaluate node's "after" metrics (the first node that has the metric, unless
@@ -22,88 +22,17 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from slimops.config.search import Objective, SearchSpec
 from slimops.errors import ConfigError, GoalError, SlimopsError
+from slimops.report import TRIALS_JSON, fmt as _fmt
 
-TRIALS_JSON = "trials.json"
-LOWER_IS_BETTER = {"perplexity", "ttft_ms", "latency_p50_ms", "latency_p90_ms", "peak_mb", "size_mb"}
-
-
-class Distribution(BaseModel):
-    """A range to sample from: exactly one of uniform, log_uniform, int."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    uniform: tuple[float, float] | None = None
-    log_uniform: tuple[float, float] | None = None
-    int: tuple[int, int] | None = None
-
-    def kind(self) -> tuple[str, tuple]:
-        set_fields = [(name, value) for name, value in (("uniform", self.uniform), ("log_uniform", self.log_uniform), ("int", self.int)) if value is not None]
-        if len(set_fields) != 1:
-            raise ValueError("give exactly one of uniform, log_uniform or int, e.g. {log_uniform: [1e-5, 1e-3]}")
-        name, (low, high) = set_fields[0]
-        if not low < high or (name == "log_uniform" and low <= 0):
-            raise ValueError(f"{name}: need low < high{' and low > 0' if name == 'log_uniform' else ''} (got {low}, {high})")
-        return name, (low, high)
-
-
-class Objective(BaseModel):
-    """A metric to optimise: from an evaluate node's "after" values."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    metric: str = Field(description="A metric name the evaluate pass reports (accuracy, perplexity, latency_p50_ms...).")
-    direction: Literal["maximize", "minimize"] | None = Field(None, description="Default: minimize for perplexity, latency, memory and size; maximize otherwise.")
-    node: str | None = Field(None, description="The evaluate node to read (eval, or eval@laptop); default: the first that has the metric.")
-
-    @property
-    def resolved_direction(self) -> str:
-        return self.direction or ("minimize" if self.metric in LOWER_IS_BETTER else "maximize")
-
-
-class SearchSpec(BaseModel):
-    """A search over pass params; each trial is a run with overrides."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    space: dict[str, list[Any] | Distribution] = Field(description="Override path (passes.NAME.PARAM) to a list of values or a range.")
-    strategy: Literal["grid", "random", "tpe"] = Field("tpe", description="grid tries every combination; random and tpe sample.")
-    trials: int | None = Field(None, ge=1, description="How many trials; default: the grid's size, or 10.")
-    objectives: list[Objective] = Field(min_length=1, description="Metrics to optimise; several give a Pareto front.")
-    seed: int = Field(0, description="Sampler seed, so a search repeats.")
-
-    @field_validator("space")
-    @classmethod
-    def _paths(cls, value):
-        for path, choice in value.items():
-            if not path.startswith("passes.") or path.count(".") < 2:
-                raise ValueError(f"search key '{path}' must be passes.NAME.PARAM")
-            if isinstance(choice, list) and not choice:
-                raise ValueError(f"search key '{path}': give at least one value")
-            if isinstance(choice, Distribution):
-                choice.kind()
-        return value
-
-    def grid_size(self) -> int | None:
-        """Points in the space, or None when a range makes it continuous."""
-        if any(isinstance(choice, Distribution) for choice in self.space.values()):
-            return None
-        return math.prod(len(choice) for choice in self.space.values())
-
-    def trial_count(self) -> int:
-        size = self.grid_size()
-        if self.strategy == "grid":
-            return min(self.trials or size, size) if size else 0
-        return self.trials or 10
 
 
 @dataclass
@@ -321,22 +250,3 @@ def _write_trials(out_root: Path, spec: SearchSpec, trials: list[TrialResult], f
         "trials": [asdict(t) for t in trials],
     }
     (out_root / TRIALS_JSON).write_text(json.dumps(body, indent=2, default=str))
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "-" if value is None else str(value)
-
-
-def trials_rows(body: dict) -> tuple[list[str], list[list[str]]]:
-    """The trials table (head, rows) from trials.json, for the CLI and the report."""
-    trials = body.get("trials", [])
-    params = list(trials[0]["params"]) if trials else []
-    head = ["trial", "", *(p.split(".", 2)[2] for p in params), *(o["metric"] for o in body.get("objectives", [])), "status", "seconds", "hits"]
-    rows = []
-    for t in trials:
-        mark = "best" if t["number"] == body.get("best") else ("pareto" if t["number"] in body.get("pareto", []) else "")
-        rows.append([str(t["number"]), mark, *(_fmt(t["params"][p]) for p in params), *(_fmt(v) for v in t["values"]),
-                     t["status"], f"{t['seconds']:.1f}", str(t["hits"])])
-    return head, rows

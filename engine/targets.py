@@ -2,7 +2,8 @@
 
 A profile is data: device, ONNX Runtime execution providers, precision, optional limits, and
 `settings` that passes read as their defaults for that target (a quantizer's block size, say).
-`BUILTIN` holds the vetted profiles; a pipeline names one, extends one, or writes its own.
+`BUILTIN` holds the vetted profiles, each with what it is for; a pipeline names one, extends one,
+or writes its own; `profile_for(device, precision)` finds one.
 `machine_support(profile)` says whether this machine can run a profile, without importing torch.
 """
 
@@ -60,9 +61,9 @@ class TargetProfile(BaseModel):
             value = {"extends": value}
         if isinstance(value, dict) and value.get("extends") is not None:
             base_name = value["extends"]
-            if base_name not in BUILTIN_DATA:
-                raise ValueError(f"unknown target profile '{base_name}'; built-in profiles: {', '.join(BUILTIN_DATA)}")
-            merged = {**BUILTIN_DATA[base_name], **value}
+            if base_name not in BUILTIN:
+                raise ValueError(f"unknown target profile '{base_name}'; built-in profiles: {', '.join(BUILTIN)}")
+            merged = {**{k: v for k, v in BUILTIN[base_name].items() if k != "about"}, **value}
             return merged
         return value
 
@@ -82,18 +83,25 @@ class TargetProfile(BaseModel):
         return self.model_dump(exclude={"extends"})
 
 
-BUILTIN_DATA: dict[str, dict[str, Any]] = {
-    "cpu": {"device": "cpu", "providers": ["CPUExecutionProvider"], "precision": "fp32"},
-    "cpu-int8": {"device": "cpu", "providers": ["CPUExecutionProvider"], "precision": "int8", "quant_format": "dynamic"},
+# The vetted profiles, one entry each: what it is for ("about", shown by `slimops targets`) and
+# its fields. `profile_for(device, precision)` reads this table too.
+BUILTIN: dict[str, dict[str, Any]] = {
+    "cpu": {"about": "any x86/Arm CPU, full precision",
+            "device": "cpu", "providers": ["CPUExecutionProvider"], "precision": "fp32"},
+    "cpu-int8": {"about": "CPU, int8 dynamic quantization",
+                 "device": "cpu", "providers": ["CPUExecutionProvider"], "precision": "int8", "quant_format": "dynamic"},
     "cpu-int4": {
+        "about": "CPU, int4 weight-only (MatMulNBits)",
         "device": "cpu",
         "providers": ["CPUExecutionProvider"],
         "precision": "int4",
         "quant_format": "weight_only",
         "settings": {"quantize": {"block_size": 32, "accuracy_level": 4}},
     },
-    "cuda-fp16": {"device": "cuda", "providers": ["CUDAExecutionProvider"], "precision": "fp16"},
+    "cuda-fp16": {"about": "NVIDIA GPU, fp16",
+                  "device": "cuda", "providers": ["CUDAExecutionProvider"], "precision": "fp16"},
     "cuda-int4": {
+        "about": "NVIDIA GPU, int4 weight-only",
         "device": "cuda",
         "providers": ["CUDAExecutionProvider"],
         "precision": "int4",
@@ -101,24 +109,26 @@ BUILTIN_DATA: dict[str, dict[str, Any]] = {
         "settings": {"quantize": {"block_size": 32}},
     },
     "dml-int4": {
+        "about": "DirectML GPU on Windows, int4 weight-only",
         "device": "dml",
         "providers": ["DmlExecutionProvider"],
         "precision": "int4",
         "quant_format": "weight_only",
         "settings": {"quantize": {"block_size": 32}},
     },
-    "npu-qdq": {"device": "npu", "providers": ["QNNExecutionProvider"], "precision": "int8", "quant_format": "qdq"},
+    "npu-qdq": {"about": "Qualcomm NPU, int8 QDQ with calibration",
+                "device": "npu", "providers": ["QNNExecutionProvider"], "precision": "int8", "quant_format": "qdq"},
 }
 
-BUILTIN_DESCRIPTIONS = {
-    "cpu": "any x86/Arm CPU, full precision",
-    "cpu-int8": "CPU, int8 dynamic quantization",
-    "cpu-int4": "CPU, int4 weight-only (MatMulNBits)",
-    "cuda-fp16": "NVIDIA GPU, fp16",
-    "cuda-int4": "NVIDIA GPU, int4 weight-only",
-    "dml-int4": "DirectML GPU on Windows, int4 weight-only",
-    "npu-qdq": "Qualcomm NPU, int8 QDQ with calibration",
-}
+
+def about(name: str) -> str:
+    """What the built-in profile `name` is for."""
+    return BUILTIN[name]["about"]
+
+
+def profile_for(device: str, precision: str) -> str | None:
+    """The built-in profile for a device at a precision, or None when none is vetted."""
+    return next((name for name, fields in BUILTIN.items() if (fields["device"], fields["precision"]) == (device, precision)), None)
 
 
 def builtin(name: str) -> TargetProfile:

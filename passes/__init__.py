@@ -2,6 +2,10 @@
 
 Each line names the `type:` users write and where its class lives; the module is imported
 only when a pipeline uses the pass, so heavy libraries stay out of `slimops validate`.
+What several passes share lives in private packages beside them, with no pass inside: `_onnx/`
+(ONNX files, the model builder, affine int4, tied embeddings), `_runtime/` (models behind one
+interface, for parity and evaluate), `_adapters` (a fine-tuning method's model: the 4-bit base,
+the peft wrapping), `_data` (data sets) and `_metrics` (metric functions).
 """
 
 BUILTIN: dict[str, str] = {
@@ -10,9 +14,9 @@ BUILTIN: dict[str, str] = {
     "parity": "slimops.passes.parity:Parity",
     "quantize": "slimops.passes.quantize:Quantize",
     "optimize": "slimops.passes.optimize:Optimize",
-    "generate_adapter": "slimops.passes.adapters:GenerateAdapter",
+    "generate_adapter": "slimops.passes.generate_adapter:GenerateAdapter",
     "evaluate": "slimops.passes.evaluate:Evaluate",
-    "from_gguf": "slimops.passes.convert:FromGguf",
+    "from_gguf": "slimops.passes.from_gguf:FromGguf",
     "lora": "slimops.passes.finetune:Lora",
     "dora": "slimops.passes.finetune:Dora",
     "qlora": "slimops.passes.finetune:Qlora",
@@ -20,5 +24,5 @@ BUILTIN: dict[str, str] = {
     "lokr": "slimops.passes.finetune:Lokr",
     "ia3": "slimops.passes.finetune:Ia3",
     "full": "slimops.passes.finetune:Full",
-    "merge_adapter": "slimops.passes.merge:MergeAdapter",
+    "merge_adapter": "slimops.passes.merge_adapter:MergeAdapter",
 }

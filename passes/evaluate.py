@@ -1,7 +1,7 @@
 """The `evaluate` pass: quality, speed, memory and size of a model, before and after the pipeline.
 
 One pass reads every model kind (`hf-model`, `hf-adapter`, `onnx-model`, `genai-model`) through
-`slimops.passes.runners`, measures the metrics asked for, and writes `metrics.json`. Its artifact's
+`slimops.passes._runtime.runners`, measures the metrics asked for, and writes `metrics.json`. Its artifact's
 metrics are `{"before": {...}, "after": {...}}`: "after" is its input, "before" the pipeline's
 input model. The planner evaluates the input model once, as the node `<name>.before` with the
 same settings (`Pass.baseline`), so that number is cached like any node and shared by every
@@ -24,9 +24,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from slimops.errors import DataError, ModelError
-from slimops.passes import metrics as M
-from slimops.passes.runners import FEATURES
+from slimops.kinds import FEATURES
+from slimops.passes import _metrics as M
 from slimops.plugin import BASELINE_SUFFIX, Artifact, Pass, PassContext
+from slimops.sizes import size_mb
 
 DEFAULT_PROMPT = "The quick brown fox"
 
@@ -212,7 +213,7 @@ def measure(ctx: PassContext, model: Artifact) -> tuple[dict[str, float], dict[s
         DataError: the data set cannot give what a metric needs.
         ModelError: the model cannot be loaded for its kind.
     """
-    from slimops.passes.runners import open_runner, probe_memory
+    from slimops.passes._runtime.runners import open_runner, probe_memory
 
     params = ctx.params
     target = ctx.target
@@ -275,7 +276,7 @@ def upstream_model(ctx: PassContext) -> Artifact | None:
 
 
 def _examples(ctx: PassContext, task: str) -> list[dict[str, Any]]:
-    from slimops.passes.data import check_fields, load_split
+    from slimops.passes._data import check_fields, load_split
 
     params = ctx.params
     spec = ctx.data[params.data]
@@ -308,7 +309,7 @@ def _measurable_on_vectors(names: list[str], ctx: PassContext, model: Artifact) 
 
 
 def _perplexity(runner: Any, examples: list[dict], spec: Any, ctx: PassContext) -> float:
-    from slimops.passes.data import render
+    from slimops.passes._data import render
 
     if runner.task != "text-generation":
         raise DataError("perplexity needs a causal language model; this one is a classifier (measure accuracy or f1)")
@@ -330,7 +331,7 @@ def answer_template(spec: Any) -> tuple[str | None, str | None]:
     The answer is the last `{field}` of `response` (or of `template`); the literal text after it
     (`<|im_end|>`, say) is where a generated answer stops.
     """
-    from slimops.passes.data import template_fields
+    from slimops.passes._data import template_fields
 
     text = spec.response if spec.prompt else spec.template
     if not text:
@@ -349,7 +350,7 @@ def prompt_and_reference(example: dict[str, Any], spec: Any, tokenizer: Any = No
     Raises:
         DataError: the formatting has no answer part to generate.
     """
-    from slimops.passes.data import render
+    from slimops.passes._data import render
 
     field, stop = answer_template(spec)
     if spec.prompt or spec.messages:
@@ -369,13 +370,13 @@ def prompt_and_reference(example: dict[str, Any], spec: Any, tokenizer: Any = No
 
 def _prompt_of(example: dict[str, Any], spec: Any, runner: Any) -> str:
     if runner.task in ("text-classification", FEATURES):
-        from slimops.passes.data import classification_text
+        from slimops.passes._data import classification_text
 
         return classification_text(example, spec)
     try:
         return prompt_and_reference(example, spec, getattr(runner, "tokenizer", None))[0] or DEFAULT_PROMPT
     except DataError:
-        from slimops.passes.data import render
+        from slimops.passes._data import render
 
         prompt, response = render(example, spec, getattr(runner, "tokenizer", None))
         return prompt or response
@@ -384,7 +385,7 @@ def _prompt_of(example: dict[str, Any], spec: Any, runner: Any) -> str:
 def _answers(runner: Any, examples: list[dict], spec: Any, params: Any, ctx: PassContext):
     answers, references, labels, prompts = [], [], [], []
     if runner.task == "text-classification":
-        from slimops.passes.data import classification_text
+        from slimops.passes._data import classification_text
 
         for index, example in enumerate(examples):
             text = classification_text(example, spec)
@@ -480,17 +481,3 @@ def _call_custom(item: CustomMetric, predictions: list[str], references: list[st
         return float(value)
     except (TypeError, ValueError):
         raise ModelError(f"custom metric '{item.metric}' returned {type(value).__name__}, not a number") from None
-
-
-def size_mb(path: Path) -> float:
-    """Size on disk of a file or folder, in MiB (hard links counted once)."""
-    if path.is_file():
-        return path.stat().st_size / 2**20
-    seen, total = set(), 0
-    for file in path.rglob("*"):
-        if file.is_file():
-            stat = file.stat()
-            if (stat.st_dev, stat.st_ino) not in seen:
-                seen.add((stat.st_dev, stat.st_ino))
-                total += stat.st_size
-    return total / 2**20

@@ -3,7 +3,7 @@
 Every method shares one training loop, the transformers `Trainer`; the methods differ only in
 how the model is wrapped (`_wrap`). What the loop adds around the Trainer:
 
-- data from `slimops.passes.data` (checked before the model loads), batched by length;
+- data from `slimops.passes._data` (checked before the model loads), batched by length;
 - checkpoints in `ctx.work_dir`, so a killed run resumes where it stopped (the step count goes on);
 - progress (`loss 1.234  812 tok/s`), a loss-curve PNG, and metrics: train/eval loss, tokens/s;
 - a causal LM by default, or a classifier when `model.task: text-classification`.
@@ -27,9 +27,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from slimops.errors import DataError, ModelError, SlimopsError
+from slimops.errors import DataError, SlimopsError
 from slimops.plugin import Artifact, Pass, PassContext
-from slimops.passes import data as datalib
+from slimops.passes import _adapters
+from slimops.passes import _data as datalib
 
 CHECKPOINTS = "checkpoints"
 
@@ -205,13 +206,13 @@ def train(ctx: PassContext, method: str) -> Artifact:
     train_set, eval_set = features["train"], features.get("eval")
     ctx.log.info("%s: %d train examples, %d eval, task %s", method, len(train_set), len(eval_set or []), task)
 
-    float_layers, kept_by_default = _unquantizable_layers(base, task, labels) if method == "qlora" else ([], [])
+    float_layers, kept_by_default = _adapters.unquantizable_layers(base, task, labels) if method == "qlora" else ([], [])
     if float_layers:
         ctx.log.info("qlora: %d linear layers stay in float (their shape does not fit a 4-bit block): %s",
                      len(float_layers), ", ".join(float_layers))
-    model = _load_model(base, task, method, params, labels, [*float_layers, *kept_by_default] if float_layers else None)
+    model = _adapters.load_model(base, task, method, params, labels, [*float_layers, *kept_by_default] if float_layers else None)
     four_bit = sum(type(m).__name__ == "Linear4bit" for m in model.modules()) if method == "qlora" else 0
-    model = _wrap(model, method, params, task)
+    model = _adapters.wrap(model, method, params, task)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     ctx.log.info("trainable parameters: %d of %d", trainable, total)
@@ -278,89 +279,6 @@ def _features(part: _Part, tokenizer, max_seq_len: int, labels: list[str]) -> li
     if labels:
         return datalib.tokenize_classification(part.rows, part.spec, tokenizer, max_seq_len, labels, part.data, part.split)
     return datalib.tokenize_lm(part.rows, part.spec, tokenizer, max_seq_len, part.data, part.split)
-
-
-# bitsandbytes quantizes 4-bit weights in blocks of 64 along a row; its CPU kernel for AVX512-BF16
-# and AMX machines repacks a layer's weight in groups of 32 output rows and fails on any other
-# shape ("shape '[32, 0]' is invalid"), so such layers are kept in float on every machine alike.
-BNB_BLOCK = 64
-BNB_ROW_GROUP = 32
-
-
-def _unquantizable_layers(base: Path, task: str, labels: list[str]) -> tuple[list[str], list[str]]:
-    """The linear layers whose (out, in) shape does not fit bitsandbytes' 4-bit blocks, and what
-    transformers keeps in float on its own (the output head); read from a weightless skeleton."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
-    from transformers.quantizers.base import get_keys_to_not_convert
-
-    config = AutoConfig.from_pretrained(base)
-    auto = AutoModelForCausalLM
-    if task == "text-classification":
-        config.num_labels = len(labels)
-        auto = AutoModelForSequenceClassification
-    with torch.device("meta"):
-        skeleton = auto.from_config(config)
-    kept = list(get_keys_to_not_convert(skeleton))
-    misfits = sorted(
-        name for name, module in skeleton.named_modules()
-        if isinstance(module, torch.nn.Linear) and name not in kept
-        and (module.in_features % BNB_BLOCK or module.out_features % BNB_ROW_GROUP)
-    )
-    return misfits, kept
-
-
-def _load_model(base: Path, task: str, method: str, params: Any, labels: list[str], float_modules: list[str] | None = None):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    kwargs: dict[str, Any] = {"dtype": torch.float32}
-    if method == "qlora":
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=params.quant_type,
-            bnb_4bit_use_double_quant=params.double_quant,
-            bnb_4bit_compute_dtype=torch.bfloat16 if params.precision == "bf16" else torch.float32,
-            llm_int8_skip_modules=float_modules,  # a list replaces transformers' own, so it carries those too
-        )
-    if task == "text-classification":
-        return AutoModelForSequenceClassification.from_pretrained(
-            base, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)}, **kwargs
-        )
-    return AutoModelForCausalLM.from_pretrained(base, **kwargs)
-
-
-def _wrap(model, method: str, params: Any, task: str):
-    """Put the method's trainable parts on `model` (nothing for `full`)."""
-    if method == "full":
-        return model
-    from peft import IA3Config, LoHaConfig, LoKrConfig, LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
-
-    task_type = TaskType.SEQ_CLS if task == "text-classification" else TaskType.CAUSAL_LM
-    if method == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=params.gradient_checkpointing)
-    if method == "ia3":
-        config = IA3Config(
-            task_type=task_type, target_modules=params.target_modules, feedforward_modules=params.feedforward_modules,
-            modules_to_save=params.modules_to_save,
-        )
-    else:
-        common = dict(task_type=task_type, r=params.r, alpha=params.alpha, target_modules=params.target_modules or "all-linear", modules_to_save=params.modules_to_save)
-        if method in ("lora", "dora", "qlora"):
-            config = LoraConfig(
-                task_type=common["task_type"], r=params.r, lora_alpha=params.alpha, lora_dropout=params.dropout,
-                target_modules=common["target_modules"], modules_to_save=params.modules_to_save, use_dora=method == "dora",
-            )
-        elif method == "loha":
-            config = LoHaConfig(task_type=task_type, r=params.r, alpha=params.alpha, module_dropout=params.dropout, target_modules=common["target_modules"], modules_to_save=params.modules_to_save)
-        else:
-            config = LoKrConfig(task_type=task_type, r=params.r, alpha=params.alpha, module_dropout=params.dropout, target_modules=common["target_modules"], modules_to_save=params.modules_to_save)
-    try:
-        return get_peft_model(model, config)
-    except ValueError as err:
-        raise ModelError(f"peft cannot apply {method} to this model: {err}; set target_modules to module names it has") from None
 
 
 def _trainer(ctx: PassContext, model, tokenizer, params: Any, train_set, eval_set, task: str):

@@ -8,42 +8,26 @@
   tokenizer files).
 - Precision and execution provider come from `ctx.target` unless the params say otherwise; the
   result is checked against the input model (`passes/parity.py`) before the node completes.
+
+The ONNX file helpers and the builder's launch, which other passes use too, live in `passes/_onnx/`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from slimops.errors import SlimopsError
-from slimops.passes.parity import ParityParams, check, is_encoder
+from slimops.kinds import CLASSIFIER, FEATURES, auto_model_class, has_classifier, is_encoder
+from slimops.passes._onnx.builder import (BUILDER_EP, BUILDER_PRECISIONS, builder_options, check_genai_loads, num_layers, run_builder,
+                                          set_runtime_threads)
+from slimops.passes._onnx.files import TOKENIZER_FILES, OnnxError, chat_template, copy_tokenizer
+from slimops.passes.parity import ParityParams, check
 from slimops.plugin import Artifact, Pass, PassContext
-from slimops.targets import TargetProfile
-
-
-class OnnxError(SlimopsError):
-    """An export or quantization step failed; the message says which and what to try."""
-
-
-BUILDER_EP = {"cpu": "cpu", "cuda": "cuda", "dml": "dml", "npu": "cpu"}
-# (device, precision) -> what the builder supports; others fall back as noted in `builder_precision`.
-BUILDER_PRECISIONS = {
-    "cpu": {"fp32", "int4", "int8"},
-    "cuda": {"fp32", "fp16", "bf16", "int4", "int8"},
-    "dml": {"fp16", "int4"},
-}
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-    "vocab.txt", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
-)
+from slimops.sizes import size_mb
 
 
 class OnnxParams(BaseModel):
@@ -129,7 +113,7 @@ class Onnx(Pass):
         result = check(ctx.input, artifact, params.parity, ctx.target, artifact.meta["precision"], ctx.log)
         artifact.metrics.update(result["metrics"])
         artifact.meta.update(result["meta"])
-        artifact.metrics["size_mb"] = round(folder_size(ctx.output_dir) / 2**20, 2)
+        artifact.metrics["size_mb"] = round(size_mb(ctx.output_dir), 2)
         return artifact
 
 
@@ -151,97 +135,8 @@ def resolve_precision(requested: str, target: Any, encoder: bool = False) -> str
     return "fp16" if "fp16" in supported and precision in ("bf16", "fp32") else "fp32"
 
 
-# -- decoders: the onnxruntime-genai model builder ---------------------------------------------------------
+# -- decoders: the onnxruntime-genai model builder (`_onnx/builder.py`) ------------------------------------
 
-
-def builder_options(params: OnnxParams, target: Any, precision: str) -> dict[str, str]:
-    settings = dict((target.settings or {}).get("quantize", {})) if target is not None else {}
-    options: dict[str, str] = {"hf_token": "false"}
-    if precision in ("int4", "int8"):
-        block = params.block_size or settings.get("block_size")
-        level = params.accuracy_level if params.accuracy_level is not None else settings.get("accuracy_level")
-        symmetric = params.symmetric if params.symmetric is not None else settings.get("symmetric")
-        if block:
-            options["block_size"] = str(block)
-        if level is not None:
-            options["accuracy_level"] = str(level)
-        if symmetric is not None:
-            options["is_symmetric"] = str(bool(symmetric)).lower()
-        if params.keep_lm_head_int8 and precision == "int4" and params.int4_method == "builder":
-            options["matmul_mixed_precision"] = "last_matmul:int8"
-    for key, value in params.extra_options.items():
-        options[key] = str(value).lower() if isinstance(value, bool) else str(value)
-    return options
-
-
-BUILDER_MODULE = "onnxruntime_genai.models.builder"
-# `python -c LAUNCHER module args...` runs the module as __main__, as `python -m module args...`
-# would. When it returns, its files are closed: the exit handlers run, the streams flush and the
-# process leaves without tearing the interpreter down, which takes the builder about 1.5 s once
-# torch and transformers are loaded (SmolLM2-135M here: 1.72 s against 0.18 s, the same files).
-# A module that raises or calls sys.exit exits the usual way, with its own status.
-LAUNCHER = """\
-import atexit, os, runpy, sys
-module = sys.argv.pop(1)
-runpy.run_module(module, run_name="__main__", alter_sys=True)
-atexit._run_exitfuncs()
-sys.stdout.flush()
-sys.stderr.flush()
-os._exit(0)
-"""
-
-
-def run_builder(hf_dir: Path, out_dir: Path, precision: str, ep: str, options: dict[str, str], cache_dir: Path, ctx: PassContext | None = None) -> float:
-    """Run `python -m onnxruntime_genai.models.builder`; its output goes to ctx.log.
-
-    Returns:
-        wall seconds.
-
-    Raises:
-        OnnxError: the builder failed; the message carries its last lines.
-    """
-    import time
-
-    args = [
-        "-i", str(hf_dir), "-o", str(out_dir), "-p", precision, "-e", ep, "-c", str(cache_dir),
-        "--extra_options", *(f"{k}={v}" for k, v in options.items()),
-    ]
-    cmd = [sys.executable, "-c", LAUNCHER, BUILDER_MODULE, *args]
-    layers = _num_layers(hf_dir)
-    total = layers + 2
-    log = ctx.log if ctx else None
-    if log:
-        log.info("running: python -m %s %s", BUILDER_MODULE, " ".join(args))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
-    t0 = time.perf_counter()
-    tail: list[str] = []
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, errors="replace")
-    assert process.stdout is not None
-    buffer = ""
-    for chunk in iter(lambda: process.stdout.read(256), ""):
-        buffer += chunk
-        *lines, buffer = re.split(r"[\r\n]", buffer)
-        for line in lines:
-            if not line.strip():
-                continue
-            tail = (tail + [line])[-20:]
-            if log:
-                log.info("builder: %s", line)
-            if ctx is None:
-                continue
-            match = re.match(r"Reading layer (\d+)", line)
-            if match:
-                ctx.progress.update(int(match.group(1)) + 1, total, f"builder: layer {int(match.group(1)) + 1}/{layers}")
-            elif line.startswith(("Saving GenAI config", "Saving ONNX model")):
-                ctx.progress.update(layers + 1, total, "builder: saving")
-    code = process.wait()
-    if code != 0:
-        last = next((line for line in reversed(tail) if line.strip() and not line.startswith(" ")), "no output")
-        raise OnnxError(
-            f"the onnxruntime-genai model builder failed (exit {code}) for {precision}/{ep}: {last.strip()}"
-            + ("\n    " + "\n    ".join(t.strip() for t in tail[-6:]) if tail else "")
-        )
-    return time.perf_counter() - t0
 
 
 def build_decoder(source: Path, out: Path, params: OnnxParams, precision: str, ctx: PassContext) -> Artifact:
@@ -249,7 +144,7 @@ def build_decoder(source: Path, out: Path, params: OnnxParams, precision: str, c
     if precision == "int4" and ep == "cpu" and params.int4_method == "affine":
         return build_affine_int4(source, out, params, ctx)
     options = builder_options(params, ctx.target, precision)
-    ctx.progress.update(0, _num_layers(source) + 2, f"builder: {precision} for {ep}")
+    ctx.progress.update(0, num_layers(source) + 2, f"builder: {precision} for {ep}")
     seconds = run_builder(source, out, precision, ep, options, ctx.work_dir / "builder-cache", ctx)
     shutil.rmtree(ctx.work_dir / "builder-cache", ignore_errors=True)
     if not (out / "genai_config.json").exists():
@@ -257,27 +152,27 @@ def build_decoder(source: Path, out: Path, params: OnnxParams, precision: str, c
     shared = None
     # CPU only: GatherBlockQuantized over int8 is what onnxruntime's CPU kernels run; GPUs are untested here
     if ctx.target.device == "cpu" and (precision == "int8" or "last_matmul:int8" in options.get("matmul_mixed_precision", "")):
-        from slimops.passes.tied import share_in_file
+        from slimops.passes._onnx.tied import share_in_file
 
         shared = share_in_file(out / "model.onnx")  # the int8 lm_head's bytes serve a tied embedding too
         if shared:
             ctx.log.info("the embedding now reads the int8 lm_head's weights; dropped the fp32 table %s", shared)
     set_runtime_threads(out, ctx.target)
     if ctx.target.device == "cpu":
-        _check_genai_loads(out)
+        check_genai_loads(out)
     meta = {"precision": precision, "execution_provider": ep, "builder_options": options, "task": "text-generation",
             "shared_embedding": shared is not None}
     return Artifact(path=out, kind="genai-model", meta=meta, metrics={"build_seconds": round(seconds, 2)})
 
 
 def build_affine_int4(source: Path, out: Path, params: OnnxParams, ctx: PassContext) -> Artifact:
-    """The builder at fp32, then `passes/affine.py`: int4 base, offsets and any merged LoRA exact beside it.
+    """The builder at fp32, then `passes/_onnx/affine.py`: int4 base, offsets and any merged LoRA exact beside it.
 
     A merged LoRA's delta is a few thousandths of an int4 step, so quantizing the merged weights
     would round the fine-tuning away; when the input was merged from a plain LoRA adapter and
     its base is upstream, the base is exported and the adapter rides beside the int4 weights.
     """
-    from slimops.passes.affine import options_for, rewrite_file
+    from slimops.passes._onnx.affine import options_for, rewrite_file
 
     options = options_for(params, (ctx.target.settings or {}).get("quantize", {}))
     base, adapter = merged_lora_lineage(ctx)
@@ -286,7 +181,7 @@ def build_affine_int4(source: Path, out: Path, params: OnnxParams, ctx: PassCont
     fp32_dir = ctx.work_dir / "fp32"
     shutil.rmtree(fp32_dir, ignore_errors=True)
     builder = builder_options(params, ctx.target, "fp32")
-    ctx.progress.update(0, _num_layers(source) + 3, "builder: fp32 for cpu")
+    ctx.progress.update(0, num_layers(source) + 3, "builder: fp32 for cpu")
     seconds = run_builder(base or source, fp32_dir, "fp32", "cpu", builder, ctx.work_dir / "builder-cache", ctx)
     shutil.rmtree(ctx.work_dir / "builder-cache", ignore_errors=True)
     if not (fp32_dir / "genai_config.json").exists():
@@ -305,7 +200,7 @@ def build_affine_int4(source: Path, out: Path, params: OnnxParams, ctx: PassCont
             shutil.copy2(source / name, out / name)
     shutil.rmtree(fp32_dir, ignore_errors=True)
     set_runtime_threads(out, ctx.target)
-    _check_genai_loads(out)
+    check_genai_loads(out)
     ctx.log.info("affine int4: %d MatMuls int4, %d with a LoRA side path, lm_head int8: %s, embedding shared: %s",
                  report.quantized, report.lora_layers, report.lm_head is not None, report.shared_embedding)
     meta = {"precision": "int4", "execution_provider": "cpu", "builder_options": builder, "task": "text-generation",
@@ -339,48 +234,6 @@ def merged_lora_lineage(ctx: PassContext) -> tuple[Path | None, Path | None]:
     return Path(base.path), Path(adapter.path)
 
 
-def set_runtime_threads(folder: Path, target: TargetProfile) -> None:
-    """Write the target's intra-op thread count into genai_config.json.
-
-    Unset, onnxruntime-genai runs each operator on one thread; measured on a 2-core machine, asking
-    for 0 (one per physical core of whatever machine runs the model) decodes SmolLM2-135M int4 about
-    1.3x faster, and 0 stays right on a machine with more cores than the one that built it.
-    """
-    threads = target.runtime_threads
-    config_file = folder / "genai_config.json"
-    if threads is None or not config_file.exists():
-        return
-    config = json.loads(config_file.read_text())
-    config["model"]["decoder"].setdefault("session_options", {})["intra_op_num_threads"] = threads
-    config_file.write_text(json.dumps(config, indent=4) + "\n")
-
-
-def _check_genai_loads(folder: Path) -> None:
-    """Fail here when onnxruntime-genai cannot open the model (a config it rejects, a node no kernel takes).
-
-    The session is opened without graph optimizations or weight prepacking: shapes and kernels
-    are still checked, in about 30 ms instead of 300-500 ms for this 135M model.
-    """
-    import onnxruntime_genai as og
-
-    fast = {"graph_optimization_level": "ORT_DISABLE_ALL", "session.disable_prepacking": "1"}
-    try:
-        config = og.Config(str(folder))
-        if hasattr(config, "overlay"):
-            config.overlay(json.dumps({"model": {"decoder": {"session_options": fast}}}))
-        og.Model(config)
-    except Exception as err:  # the message of onnxruntime-genai is the useful part
-        raise OnnxError(f"onnxruntime-genai cannot load the built model: {err}") from None
-
-
-def _num_layers(hf_dir: Path) -> int:
-    try:
-        config = json.loads((hf_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return 1
-    config = config.get("text_config", config)
-    return int(config.get("num_hidden_layers") or 1)
-
 
 # -- encoders: torch.onnx.export ------------------------------------------------------------------------------
 
@@ -388,14 +241,10 @@ def _num_layers(hf_dir: Path) -> int:
 def export_encoder(source: Path, out: Path, params: OnnxParams, precision: str, ctx: PassContext) -> Artifact:
     """Export an encoder with dynamic batch and sequence axes; fp16 converts after export."""
     import torch
-    import transformers
-
-    from slimops.passes.parity import _has_classifier
 
     ctx.progress.update(0, 3, "loading")
-    classifier = params.task == "text-classification" or (params.task == "auto" and _has_classifier(source))
-    cls = transformers.AutoModelForSequenceClassification if classifier else transformers.AutoModel
-    model = cls.from_pretrained(str(source), dtype=torch.float32).eval()
+    classifier = params.task == CLASSIFIER or (params.task == "auto" and has_classifier(source))
+    model = auto_model_class(CLASSIFIER if classifier else FEATURES).from_pretrained(str(source), dtype=torch.float32).eval()
     model.config.return_dict = True
     forward_names = model.forward.__code__.co_varnames
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in forward_names and getattr(model.config, "type_vocab_size", 0) else [])
@@ -445,73 +294,3 @@ def _to_fp16(model_file: Path) -> None:
     for extra in model_file.parent.glob("model.onnx.data"):
         extra.unlink()
     onnx.save_model(model, str(model_file))
-
-
-# -- shared helpers ----------------------------------------------------------------------------------------------
-
-
-def chat_template(folder: Path) -> str | None:
-    """The chat template of an HF or genai folder: chat_template.jinja, else tokenizer_config.json."""
-    jinja = folder / "chat_template.jinja"
-    if jinja.is_file():
-        return jinja.read_text()
-    try:
-        template = json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template")
-    except (OSError, ValueError):
-        return None
-    return template if isinstance(template, str) else None
-
-
-def copy_tokenizer(source: Path, dest: Path) -> None:
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copy2(source / name, dest / name)
-
-
-def save_model(model, model_file: Path) -> None:
-    """Save `model` with its weights in `<model_file>.data` beside it, replacing both files."""
-    import onnx
-
-    data = model_file.with_name(model_file.name + ".data")
-    data.unlink(missing_ok=True)  # a new file, not a write through a link the cache may share
-    onnx.save_model(model, str(model_file), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
-                    size_threshold=1024)
-
-
-def load_model(model_file: Path):
-    """`onnx.load` with external data read here: the cache hard-links artifacts, and onnx's own
-    loader refuses external data files that have more than one link."""
-    import onnx
-    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
-
-    model = onnx.load(str(model_file), load_external_data=False)
-    handles: dict[str, Any] = {}
-    try:
-        for tensor in _all_tensors(model):
-            if not uses_external_data(tensor):
-                continue
-            info = ExternalDataInfo(tensor)
-            location = (model_file.parent / info.location).resolve()
-            if model_file.parent.resolve() not in location.parents:
-                raise OnnxError(f"{model_file.name} points outside its folder for external data ({info.location})")
-            handle = handles.get(info.location) or handles.setdefault(info.location, open(location, "rb"))
-            handle.seek(info.offset or 0)
-            tensor.raw_data = handle.read(info.length) if info.length else handle.read()
-            tensor.data_location = onnx.TensorProto.DEFAULT
-            del tensor.external_data[:]
-    finally:
-        for handle in handles.values():
-            handle.close()
-    return model
-
-
-def _all_tensors(model):
-    yield from model.graph.initializer
-    for node in model.graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                yield attribute.t
-
-
-def folder_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size

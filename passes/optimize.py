@@ -15,9 +15,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from slimops.passes.onnx import OnnxError, folder_size, load_model
+from slimops.passes._onnx.files import OnnxError, load_model
 from slimops.passes.parity import ParityParams, check
 from slimops.plugin import Artifact, Pass, PassContext
+from slimops.sizes import size_bytes
 
 # HF model_type -> the optimizer's model_type
 FUSION_TYPES = {
@@ -75,7 +76,7 @@ class Optimize(Pass):
         # so it gets a private, single-link copy by path
         private = ctx.work_dir / "input" / model_file.name
         private.parent.mkdir(parents=True, exist_ok=True)
-        large = folder_size(model_file.parent) > 1.5 * 2**30
+        large = size_bytes(model_file.parent) > 1.5 * 2**30
         onnx.save_model(load_model(model_file), str(private), save_as_external_data=large, location=private.name + ".data")
         optimized = optimize_model(str(private), model_type=model_type, num_heads=num_heads, hidden_size=hidden,
                                    opt_level=params.opt_level, use_gpu=use_gpu)

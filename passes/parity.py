@@ -4,15 +4,14 @@
 - `check(...)`: runs the reference and the candidate on the same fixed prompts and reports
   greedy-token agreement, top-1 agreement (cosine similarity for an encoder's vectors) and the
   largest logit difference; raises `ParityError` when a threshold is missed.
-- For a genai-model on a CPU target, `check` also runs `slimops.passes.kvcheck`: the same prompts
-  decoded by onnxruntime-genai (its KV cache, the folder's genai_config.json: what users deploy),
-  checked against what the uncached recompute would have picked.
-- `open_session(...)`: an onnxruntime session on the target's execution providers that refuses
-  to fall back to the CPU silently.
-- `OnnxCausalLM`, `OnnxEncoder`, `TorchModel`: one `logits(ids)` interface over the three kinds
-  of model a check compares.
+- For a genai-model on a CPU target, `check` also runs `slimops.passes._runtime.kvcheck`: the same
+  prompts decoded by onnxruntime-genai (its KV cache, the folder's genai_config.json: what users
+  deploy), checked against what the uncached recompute would have picked.
 - The `parity` pass: the same check as a pipeline node that runs the model on the target
   itself (`executes_on_target`), for a machine that has the target's hardware.
+
+The models compared (`OnnxCausalLM`, `OnnxEncoder`, `TorchModel`: one `logits(ids)` interface) and
+the sessions they open live in `slimops.passes._runtime`, beside evaluate's runners.
 
 Decoders are compared by recomputing the whole sequence each step (no KV cache): slower than
 generation, but exact, and the prompts are short. That path never reads a cache, so a model whose
@@ -28,7 +27,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from slimops.errors import SlimopsError
+from slimops.passes._runtime.errors import ParityError
+from slimops.passes._runtime.ort import OnnxCausalLM, missing_providers, target_providers
+from slimops.passes._runtime.runners import open_model
 from slimops.plugin import Artifact, Pass, PassContext
 
 DEFAULT_MIN_TOP1 = {"fp32": 0.99, "fp16": 0.95, "bf16": 0.95, "int8": 0.9, "int4": 0.8}
@@ -39,10 +40,6 @@ DEFAULT_PROMPTS = (
     "def add(a, b):",
     "Once upon a time",
 )
-
-
-class ParityError(SlimopsError):
-    """A model missed a parity threshold; the scheduler reports it as the node's failure."""
 
 
 class ParityParams(BaseModel):
@@ -86,137 +83,6 @@ class ParityParams(BaseModel):
         description="A cached token that the uncached model ranks within this many logits of its top-1 still agrees. "
         "int4 kernels differ by up to ~0.5 logits between the two paths, which flips near ties; 0 demands exact tokens.",
     )
-
-
-# -- sessions ----------------------------------------------------------------------------------------
-
-
-def target_providers(target: Any) -> list[str]:
-    return list(target.execution_providers) if target is not None else ["CPUExecutionProvider"]
-
-
-def missing_providers(providers: list[str]) -> list[str]:
-    import onnxruntime
-
-    available = onnxruntime.get_available_providers()
-    return [p for p in providers if p not in available]
-
-
-def open_session(model_path: Path, providers: list[str]):
-    """An InferenceSession on `providers` that really uses the first of them.
-
-    Raises:
-        ParityError: onnxruntime registered a different provider than asked (a silent CPU fallback).
-    """
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    wanted = list(providers)
-    if "CPUExecutionProvider" not in wanted:
-        wanted.append("CPUExecutionProvider")  # for the nodes the accelerator does not implement
-    session = onnxruntime.InferenceSession(str(model_path), options, providers=wanted)
-    used = session.get_providers()
-    if providers[0] not in used:
-        raise ParityError(
-            f"asked onnxruntime for {providers[0]} but the session runs on {', '.join(used)}; "
-            "the target's execution provider failed to load (check its drivers and the onnxruntime package)"
-        )
-    return session
-
-
-# -- models behind one interface ----------------------------------------------------------------------
-
-
-class OnnxCausalLM:
-    """A decoder ONNX model (the onnxruntime-genai layout: input_ids, attention_mask, past_key_values.*)."""
-
-    def __init__(self, folder: Path, providers: list[str], adapter: Path | None = None):
-        import numpy as np
-        import onnxruntime
-
-        self.np = np
-        self.run_options = None
-        if adapter is not None:  # a .onnx_adapter file: its LoRA weights feed the model's inputs
-            self.run_options = onnxruntime.RunOptions()
-            self.adapter = onnxruntime.LoraAdapter()
-            self.adapter.Load(str(adapter))
-            self.run_options.add_active_adapter(self.adapter)
-        config = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
-        self.head_size = int(config["head_size"])
-        self.session = open_session(folder / config.get("filename", "model.onnx"), providers)
-        self.inputs = {i.name: i for i in self.session.get_inputs()}
-        self.providers = self.session.get_providers()
-
-    def logits(self, ids: list[int]):
-        np = self.np
-        x = np.asarray([ids], dtype=np.int64)
-        feed = {"input_ids": x}
-        if "attention_mask" in self.inputs:
-            feed["attention_mask"] = np.ones_like(x)
-        if "position_ids" in self.inputs:
-            feed["position_ids"] = np.arange(len(ids), dtype=np.int64)[None]
-        for name, info in self.inputs.items():
-            if name.startswith("past_key_values"):
-                dtype = np.float16 if "float16" in info.type else np.float32
-                heads = info.shape[1] if isinstance(info.shape[1], int) else 1
-                feed[name] = np.zeros((1, heads, 0, self.head_size), dtype=dtype)
-        out = self.session.run(["logits"], feed, self.run_options)[0]
-        return out[0].astype(np.float32)
-
-
-class OnnxEncoder:
-    """An encoder ONNX model: input_ids, attention_mask (token_type_ids) -> its first output."""
-
-    def __init__(self, model_file: Path, providers: list[str]):
-        import numpy as np
-
-        self.np = np
-        self.session = open_session(model_file, providers)
-        self.inputs = [i.name for i in self.session.get_inputs()]
-        self.providers = self.session.get_providers()
-
-    def logits(self, ids: list[int]):
-        np = self.np
-        x = np.asarray([ids], dtype=np.int64)
-        feed = {"input_ids": x, "attention_mask": np.ones_like(x), "token_type_ids": np.zeros_like(x)}
-        out = self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})[0]
-        return out[0].astype(np.float32)
-
-
-class TorchModel:
-    """A Hugging Face model folder in PyTorch fp32, the reference of an export."""
-
-    def __init__(self, folder: Path, encoder: bool, adapter: Path | None = None):
-        import torch
-        import transformers
-
-        self.torch = torch
-        cls = transformers.AutoModelForSequenceClassification if encoder else transformers.AutoModelForCausalLM
-        if encoder and not _has_classifier(folder):
-            cls = transformers.AutoModel
-        self.model = cls.from_pretrained(str(folder), dtype=torch.float32).eval()
-        if adapter is not None:
-            from peft import PeftModel
-
-            self.model = PeftModel.from_pretrained(self.model, str(adapter)).eval()
-        self.encoder = encoder
-        self.providers = ["torch-cpu"]
-
-    def logits(self, ids: list[int]):
-        torch = self.torch
-        with torch.no_grad():
-            out = self.model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long))
-        tensor = out.logits if hasattr(out, "logits") and out.logits is not None else out.last_hidden_state
-        return tensor[0].float().numpy()
-
-
-def _has_classifier(folder: Path) -> bool:
-    try:
-        architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
-    except (OSError, ValueError):
-        return False
-    return any("SequenceClassification" in a for a in architectures)
 
 
 # -- the check ------------------------------------------------------------------------------------------
@@ -305,40 +171,6 @@ def tokenize_prompts(folder: Path, prompts: list[str]) -> list[list[int]]:
     return lists
 
 
-def open_model(artifact: Artifact, providers: list[str], adapter: Path | None = None):
-    """A `logits(ids)` model over an hf-model, genai-model or onnx-model artifact.
-
-    Args:
-        adapter: a PEFT folder (hf-model) or a .onnx_adapter file (genai-model) to apply.
-    """
-    path = Path(artifact.path)
-    if artifact.kind == "genai-model":
-        return OnnxCausalLM(path, providers, adapter)
-    if artifact.kind == "onnx-model":
-        model_file = path if path.is_file() else path / "model.onnx"
-        if path.is_dir() and (path / "genai_config.json").exists():
-            return OnnxCausalLM(path, providers)
-        return OnnxEncoder(model_file, providers)
-    if artifact.kind == "hf-model":
-        return TorchModel(path, encoder=is_encoder(path), adapter=adapter)
-    raise ParityError(f"parity cannot read a {artifact.kind} artifact")
-
-
-def is_encoder(folder: Path) -> bool:
-    """Whether an HF folder (or an exported folder carrying its config.json) is an encoder."""
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return not (folder / "genai_config.json").exists()
-    architectures = config.get("architectures") or []
-    if any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in architectures):
-        return False
-    return config.get("model_type") in ENCODER_TYPES or any(a.endswith(("ForSequenceClassification", "Model")) for a in architectures)
-
-
-ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deberta-v2", "electra", "mpnet", "albert", "camembert", "modernbert"}
-
-
 def check(reference: Artifact, candidate: Artifact, params: ParityParams, target: Any, precision: str = "fp32", log=None,
           reference_adapter: Path | None = None, candidate_adapter: Path | None = None) -> dict[str, Any]:
     """Compare `candidate` (run on the target's providers) with `reference` (on the CPU).
@@ -375,7 +207,7 @@ def check(reference: Artifact, candidate: Artifact, params: ParityParams, target
     result = compare(reference_model, candidate_model, token_lists, params.new_tokens, decoder)
     kv: dict[str, Any] = {}
     if decoder:
-        from slimops.passes.kvcheck import kv_agreement, kv_skip_reason
+        from slimops.passes._runtime.kvcheck import kv_agreement, kv_skip_reason
 
         skipped = kv_skip_reason(candidate, providers)
         if skipped:

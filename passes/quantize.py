@@ -1,6 +1,6 @@
 """Quantize an ONNX model for a target, with onnxruntime's quantizers.
 
-- `affine` int4 (`passes/affine.py`, the CPU default): a scale and a float offset per block, kept
+- `affine` int4 (`passes/_onnx/affine.py`, the CPU default): a scale and a float offset per block, kept
   on onnxruntime's fast int4 kernel by a small side path; exact on GGUF Q4_1 weights; lm_head
   int8, shared with a tied embedding.
 - Weight-only int4/int8 (MatMulNBits): `rtn` (onnxruntime's blockwise round-to-nearest, what the
@@ -24,13 +24,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from slimops.passes.onnx import OnnxError, folder_size, load_model, save_model
-from slimops.passes.parity import ParityError, ParityParams, check
+from slimops.passes._onnx.files import OnnxError, load_model, save_model
+from slimops.passes._runtime.errors import ParityError
+from slimops.passes.parity import ParityParams, check
 from slimops.plugin import Artifact, Pass, PassContext
+from slimops.quantization import CALIBRATED, WEIGHT_ONLY
+from slimops.sizes import size_mb
 
 Method = Literal["auto", "affine", "rtn", "hqq", "k_quant", "gptq", "int8_dynamic", "qdq"]
-WEIGHT_ONLY = ("rtn", "hqq", "k_quant", "gptq")
-CALIBRATED = ("gptq", "qdq")
 
 
 class QuantizeParams(BaseModel):
@@ -111,11 +112,11 @@ class Quantize(Pass):
         if source.is_dir():
             _copy_companions(source, ctx.output_dir, model_file.name)
         if ctx.input.kind == "genai-model":
-            from slimops.passes.onnx import _check_genai_loads, set_runtime_threads
+            from slimops.passes._onnx.builder import check_genai_loads, set_runtime_threads
 
             set_runtime_threads(ctx.output_dir, ctx.target)
             if ctx.target.device == "cpu":
-                _check_genai_loads(ctx.output_dir)
+                check_genai_loads(ctx.output_dir)
         ctx.progress.update(2, 3, "parity check")
         path = ctx.output_dir if source.is_dir() else out_file
         artifact = Artifact(path=path, kind=ctx.input.kind, meta={**ctx.input.meta, **meta, "precision": precision})
@@ -128,14 +129,14 @@ class Quantize(Pass):
             raise
         artifact.metrics.update(result["metrics"])
         artifact.meta.update(result["meta"])
-        artifact.metrics["size_mb"] = round(folder_size(ctx.output_dir) / 2**20, 2)
-        artifact.metrics["input_size_mb"] = round(folder_size(source) / 2**20, 2)
+        artifact.metrics["size_mb"] = round(size_mb(ctx.output_dir), 2)
+        artifact.metrics["input_size_mb"] = round(size_mb(source), 2)
         return artifact
 
     def _quantize(self, ctx: PassContext, method: str, model_file: Path, out_file: Path, calibration, settings) -> tuple[str, dict]:
         params = ctx.params
         if method == "affine":
-            from slimops.passes.affine import options_for, rewrite_file
+            from slimops.passes._onnx.affine import options_for, rewrite_file
 
             options = options_for(params, settings)
             if ctx.input.meta.get("merged_from"):
@@ -238,7 +239,7 @@ def _check_quantizable(model_file: Path) -> None:
 
     model = onnx.load(str(model_file), load_external_data=False)
     initializers = {i.name for i in model.graph.initializer}
-    from slimops.passes.affine import is_side_path
+    from slimops.passes._onnx.affine import is_side_path
 
     matmuls = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and any(i in initializers for i in n.input)
                and not is_side_path(n)]
@@ -271,7 +272,7 @@ def weight_only(model_file: Path, out_file: Path, method: str, options: dict[str
     """MatMulNBits quantization; lm_head at int8 takes a second pass over that one node.
 
     Returns:
-        the fp32 embedding table dropped because it now reads the int8 lm_head (`passes/tied.py`), or None.
+        the fp32 embedding table dropped because it now reads the int8 lm_head (`passes/_onnx/tied.py`), or None.
     """
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
     from onnxruntime.quantization.quant_utils import QuantFormat
@@ -303,7 +304,7 @@ def weight_only(model_file: Path, out_file: Path, method: str, options: dict[str
         )
         second.process()
         result = second.model.model
-    from slimops.passes.tied import share_int8_embedding
+    from slimops.passes._onnx.tied import share_int8_embedding
 
     shared = share_int8_embedding(result) if share_embedding else None  # an int8 lm_head's bytes serve a tied embedding too
     if shared:
@@ -369,7 +370,7 @@ class _Reader:
 
 def calibration_texts(ctx: PassContext, tokenizer) -> list[str]:
     """Texts of `calibration_samples` examples of the calibration data set, formatted as in training."""
-    from slimops.passes.data import has_split, load_split, render
+    from slimops.passes._data import has_split, load_split, render
 
     params = ctx.params
     name = params.calibration_data

@@ -1,4 +1,4 @@
-"""Affine int4 (passes/affine.py): a float offset per block on onnxruntime's fast int4 kernel.
+"""Affine int4 (passes/_onnx/affine.py): a float offset per block on onnxruntime's fast int4 kernel.
 
 Weights snapped to GGUF's Q4_1 grid (fp16 scale and min per block of 32) must come back exactly;
 a tied embedding shares lm_head's int8 bytes; a merged LoRA rides beside the int4 base exactly,
@@ -19,26 +19,9 @@ import slimops
 import onnx  # noqa: E402
 import onnxruntime  # noqa: E402
 
-from slimops.passes import affine  # noqa: E402
+from slimops.passes._onnx import affine  # noqa: E402
 
-
-def q4_1(w: np.ndarray) -> np.ndarray:
-    """`w` (out x in) on GGUF's Q4_1 grid: blocks of 32 along `in`, fp16 scale and min, as llama.cpp writes it."""
-    n, k = w.shape
-    blocks = w.reshape(n, k // 32, 32).astype(np.float32)
-    low = blocks.min(-1, keepdims=True)
-    d = ((blocks.max(-1, keepdims=True) - low) / 15).astype(np.float16).astype(np.float32)
-    low = low.astype(np.float16).astype(np.float32)
-    q = np.clip(np.rint((blocks - low) / np.where(d > 0, d, 1)), 0, 15)
-    return (q * d + low).reshape(n, k)
-
-
-def q8_0(w: np.ndarray) -> np.ndarray:
-    """`w` (out x in) on GGUF's Q8_0 grid: blocks of 32 along `in`, an fp16 scale each, symmetric."""
-    n, k = w.shape
-    blocks = w.reshape(n, k // 32, 32).astype(np.float32)
-    d = (np.abs(blocks).max(-1, keepdims=True) / 127).astype(np.float16).astype(np.float32)
-    return (np.clip(np.rint(blocks / np.where(d > 0, d, 1)), -127, 127) * d).reshape(n, k)
+from assets import grid_llama, q4_1
 
 
 def session(model):
@@ -124,30 +107,9 @@ def test_tied_embedding_shares_the_int8_lm_head():
 # -- through the passes: a tiny llama whose weights sit on the Q4_1 grid ------------------------------------------
 
 
-def grid_llama(folder: Path) -> Path:
-    """A 2-layer llama (hidden 64) on GGUF grids as SmolLM2's file has them: linear layers Q4_1, lm_head Q8_0."""
-    import torch
-    from tiny_models import build_tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = build_tokenizer(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Linear):
-                snap = q8_0 if name == "lm_head" else q4_1
-                module.weight.copy_(torch.from_numpy(snap(module.weight.numpy())))
-    model.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def grid_run(tmp_path_factory):
-    from tiny_models import tone_rows, write_jsonl
+    from assets import tone_rows, write_jsonl
 
     root = tmp_path_factory.mktemp("affine")
     base = grid_llama(root / "base")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import slimops
-from slimops.schema import schema_text
+from slimops.config.schema import schema_text
 from slimops.templates import templates
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,7 +18,7 @@ def test_committed_schema_is_current():
 
 
 def test_committed_config_reference_is_current():
-    from slimops.schema import config_reference
+    from slimops.config.schema import config_reference
 
     committed = (ROOT / "docs" / "config.md").read_text()
     assert committed == config_reference(), "docs/config.md is stale: run 'slimops schema --markdown -o docs/config.md'"

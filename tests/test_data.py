@@ -10,8 +10,8 @@ import pytest
 
 from slimops.config import DataSpec
 from slimops.errors import DataError
-from slimops.passes import data as datalib
-from tiny_models import build_tokenizer, tiny_llama, tone_rows, write_jsonl
+from slimops.passes import _data as datalib
+from assets import build_tokenizer, tiny_llama, tone_rows, write_jsonl
 
 
 def spec(tmp_path: Path, **kwargs) -> DataSpec:

@@ -13,132 +13,16 @@ from pathlib import Path
 import pytest
 
 import slimops
-from slimops.display import RunDisplay
+from assets import EVAL_TEMPLATE as TEMPLATE, EVAL_TONES as TONES, eval_llama as tiny_llama, eval_rows as rows
+from assets import eval_tokenizer as build_tokenizer, quiet, tiny_onnx_lm, write_eval_project as write_project
 
-TONES = ["happy", "sad", "calm"]
-PHRASES = {
-    "happy": "what a lovely sunny day",
-    "sad": "i miss her so much",
-    "calm": "the lake is still now",
-}
-TEMPLATE = "user {phrase} assistant {tone} <|im_end|>"
 ALL_METRICS = ["accuracy", "exact_match", "f1", "perplexity", "rouge_l", "bleu", "ttft_ms", "latency_p50_ms",
                "latency_p90_ms", "tokens_per_s", "peak_mb", "size_mb"]
-
-# A plugin pass that makes a different model: the input's weights scaled, so before != after.
-PERTURB = '''
-import shutil
-from pydantic import BaseModel, ConfigDict
-import slimops
-
-class Perturb(slimops.Pass):
-    name = "perturb"
-    consumes = ("hf-model",)
-    produces = "hf-model"
-
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        scale: float = 1.5
-
-    def run(self, ctx):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        model = AutoModelForCausalLM.from_pretrained(ctx.input.path)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.mul_(ctx.params.scale)
-        model.save_pretrained(ctx.output_dir)
-        AutoTokenizer.from_pretrained(ctx.input.path).save_pretrained(ctx.output_dir)
-        return slimops.Artifact(path=ctx.output_dir, kind="hf-model")
-
-class PerTarget(Perturb):
-    name = "per_target_perturb"
-    per_target = True
-
-    def run(self, ctx):
-        artifact = super().run(ctx)
-        (ctx.output_dir / "loss.png").write_bytes(b"PNG-" + ctx.target.precision.encode())
-        return artifact
-
-class Adapter(slimops.Pass):
-    name = "adapter"
-    consumes = ("hf-model",)
-    produces = "hf-adapter"
-
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-
-    def run(self, ctx):
-        import torch
-        from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM
-        torch.manual_seed(1)
-        model = AutoModelForCausalLM.from_pretrained(ctx.input.path)
-        config = LoraConfig(r=2, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-        get_peft_model(model, config).save_pretrained(ctx.output_dir)
-        return slimops.Artifact(path=ctx.output_dir, kind="hf-adapter")
-'''
-
-
-def quiet():
-    return RunDisplay(quiet=True)
-
-
-def build_tokenizer(folder: Path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = sorted({w for text in PHRASES.values() for w in text.split()} | set(TONES) | {"user", "assistant"})
-    vocab = {token: i for i, token in enumerate(["<unk>", "<pad>", "<s>", "<|im_end|>", *words])}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="<|im_end|>")
-    tokenizer.save_pretrained(folder)
-    return tokenizer
-
-
-def tiny_llama(folder: Path, hidden: int = 32) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = build_tokenizer(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory) -> Path:
     return tiny_llama(tmp_path_factory.mktemp("llama") / "tiny")
-
-
-def rows(count: int = 9) -> list[dict]:
-    return [{"phrase": PHRASES[TONES[i % 3]], "tone": TONES[i % 3]} for i in range(count)]
-
-
-def write_project(root: Path, model: Path, evaluate: str, extra_passes: str = "", data_rows: list | None = None) -> Path:
-    (root / "tone.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (data_rows or rows())))
-    (root / "plugin.py").write_text(PERTURB)
-    passes = [f"  {line.strip()}" for line in extra_passes.strip().splitlines() if line.strip()]
-    lines = [
-        "name: tiny-eval",
-        f'model: {{path: "{model}"}}',
-        "data:",
-        "  tone:",
-        "    files: tone.jsonl",
-        '    splits: {train: "[:3]", eval: "[3:]"}',
-        f'    template: "{TEMPLATE}"',
-        "    label: tone",
-        "passes:",
-        *passes,
-        f"  eval: {evaluate}",
-    ]
-    path = root / "pipeline.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def hf_perplexity(folder: Path, texts: list[str], adapter: Path | None = None) -> float:
@@ -197,7 +81,7 @@ def test_before_and_after_on_a_tiny_llama(tmp_path, llama):
     assert metrics["before"]["perplexity"] != pytest.approx(metrics["after"]["perplexity"], rel=1e-3)
 
     # answers come from greedy decoding of the prompt part of the template (checked against HF generate)
-    from slimops.passes import metrics as M
+    from slimops.passes import _metrics as M
 
     prompts = [f"user {r['phrase']} assistant " for r in rows()[3:7]]
     expected = [M.answer_of(t.split("<|im_end|>")[0]) for t in hf_greedy(llama, prompts, 3)]
@@ -355,7 +239,7 @@ def test_classifier_head_predictions(tmp_path):
     text = path.read_text().replace(f'template: "{TEMPLATE}"', 'text: phrase')
     path.write_text(text)
     result = slimops.run(path, display=quiet())
-    from slimops.passes import metrics as M
+    from slimops.passes import _metrics as M
 
     model.eval()
     tok = AutoTokenizer.from_pretrained(folder)
@@ -375,7 +259,7 @@ def test_classifier_head_predictions(tmp_path):
 def test_an_encoder_without_a_head_is_timed_not_scored(tmp_path):
     """Its vectors carry no label and no next token: evaluate times its forward pass (as PyTorch and as ONNX) and
     weighs it, and asking it for accuracy is an error that says why (a random LM head used to give a perplexity)."""
-    from tiny_models import tiny_bert
+    from assets import tiny_bert
 
     from slimops.errors import PassError
 
@@ -392,28 +276,6 @@ def test_an_encoder_without_a_head_is_timed_not_scored(tmp_path):
     path.write_text(text.replace("max_samples: 6", "metrics: [accuracy], max_samples: 6"))
     with pytest.raises(PassError, match="encoder without a classification head: it gives vectors, so accuracy cannot be measured"):
         slimops.run(path, display=quiet())
-
-
-def tiny_onnx_lm(folder: Path, vocab: int, seed: int = 0) -> tuple[Path, "object", "object"]:
-    """An ONNX 'language model' with no KV cache: logits = embedding[input_ids] @ W."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    emb = rng.normal(size=(vocab, 8)).astype(np.float32)
-    out = rng.normal(size=(8, vocab)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Gather", ["emb", "input_ids"], ["hidden"]), helper.make_node("MatMul", ["hidden", "out"], ["logits"])],
-        "tiny",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", vocab])],
-        [numpy_helper.from_array(emb, "emb"), numpy_helper.from_array(out, "out")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, folder / "model.onnx")
-    return folder / "model.onnx", emb, out
 
 
 def test_onnx_model_perplexity_matches_numpy(tmp_path):
@@ -476,7 +338,7 @@ def test_genai_folder_and_its_kv_cached_onnx_match_transformers(tmp_path, genai_
     texts = [TEMPLATE.format(**r) for r in rows()[3:6]]
     assert after["perplexity"] == pytest.approx(hf_perplexity(llama, texts), rel=1e-4)
     prompts = [f"user {r['phrase']} assistant " for r in rows()[3:6]]
-    from slimops.passes import metrics as M
+    from slimops.passes import _metrics as M
 
     expected = [M.answer_of(t.split("<|im_end|>")[0]) for t in hf_greedy(llama, prompts, 3)]
     assert after["accuracy"] == pytest.approx(M.accuracy(expected, [r["tone"] for r in rows()[3:6]]))

@@ -18,7 +18,7 @@ import pytest
 
 import slimops
 from slimops.display import RunDisplay
-from tiny_models import tiny_bert, tiny_llama, tone_rows, write_jsonl
+from assets import tiny_bert, tiny_llama, tone_rows, write_jsonl
 
 PROMPT = "<|im_start|>user\\n{phrase}<|im_end|>\\n<|im_start|>assistant\\n"
 

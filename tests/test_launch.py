@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 
-from slimops.passes.onnx import LAUNCHER
+from slimops.passes._onnx.builder import LAUNCHER
 
 MODULE = """\
 import atexit, pathlib, sys

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from slimops.passes import metrics as M
+from slimops.passes import _metrics as M
 
 
 def test_normalize_and_answer_of():

@@ -11,7 +11,6 @@ tests through one cache folder.
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,66 +20,7 @@ from slimops.errors import PassError, PlanError
 
 import onnxruntime  # noqa: E402
 
-CORPUS = [
-    "The capital of France is Paris, and the capital of Spain is Madrid.",
-    "def add(a, b): return a + b",
-    "Once upon a time there was a small cat that sat on the mat.",
-    "one two three four five six seven eight nine ten",
-]
-CHAT_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-
-
-def tiny_trained_llama(folder: Path) -> Path:
-    """A 2-layer llama (hidden 64, 4 heads of 16) with a byte-level BPE tokenizer, fit to CORPUS."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    core.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    ))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    tokenizer.chat_template = CHAT_TEMPLATE
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    assert config.vocab_size not in (64, 128)
-    model = LlamaForCausalLM(config)
-    rows = [tokenizer(text)["input_ids"] for text in CORPUS]
-    length = max(map(len, rows))
-    ids = torch.tensor([row + [tokenizer.pad_token_id] * (length - len(row)) for row in rows])
-    mask = (torch.arange(length)[None] < torch.tensor([len(row) for row in rows])[:, None]).long()
-    labels = ids.masked_fill(mask == 0, -100)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(40):
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def tiny_bert_classifier(folder: Path) -> Path:
-    """A random 2-layer BERT with a 3-way classification head, and a word-level tokenizer."""
-    import torch
-    from tiny_models import build_tokenizer
-    from transformers import BertConfig, BertForSequenceClassification
-
-    tokenizer = build_tokenizer(folder)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=2, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id, num_labels=3)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    return folder
+from assets import CORPUS, PLAIN_CHAT_TEMPLATE, lora_adapter, quiet, run_broken_chain, tiny_bert_classifier, tiny_trained_llama, write_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -93,24 +33,6 @@ def assets(tmp_path_factory):
         "bert": tiny_bert_classifier(root / "bert"),
         "cache": root / "cache",
     }
-
-
-def write_pipeline(folder: Path, assets, body: str) -> Path:
-    head = f"""\
-        name: onnx-test
-        model: {{path: {assets['llama']}}}
-        data: {{calib: {{type: jsonl, files: {assets['root'] / 'data.jsonl'}, text: text}}}}
-        engine: {{cache_dir: {assets['cache']}, output_dir: out}}
-        """
-    path = folder / "pipeline.yaml"
-    path.write_text(textwrap.dedent(head) + textwrap.dedent(body))
-    return path
-
-
-def quiet():
-    from slimops.display import RunDisplay
-
-    return RunDisplay(quiet=True)
 
 
 def op_types(model_file: Path) -> list[str]:
@@ -140,7 +62,7 @@ def test_decoder_export_is_a_genai_folder_that_matches_pytorch(exported):
     assert fp32.kind == "genai-model"
     assert {"model.onnx", "genai_config.json", "tokenizer.json", "chat_template.jinja"} <= {p.name for p in folder.iterdir()}
     assert fp32.meta["precision"] == "fp32"
-    assert fp32.meta["chat_template"] == CHAT_TEMPLATE
+    assert fp32.meta["chat_template"] == PLAIN_CHAT_TEMPLATE
     assert fp32.metrics["parity_top1"] == 1.0
     assert fp32.metrics["parity_agreement"] == 1.0
     assert fp32.metrics["parity_max_logit_diff"] < 1e-3
@@ -248,7 +170,7 @@ def test_an_int8_dynamic_target_gives_a_decoder_int8_weights_per_block(assets, t
         assert nbits and all(n["bits"] == 8 and n["accuracy_level"] == 4 for n in nbits), name
         assert "MatMulInteger" not in {n.op_type for n in graph.node}
     assert result["q8@box"].meta["quantization"]["method"] == "rtn"
-    # this llama's embedding is not tied to its lm_head: both keep their own weights (passes/tied.py)
+    # this llama's embedding is not tied to its lm_head: both keep their own weights (passes/_onnx/tied.py)
     assert result["export@box"].meta["shared_embedding"] is False
     assert result["q8@box"].meta["quantization"]["shared_embedding"] is False
     # an encoder (an onnx-model) on the same target still takes int8_dynamic, per output column
@@ -295,7 +217,7 @@ from pathlib import Path
 import onnx
 from onnx import numpy_helper
 from slimops.plugin import Artifact, Pass
-from slimops.passes.onnx import load_model
+from slimops.passes._onnx.files import load_model
 
 
 class Corrupt(Pass):
@@ -317,19 +239,6 @@ class Corrupt(Pass):
         onnx.save_model(model, str(ctx.output_dir / "model.onnx"))
         return Artifact(path=ctx.output_dir, kind="genai-model", meta={"precision": "fp32"})
 '''
-
-
-def run_broken_chain(tmp_path, assets, cli, module: str, source: str, cls: str):
-    """export -> a plugin pass `module:cls` (written from `source`) that breaks the model -> parity."""
-    (tmp_path / f"{module}.py").write_text(source)
-    path = write_pipeline(tmp_path, assets, f"""\
-        targets: {{cpu: cpu}}
-        passes:
-          export: {{type: onnx}}
-          broken: {{type: "{module}:{cls}"}}
-          check: {{type: parity}}
-        """)
-    return path, *cli("run", "--config", path, "--quiet")
 
 
 def test_corrupted_weights_fail_the_parity_check(assets, tmp_path, cli):
@@ -378,7 +287,7 @@ def test_missing_provider_is_a_plan_error_only_for_passes_that_run_on_the_target
 
 
 def test_a_session_that_falls_back_to_cpu_is_refused(exported):
-    from slimops.passes.parity import ParityError, open_session
+    from slimops.passes._runtime.ort import ParityError, open_session
 
     model = Path(exported["export@cpu"].path) / "model.onnx"
     assert open_session(model, ["CPUExecutionProvider"]).get_providers() == ["CPUExecutionProvider"]
@@ -448,7 +357,7 @@ def test_an_encoders_vectors_are_checked_by_cosine_similarity(assets, tmp_path):
     from slimops.plugin import Artifact
     from slimops.targets import builtin
 
-    from tiny_models import tiny_bert
+    from assets import tiny_bert
 
     encoder = tiny_bert(tmp_path / "encoder")
     path = write_pipeline(tmp_path, assets, """\
@@ -487,22 +396,6 @@ def test_optimize_refuses_builder_output(assets, tmp_path, exported):
 
 
 # -- multi-adapter ------------------------------------------------------------------------------------------------
-
-
-def lora_adapter(base: Path, folder: Path, rank: int, seed: int) -> Path:
-    """A PEFT LoRA adapter on `base` with random (non-zero) B matrices."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0))
-    for name, tensor in model.named_parameters():
-        if "lora_B" in name:
-            tensor.data.normal_(0, 0.2)
-    model.save_pretrained(folder)
-    return folder
 
 
 def test_generate_adapter_makes_one_base_and_an_adapter_file_each(assets, tmp_path):

@@ -3,7 +3,7 @@ cache and the folder's genai_config.json, against the same model recomputed with
 
 A healthy export agrees fully; a folder whose cache is wired wrong (its genai_config.json feeds
 each layer's keys back as its values) still passes the uncached comparison and must fail here.
-Uses test_onnx's tiny trained llama.
+Uses the tiny trained llama of tests/assets.py.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import slimops
 from slimops.plugin import Artifact
 
 
-from slimops.passes.kvcheck import kv_agreement, kv_skip_reason  # noqa: E402
-from slimops.passes.parity import OnnxCausalLM, ParityError, ParityParams, check, greedy  # noqa: E402
-from test_onnx import CORPUS, lora_adapter, quiet, run_broken_chain, tiny_trained_llama, write_pipeline  # noqa: E402
+from slimops.passes._runtime.kvcheck import kv_agreement, kv_skip_reason  # noqa: E402
+from slimops.passes._runtime.ort import OnnxCausalLM  # noqa: E402
+from slimops.passes.parity import ParityError, ParityParams, check, greedy  # noqa: E402
+from assets import CORPUS, lora_adapter, quiet, run_broken_chain, tiny_trained_llama, write_pipeline  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +161,7 @@ def test_a_folder_onnxruntime_genai_cannot_decode_is_a_parity_error(exported, tm
 def test_a_near_tie_flipped_by_the_cache_still_agrees(tmp_path, monkeypatch):
     import numpy as np
 
-    from slimops.passes import kvcheck
+    from slimops.passes._runtime import kvcheck
 
     class Uncached:  # prefers token 1 after every history, token 2 half a logit behind
         def logits(self, ids):

@@ -152,3 +152,26 @@ def test_a_killed_runs_half_copied_output_is_removed(project):
     slimops.run(path, ["passes.slow.value=changed"])
     assert not leftover.exists()
     assert (project.root / "out" / "slow" / "out.txt").read_text().startswith("value=changed")
+
+
+def test_a_plugins_params_reject_unknown_keys_and_a_nameless_pass_is_refused(project, cli):
+    """A Params written as the plugin guide shows (no model_config) still fails on a misspelt key,
+    and a pass class without a `name` is refused with the rule it breaks."""
+    (project.root / "loose.py").write_text(
+        "from pydantic import BaseModel\n"
+        "import slimops\n"
+        "class Loose(slimops.Pass):\n"
+        "    name = 'loose'\n"
+        "    class Params(BaseModel):\n"
+        "        suffix: str = '!'\n"
+        "    def run(self, ctx):\n"
+        "        return slimops.Artifact(path=ctx.output_dir, kind='text')\n"
+        "class Nameless(slimops.Pass):\n"
+        "    pass\n"
+    )
+    path = project.write("passes:\n  a: {type: fake, value: quiet}\n  b: {type: 'loose:Loose', sufix: '?'}\n")
+    code, _, err = cli("validate", "--config", path)
+    assert code == 2 and "passes.b.sufix: unknown key; did you mean 'suffix'?" in err
+    path = project.write("passes:\n  b: {type: 'loose:Nameless'}\n")
+    code, _, err = cli("validate", "--config", path)
+    assert code == 2 and "sets no `name`" in err

@@ -201,17 +201,17 @@ def test_outputs_are_copies_not_links_into_the_cache(project):
 def test_a_new_cache_folder_reuses_the_users_shared_hash_memo(tmp_path, monkeypatch):
     import os
 
-    from slimops import fingerprint
+    from slimops import keys
 
     model = tmp_path / "model.bin"
     model.write_bytes(os.urandom(1 << 20))
     shared = tmp_path / "shared.json"
-    first = fingerprint.HashMemo(tmp_path / "cache1" / "hashes.json", shared)
+    first = keys.HashMemo(tmp_path / "cache1" / "hashes.json", shared)
     digest = first.path(model)
     first.save()
     reads = []
-    monkeypatch.setattr(fingerprint, "sha256_file", lambda path: reads.append(path) or "new")
-    second = fingerprint.HashMemo(tmp_path / "cache2" / "hashes.json", shared)
+    monkeypatch.setattr(keys, "sha256_file", lambda path: reads.append(path) or "new")
+    second = keys.HashMemo(tmp_path / "cache2" / "hashes.json", shared)
     assert second.path(model) == digest and reads == []  # known from os.stat alone
     model.write_bytes(os.urandom((1 << 20) + 1))  # new content: read again
     assert second.path(model) == "new" and reads == [model]

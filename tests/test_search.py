@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from test_evaluate import tiny_llama, write_project
+from assets import eval_llama as tiny_llama, write_eval_project as write_project
 
 SEARCH = """
 search:

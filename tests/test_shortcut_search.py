@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import slimops
-from tiny_models import tiny_llama, tone_rows, write_jsonl
+from assets import tiny_llama, tone_rows, write_jsonl
 
 PROMPT = "<|im_start|>user\\n{phrase}<|im_end|>\\n<|im_start|>assistant\\n"
 
@@ -155,8 +155,8 @@ def test_finetune_search_runs_names_the_best_and_reuses_the_cached_prefix(tmp_pa
 
 
 def test_quantize_search_runs_and_shares_the_export(tmp_path, cli, monkeypatch):
-    """The ONNX side: tiny_models' llama has 8-wide heads, below the builder's 16, so this uses test_onnx's."""
-    from test_onnx import CORPUS, tiny_trained_llama
+    """The ONNX side: the tone llama has 8-wide heads, below the builder's 16, so this uses the trained one."""
+    from assets import CORPUS, tiny_trained_llama
 
     monkeypatch.chdir(tmp_path)
     model = tiny_trained_llama(tmp_path / "llama")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import slimops
-from slimops.passes import data as datalib
+from slimops.passes import _data as datalib
 from slimops.templates import template_dir
 
 TEMPLATES = sorted(template_dir().glob("*.yaml"))

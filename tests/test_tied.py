@@ -1,4 +1,4 @@
-"""A tied embedding served by the int8 lm_head's bytes (passes/tied.py), on small hand-built graphs:
+"""A tied embedding served by the int8 lm_head's bytes (passes/_onnx/tied.py), on small hand-built graphs:
 a Gather over an fp32 table (or a Transpose of the lm_head's [K, N] weight, as the quantizers leave
 it) and a MatMulNBits lm_head at 8 bits."""
 
@@ -7,13 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from slimops.passes.affine import int8_blocks  # noqa: E402
-from slimops.passes.tied import share_int8_embedding  # noqa: E402
+from slimops.passes._onnx.affine import int8_blocks  # noqa: E402
+from slimops.passes._onnx.tied import share_int8_embedding  # noqa: E402
 
 K, N, BLOCK = 64, 40, 32
 

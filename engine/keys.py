@@ -1,4 +1,11 @@
-"""Content hashes of files and folders, memoised by (path, size, mtime, inode).
+"""Cache keys: content hashes of files and folders, and the key of a plan's node.
+
+- `node_key(plan, node)`: a node's key, the sha256 of `key_parts` (pass, version, params,
+  inputs' keys, data fingerprints, target fields, library versions); `slimops plan --explain`
+  compares those parts field by field.
+- `data_fingerprint(config, memo, name)`: a data set's settings and the contents of its files.
+- `HashMemo`, `sha256_file`, `canonical`: file hashes, memoised by (path, size, mtime, inode).
+
 
 A large model is read once; later runs find its hash from `os.stat` alone. The memo lives in
 the cache folder (`hashes.json`) and, shared by every cache of this user, in
@@ -103,3 +110,46 @@ def _write(store: Path, memo: dict[str, str]) -> None:
     tmp = store.with_name(f"{store.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(memo))
     os.replace(tmp, store)
+
+
+def data_fingerprint(config, memo: "HashMemo", name: str) -> str:
+    """Hash of a data set's settings and the contents of its files."""
+    data = config.spec.data[name]
+    files = {file: memo.path(config.base_dir / file) for file in data.file_list()}
+    return sha256_text(canonical({"spec": data.model_dump(mode="json", exclude={"files"}), "files": files}))
+
+
+def node_key(plan, node) -> None:
+    """Set `node.parts` and `node.key` (a plan's nodes in topological order: inputs first)."""
+    if node.source is not None:
+        content = plan.cache.memo.path(Path(node.source.path))
+        node.parts = {"source": content, "kind": node.kind}
+        node.key = sha256_text(canonical(node.parts))
+        return
+    pc = node.config
+    assert pc is not None
+    cls = pc.cls
+    data = {}
+    for field_name in cls.data_fields:
+        value = getattr(pc.params, field_name, None)
+        if isinstance(value, str) and value in plan.config.spec.data:
+            data[field_name] = data_fingerprint(plan.config, plan.cache.memo, value)
+    node.parts = key_parts(
+        cls, pc.params.model_dump(mode="json", exclude=set(cls.unkeyed)),
+        {plan.nodes[i].name: plan.nodes[i].key for i in node.inputs},
+        data, node.target.fields_for_key() if cls.per_target else None, node.parts.get("libraries", {}),
+    )
+    node.key = sha256_text(canonical(node.parts))
+
+
+def key_parts(cls, params: dict, inputs: dict[str, str], data: dict[str, str], target: dict | None, libraries: dict[str, str]) -> dict[str, Any]:
+    """What a node's key is made of; `slimops plan --explain` compares these field by field."""
+    return {
+        "pass": cls.name,
+        "version": cls.version,
+        "params": params,
+        "inputs": inputs,
+        "data": data,
+        "target": target,
+        "libraries": libraries,
+    }

@@ -27,10 +27,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from slimops.passes.onnx import (BUILDER_EP, OnnxError, OnnxParams, builder_options, folder_size, load_model, run_builder, save_model,
-                                 set_runtime_threads)
+from slimops.passes._onnx.builder import BUILDER_EP, builder_options, run_builder, set_runtime_threads
+from slimops.passes._onnx.files import OnnxError, load_model, save_model
+from slimops.passes.onnx import OnnxParams
 from slimops.passes.parity import ParityParams, check
 from slimops.plugin import Artifact, Pass, PassContext
+from slimops.sizes import size_mb
 
 RANK = "lora_rank"
 
@@ -134,7 +136,7 @@ class GenerateAdapter(Pass):
             for key, value in one["metrics"].items():
                 artifact.metrics[f"{key}_{name}"] = value
         artifact.metrics["adapters"] = len(names)
-        artifact.metrics["size_mb"] = round(folder_size(out) / 2**20, 2)
+        artifact.metrics["size_mb"] = round(size_mb(out), 2)
         return artifact
 
 
@@ -169,7 +171,7 @@ def quantize_base(model, block_size: int, accuracy_level: int | None, affine: bo
 
     lora_nodes = [n.name for n in model.graph.node if "/lora" in n.name]
     if affine:
-        from slimops.passes.affine import quantize_affine
+        from slimops.passes._onnx.affine import quantize_affine
 
         report = quantize_affine(model, block=block_size, accuracy_level=accuracy_level, lm_head_int8=True, exclude=tuple(lora_nodes))
         log.info("affine int4 base: %d MatMuls, %d LoRA nodes kept in float, embedding shared with the int8 lm_head: %s",

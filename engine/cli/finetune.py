@@ -13,19 +13,16 @@ the trials; `slimops.search` runs it like any pipeline's search.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from slimops.errors import ConfigError, Issue
+from slimops.cli import shortcuts
+from slimops.cli.shortcuts import DATA_TYPES, add_search_flags, check_search_flags, flag_error, local_path, search_block
+from slimops.errors import ConfigError
 
 METHODS = ("lora", "dora", "qlora", "loha", "lokr", "ia3", "full")
-DATA_TYPES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text", ".text": "text"}
-STRATEGIES = ("grid", "random", "tpe")
 RANKS = [8, 16, 32]
 # learning-rate range per method, around each pass's default (adapters 2e-4, ia3 3e-3, full 2e-5)
 LR_RANGES = {"ia3": (1e-3, 1e-2), "full": (5e-6, 5e-5)}
@@ -77,56 +74,8 @@ def add_parser(sub) -> None:
     )
 
 
-def add_search_flags(p: argparse.ArgumentParser, search_help: str, trials_help: str, strategy_help: str):
-    """`--search`, `--trials`, `--search_strategy`: shared by finetune, optimize and quantize.
-
-    Returns:
-        The "search" argument group, for a command's own search flags.
-    """
-    group = p.add_argument_group("search")
-    group.add_argument("--search", action="store_true", help=search_help)
-    group.add_argument("--trials", type=int, metavar="N", help=trials_help)
-    group.add_argument("--search_strategy", choices=STRATEGIES, help=strategy_help)
-    return group
-
-
-def flag_error(command: str, flag: str, message: str) -> ConfigError:
-    return ConfigError([Issue(f"slimops {command}", None, flag, message)])
-
-
-def search_block(command: str, args, space: dict[str, Any], objectives: list[dict[str, str]], default_strategy: str,
-                 default_trials: int | None) -> dict[str, Any]:
-    """The `search:` block for `args` (the space with the knobs the user fixed left out).
-
-    Raises:
-        ConfigError: the flags fixed every knob of the space.
-    """
-    if not space:
-        raise flag_error(command, "--search", "every knob it would search is fixed by a flag; drop one of them or drop --search")
-    block: dict[str, Any] = {"space": space, "strategy": args.search_strategy or default_strategy}
-    if args.trials or default_trials:
-        block["trials"] = args.trials or default_trials
-    block["objectives"] = objectives
-    return block
-
-
-def check_search_flags(command: str, args) -> None:
-    """--trials and --search_strategy only mean something with --search."""
-    if args.trials is not None and args.trials < 1:
-        raise flag_error(command, "--trials", f"give at least 1 trial (got {args.trials})")
-    if not args.search:
-        for flag, value in (("--trials", args.trials), ("--search_strategy", args.search_strategy)):
-            if value is not None:
-                raise flag_error(command, flag, "goes with --search; add --search to run trials")
-
-
 def _error(flag: str, message: str) -> ConfigError:
     return flag_error("finetune", flag, message)
-
-
-def _path(text: str, absolute: bool) -> str:
-    path = Path(text).expanduser()
-    return str(path.resolve()) if absolute and path.exists() else text
 
 
 def _text(flag: str | None) -> str | None:
@@ -148,7 +97,7 @@ def pipeline_for(args, absolute: bool = False) -> dict[str, Any]:
         kind = DATA_TYPES.get(Path(args.data_files).suffix.lower())
         if kind is None:
             raise _error("--data_files", f"cannot tell the format of {args.data_files}; use one of {', '.join(DATA_TYPES)}")
-        data = {"type": kind, "files": _path(args.data_files, absolute)}
+        data = {"type": kind, "files": local_path(args.data_files, absolute)}
     else:
         data = {"type": "hf", "name": args.data_name, **({"subset": args.data_subset} if args.data_subset else {})}
     splits = {"train": args.train_split}
@@ -190,7 +139,7 @@ def pipeline_for(args, absolute: bool = False) -> dict[str, Any]:
     }
     step.update({key: value for key, value in training.items() if value is not None})
 
-    model: Any = _path(args.model_name_or_path, absolute)
+    model: Any = local_path(args.model_name_or_path, absolute)
     if args.task != "text-generation":
         model = {"path": model, "task": args.task}
     passes: dict[str, Any] = {"finetune": step}
@@ -223,48 +172,5 @@ def _finetune_search(args, passes: dict[str, Any]) -> dict[str, Any]:
     return search_block("finetune", args, space, [objective], "tpe", None if strategy == "grid" else 4)
 
 
-class _Dumper(yaml.SafeDumper):
-    """Writes multi-line templates as `|` blocks, the way a person would."""
-
-
-_Dumper.add_representer(str, lambda dumper, value: dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None))
-
-
-def _yaml(pipeline: dict[str, Any]) -> str:
-    head = "# Written by 'slimops finetune'; edit it and run it with 'slimops run --config FILE'.\n"
-    return head + yaml.dump(pipeline, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
-
-
-def run_search(config: Path, command: str) -> int:
-    """Run the search in the pipeline file `config` as `slimops run` does (trials table, best trial)."""
-    from types import SimpleNamespace
-
-    from slimops.cli import _run_search
-    from slimops.config import load_config
-
-    code = _run_search(load_config(config), SimpleNamespace(overrides=[]))
-    print(f"{command}: search done; trials in {config.parent / 'trials'}; pipeline: {config}", file=sys.stderr)
-    return code
-
-
 def cmd_finetune(args: argparse.Namespace) -> int:
-    if args.emit_config:
-        sys.stdout.write(_yaml(pipeline_for(args)))
-        return 0
-    from slimops import run
-    from slimops.display import RunDisplay
-
-    pipeline = pipeline_for(args, absolute=True)
-    out = Path(args.output_path)
-    out.mkdir(parents=True, exist_ok=True)
-    config = out / "pipeline.yaml"
-    config.write_text(_yaml(pipeline))
-    if args.search:
-        return run_search(config, "finetune")
-    result = run(config, display=RunDisplay(quiet=args.quiet))
-    last = list(result.nodes.values())[-1]
-    print(f"finetune: {last.kind} in {last.path} ({result.seconds:.1f}s; pipeline: {config})", file=sys.stderr)
-    metrics = result["finetune"].metrics
-    if metrics:
-        print(json.dumps(metrics), file=sys.stderr)
-    return 0
+    return shortcuts.run("finetune", args, pipeline_for, metrics_of="finetune")

@@ -1,6 +1,8 @@
 """Finding the pipeline's input model: a local path, a registered name, or a hub id.
 
 - `REGISTERED`: names that resolve to a model shipped inside an installed package.
+- `locate(text, base_dir)`: the one rule for which of the three a `model.path` is (config
+  validation and `resolve_model` both use it).
 - `detect_kind(path)`: the artifact kind of a file or folder, from the files it holds.
 - `resolve_model(spec, base_dir)`: the input `Artifact`, or a `ModelError` that says what to do.
 """
@@ -8,7 +10,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 from slimops.errors import ModelError
@@ -53,17 +54,38 @@ def detect_kind(path: Path) -> str | None:
     return None
 
 
+def locate(text: str, base_dir: Path) -> tuple[str, Path | str] | None:
+    """Which kind of model reference `text` is, checked in this order.
+
+    Returns:
+        ("local", path) for an existing file or folder (relative to `base_dir`, `~` expanded),
+        ("registered", name) for a name in REGISTERED, ("hub", repo_id) for an `owner/name`
+        id, or None when it is none of them.
+    """
+    local = base_dir / Path(text).expanduser()
+    if local.exists():
+        return "local", local.resolve()
+    if text in REGISTERED:
+        return "registered", text
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        return "hub", text
+    return None
+
+
 def resolve_model(path_text: str, kind: str | None, base_dir: Path) -> Artifact:
     """The input model as an artifact.
 
     Raises:
         ModelError: the path is not local, not a registered name, and no hub copy is reachable.
     """
-    local = (base_dir / os.path.expanduser(path_text))
+    found = locate(path_text, base_dir)
     meta: dict = {"source": path_text}
-    if local.exists():
-        path = local.resolve()
-    elif path_text in REGISTERED:
+    if found is None:
+        raise ModelError(f"'{path_text}' is neither a local path (relative to {base_dir}) nor a registered name "
+                         f"({', '.join(REGISTERED)}); check the path")
+    if found[0] == "local":
+        path = found[1]
+    elif found[0] == "registered":
         path = registered_path(path_text)
         meta["registered"] = path_text
     else:
@@ -84,8 +106,6 @@ def resolve_model(path_text: str, kind: str | None, base_dir: Path) -> Artifact:
 
 def _from_hub(repo_id: str) -> Path:
     known = ", ".join(REGISTERED)
-    if repo_id.count("/") != 1 or repo_id.startswith((".", "/")):
-        raise ModelError(f"'{repo_id}' is neither a local path nor a registered name ({known}); check the path")
     if importlib.util.find_spec("huggingface_hub") is None:
         raise ModelError(f"'{repo_id}' is not a local path or registered name ({known}), and huggingface_hub is not installed to fetch it")
     from huggingface_hub import snapshot_download

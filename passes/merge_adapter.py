@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from slimops.errors import ModelError
+from slimops.kinds import CAUSAL, CLASSIFIER, auto_model_class
 from slimops.plugin import Artifact, Pass, PassContext
 
 
@@ -47,19 +48,20 @@ def merge(base: Path, adapter: Path, out: Path, adapter_meta: dict, dtype: str =
     """Load `base`, apply `adapter`, merge and unload, save into `out` with the base's tokenizer."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:
         raise ModelError(f"merge_adapter: unknown dtype '{dtype}'; use float32, bfloat16 or float16")
     labels = adapter_meta.get("labels")
-    if adapter_meta.get("task") == "text-classification":
-        model = AutoModelForSequenceClassification.from_pretrained(
+    task = CLASSIFIER if adapter_meta.get("task") == CLASSIFIER else CAUSAL
+    if task == CLASSIFIER:
+        model = auto_model_class(task).from_pretrained(
             base, num_labels=len(labels or []) or 2, dtype=torch_dtype,
             **({"id2label": dict(enumerate(labels)), "label2id": {l: i for i, l in enumerate(labels)}} if labels else {}),
         )
     else:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype)
+        model = auto_model_class(task).from_pretrained(base, dtype=torch_dtype)
     try:
         merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     except (ValueError, KeyError, RuntimeError) as err:

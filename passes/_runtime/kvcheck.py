@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from slimops.passes.parity import ParityError
+from slimops.passes._runtime.errors import ParityError
 from slimops.plugin import Artifact
 
 

@@ -14,15 +14,13 @@ size, so the best trials are a Pareto front.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from slimops.shortcuts import DATA_TYPES, add_search_flags, check_search_flags, flag_error, search_block
+from slimops.cli import shortcuts
+from slimops.cli.shortcuts import DATA_TYPES, add_search_flags, check_search_flags, flag_error, local_path, search_block
 
 DEFAULT_PRECISION = {"cpu": "int4", "cuda": "fp16", "dml": "int4", "npu": "int8"}
 METHODS = ("affine", "rtn", "hqq", "k_quant", "gptq", "int8_dynamic", "qdq")
@@ -82,25 +80,29 @@ def _common(p: argparse.ArgumentParser) -> None:
 # -- pipelines from flags ------------------------------------------------------------------------------
 
 
-def target_of(args, precision: str | None = None) -> dict[str, Any]:
+def target_of(args, precision: str | None = None) -> tuple[Any, Any]:
+    """The target for the flags: a built-in profile's name where one fits the device and precision
+    (extended with --provider when given), else a profile of its own; and the resolved profile.
+    """
+    from slimops.targets import TargetProfile, profile_for
+
     precision = precision or args.precision or DEFAULT_PRECISION[args.device]
-    target: dict[str, Any] = {"device": args.device, "precision": precision}
-    if args.provider:
-        target["providers"] = [args.provider]
-    if args.device == "npu":
-        target["quant_format"] = "qdq"
-    elif precision == "int4":
-        target["quant_format"] = "weight_only"
-        target["settings"] = {"quantize": {"block_size": 32, **({"accuracy_level": 4} if args.device == "cpu" else {})}}
-    elif precision == "int8":
-        target["quant_format"] = "dynamic" if args.device == "cpu" else "weight_only"
-    return target
+    name = profile_for(args.device, precision)
+    if name is not None:
+        spec: Any = {"extends": name, "providers": [args.provider]} if args.provider else name
+    else:  # no vetted profile: the device at this precision, stored the way that device wants it
+        spec = {"device": args.device, "precision": precision, **({"providers": [args.provider]} if args.provider else {})}
+        if args.device == "npu":
+            spec["quant_format"] = "qdq"
+        elif precision in ("int4", "int8"):
+            spec["quant_format"] = "weight_only"
+    return spec, TargetProfile.model_validate(spec)
 
 
 def _model_kind(path_text: str) -> str:
     """hf-decoder, hf-encoder, onnx or gguf, from the files (a registered name: from what it ships)."""
     from slimops.errors import ModelError
-    from slimops.models import REGISTERED, registered_path
+    from slimops.inputs import REGISTERED, registered_path
 
     path = Path(path_text)
     if not path.exists() and path_text in REGISTERED:
@@ -116,20 +118,15 @@ def _model_kind(path_text: str) -> str:
         return "onnx"
     if not (path / "config.json").exists():
         return "gguf" if any(path.glob("*.gguf")) else "hf-decoder"
-    from slimops.passes.parity import is_encoder
+    from slimops.kinds import is_encoder
 
     return "hf-encoder" if is_encoder(path) else "hf-decoder"
-
-
-def _path(text: str, absolute: bool) -> str:
-    path = Path(text).expanduser()
-    return str(path.resolve()) if absolute and path.exists() else text
 
 
 def _data(args, absolute: bool) -> dict[str, Any]:
     if not getattr(args, "calibration_data", None):
         return {}
-    return {"calib": {"type": "jsonl", "files": _path(args.calibration_data, absolute), "text": args.text_field}}
+    return {"calib": {"type": "jsonl", "files": local_path(args.calibration_data, absolute), "text": args.text_field}}
 
 
 def pipeline_for(command: str, args, absolute: bool = False) -> dict[str, Any]:
@@ -145,12 +142,12 @@ def pipeline_for(command: str, args, absolute: bool = False) -> dict[str, Any]:
     if searching:
         _check_searchable(command, args, kind)
     # an optimize search tries int4 and int8 itself: its target is int4 unless --precision says
-    target = target_of(args, "int4" if searching and command == "optimize" else None)
+    target_spec, target = target_of(args, "int4" if searching and command == "optimize" else None)
     data = _data(args, absolute)
     if searching:
         data["eval_data"] = _eval_data(command, args, absolute)
     passes: dict[str, Any] = {}
-    needs_calibration = target.get("quant_format") == "qdq" or getattr(args, "method", None) in ("gptq", "qdq")
+    needs_calibration = target.quant_format == "qdq" or getattr(args, "method", None) in ("gptq", "qdq")
     if needs_calibration and "calib" not in data:
         raise flag_error(command, "--calibration_data", f"{'the npu target' if args.device == 'npu' else args.method} calibrates on data: give a .jsonl file")
     if command == "generate-adapter" or (command == "optimize" and args.adapter_path):
@@ -162,7 +159,7 @@ def pipeline_for(command: str, args, absolute: bool = False) -> dict[str, Any]:
             name, sep, path = item.partition("=")
             if not sep:
                 name, path = Path(item.rstrip("/")).name, item
-            adapters[name] = _path(path, absolute)
+            adapters[name] = local_path(path, absolute)
         passes["serve"] = {"type": "generate_adapter", "adapters": adapters}
     elif command == "optimize" and searching:
         methods = _optimize_methods(args)
@@ -178,11 +175,11 @@ def pipeline_for(command: str, args, absolute: bool = False) -> dict[str, Any]:
         elif kind == "hf-encoder":
             passes["export"] = {"type": "onnx"}
             passes["optimized"] = {"type": "optimize"}
-            if target["precision"] in ("int8", "int4") or target.get("quant_format") == "qdq":
+            if target.precision in ("int8", "int4") or target.quant_format == "qdq":
                 passes["quantize"] = {"type": "quantize", **({"calibration_data": "calib"} if "calib" in data else {})}
         else:
             passes["export"] = {"type": "onnx"}  # the builder quantizes int4/int8 itself
-            if target.get("quant_format") == "qdq":
+            if target.quant_format == "qdq":
                 passes["quantize"] = {"type": "quantize", "calibration_data": "calib"}
     else:  # quantize
         if kind != "onnx":
@@ -190,8 +187,8 @@ def pipeline_for(command: str, args, absolute: bool = False) -> dict[str, Any]:
         quantize: dict[str, Any] = {"type": "quantize"}
         if args.method:
             quantize["method"] = args.method
-        elif target["precision"] not in ("int4", "int8") and target.get("quant_format") != "qdq":
-            raise flag_error(command, "--precision", f"{target['precision']} is not a quantized precision; use int4 or int8, or give --algorithm")
+        elif target.precision not in ("int4", "int8") and target.quant_format != "qdq":
+            raise flag_error(command, "--precision", f"{target.precision} is not a quantized precision; use int4 or int8, or give --algorithm")
         if args.block_size:
             quantize["block_size"] = args.block_size
         if args.keep_lm_head_int8:
@@ -199,10 +196,10 @@ def pipeline_for(command: str, args, absolute: bool = False) -> dict[str, Any]:
         if "calib" in data:
             quantize["calibration_data"] = "calib"
         passes["quantize"] = quantize
-    pipeline: dict[str, Any] = {"name": f"slimops-{command}", "model": _path(args.model_name_or_path, absolute)}
+    pipeline: dict[str, Any] = {"name": f"slimops-{command}", "model": local_path(args.model_name_or_path, absolute)}
     if data:
         pipeline["data"] = data
-    pipeline["targets"] = {args.device: target}
+    pipeline["targets"] = {args.device: target_spec}
     pipeline["passes"] = passes
     if searching:
         passes["eval"] = {"type": "evaluate", "data": "eval_data", "metrics": ["perplexity", "size_mb"]}
@@ -230,7 +227,7 @@ def _eval_data(command: str, args, absolute: bool) -> dict[str, Any]:
     kind = DATA_TYPES.get(Path(args.eval_data).suffix.lower())
     if kind is None:
         raise flag_error(command, "--eval_data", f"cannot tell the format of {args.eval_data}; use one of {', '.join(DATA_TYPES)}")
-    return {"type": kind, "files": _path(args.eval_data, absolute), "text": args.text_field, "splits": {"eval": "[:]"}}
+    return {"type": kind, "files": local_path(args.eval_data, absolute), "text": args.text_field, "splits": {"eval": "[:]"}}
 
 
 def _no_calibration_methods(device: str = "cpu") -> tuple[list[str], list[str]]:
@@ -238,7 +235,7 @@ def _no_calibration_methods(device: str = "cpu") -> tuple[list[str], list[str]]:
 
     affine (a float offset per block) is a CPU graph, so it is tried on cpu only.
     """
-    from slimops.passes.quantize import CALIBRATED, WEIGHT_ONLY
+    from slimops.quantization import CALIBRATED, WEIGHT_ONLY
 
     affine = ["affine"] if device == "cpu" else []
     return affine + [m for m in WEIGHT_ONLY if m not in CALIBRATED], ["int8_dynamic"]
@@ -257,7 +254,7 @@ def _optimize_methods(args) -> list[str]:
 
 def _quantize_search(command: str, args, quantize: dict[str, Any]) -> dict[str, Any]:
     """The search over quantize's method (and block size, for quantize); sets the node's first point."""
-    from slimops.passes.quantize import WEIGHT_ONLY
+    from slimops.quantization import WEIGHT_ONLY
 
     int4, _ = _no_calibration_methods(args.device)
     space: dict[str, Any] = {}
@@ -278,42 +275,9 @@ def _quantize_search(command: str, args, quantize: dict[str, Any]) -> dict[str, 
     return search_block(command, args, space, OBJECTIVES, "grid", trials)
 
 
-def _yaml(pipeline: dict[str, Any], command: str) -> str:
-    head = f"# Written by 'slimops {command}'; edit it and run it with 'slimops run --config FILE'.\n"
-    return head + yaml.safe_dump(pipeline, sort_keys=False, default_flow_style=False)
-
-
 def run_shortcut(command: str, args) -> int:
-    if args.emit_config:
-        sys.stdout.write(_yaml(pipeline_for(command, args), command))
-        return 0
-    from slimops import run
-    from slimops.display import RunDisplay
-    from slimops.errors import SlimopsError
-
-    pipeline = pipeline_for(command, args, absolute=True)
-    out = Path(args.output_path)
-    out.mkdir(parents=True, exist_ok=True)
-    config = out / "pipeline.yaml"
-    config.write_text(_yaml(pipeline, command))
-    if getattr(args, "search", False):
-        from slimops.shortcuts import run_search
-
-        return run_search(config, command)
-    try:
-        result = run(config, display=RunDisplay(quiet=args.quiet))
-    except SlimopsError as err:
-        if getattr(args, "debug", False):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        print(f"the pipeline is {config}: change it there (the method, the thresholds under `parity:`) and run "
-              f"`slimops run --config {config}`; what finished stays cached", file=sys.stderr)
-        return err.exit_code
-    last = list(result.nodes.values())[-1]
-    print(f"{command}: {last.kind} in {last.path} ({result.seconds:.1f}s; pipeline: {config})", file=sys.stderr)
-    if last.metrics:
-        print(json.dumps(last.metrics), file=sys.stderr)
-    return 0
+    return shortcuts.run(command, args, lambda a, absolute: pipeline_for(command, a, absolute),
+                         advice=" (the method, the thresholds under `parity:`)")
 
 
 def cmd_optimize(args) -> int:

@@ -118,7 +118,7 @@ def share_in_file(model_file: Path) -> str | None:
     """`share_int8_embedding` on a saved model (its data beside it), rewritten only when it shares."""
     import onnx
 
-    from slimops.passes.onnx import load_model, save_model
+    from slimops.passes._onnx.files import load_model, save_model
 
     graph = onnx.load(str(model_file), load_external_data=False).graph
     outputs = {o.name for o in graph.output}

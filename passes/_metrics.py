@@ -6,7 +6,7 @@
 - `perplexity(nll_sums, token_counts)`: exp of the mean negative log-likelihood per token.
 - `rouge_l`, `bleu`: via rouge-score and sacrebleu (imported when called).
 - `percentile(values, q)`, `latency_summary(runs)`: time to first token, per-token p50/p90, tokens/s.
-- `METRICS`, `GROUPS`, `expand(names)`: the names users write and what each measures.
+- `METRICS`, `GROUPS`, `expand(names)`: from `slimops.metrics`, the engine's one table of them.
 - `Goal`, `check_goals(goals, before, after)`: absolute and relative goals, one row per goal.
 
 Nothing here imports torch, so every function is testable with numbers worked out by hand.
@@ -18,61 +18,12 @@ import math
 import re
 import string
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
-# name -> (higher is better, what it measures)
-METRICS: dict[str, tuple[bool, str]] = {
-    "accuracy": (True, "share of examples whose answer starts with the label (first words, normalised)"),
-    "exact_match": (True, "share of examples whose whole first answer line equals the label (normalised)"),
-    "f1": (True, "macro F1 over the label classes, from the same answers as accuracy"),
-    "perplexity": (False, "exp(mean negative log-likelihood per token) of the split's text"),
-    "rouge_l": (True, "mean ROUGE-L F-measure of the answer against the reference"),
-    "bleu": (True, "corpus BLEU (sacrebleu, 0-100) of the answers against the references"),
-    "ttft_ms": (False, "time to first token, median over the latency runs"),
-    "latency_p50_ms": (False, "median time per generated token after the first"),
-    "latency_p90_ms": (False, "90th percentile time per generated token after the first"),
-    "tokens_per_s": (True, "generated tokens per second, first token included"),
-    "peak_mb": (False, "resident memory a fresh process adds to load the model and generate"),
-    "size_mb": (False, "size on disk of the evaluated artifact"),
-}
-
-# names users may write that stand for several metrics, or for one under another name
-GROUPS: dict[str, list[str]] = {
-    "latency": ["ttft_ms", "latency_p50_ms", "latency_p90_ms", "tokens_per_s"],
-    "throughput": ["tokens_per_s"],
-    "memory": ["peak_mb"],
-    "size": ["size_mb"],
-    "macro_f1": ["f1"],
-    "em": ["exact_match"],
-    "rouge": ["rouge_l"],
-    "rougeL": ["rouge_l"],
-}
+from slimops.metrics import GROUPS, METRICS, expand, higher_is_better  # noqa: F401  (the engine's table, used here and by evaluate)
 
 GENERATED = {"accuracy", "exact_match", "f1", "rouge_l", "bleu"}  # need an answer per example
 TIMED = set(GROUPS["latency"])
-
-
-def expand(names: Iterable[str]) -> list[str]:
-    """Built-in metric names in the order given, groups expanded, duplicates dropped.
-
-    Raises:
-        ValueError: a name is neither a metric nor a group.
-    """
-    out: list[str] = []
-    for name in names:
-        members = GROUPS.get(name, [name])
-        for member in members:
-            if member not in METRICS:
-                known = ", ".join([*METRICS, *GROUPS])
-                raise ValueError(f"unknown metric '{name}'; known: {known}, or 'module:function' for your own")
-            if member not in out:
-                out.append(member)
-    return out
-
-
-def higher_is_better(name: str) -> bool:
-    """Whether a larger value of metric `name` is better (custom metrics: yes)."""
-    return METRICS.get(name, (True, ""))[0]
 
 
 # -- answers ---------------------------------------------------------------------------------------

@@ -363,7 +363,7 @@ def rewrite_file(source: Path, dest: Path, **options) -> AffineReport:
     """Load `source` (external data too), rewrite it, save `dest` with its data beside it."""
     import onnx
 
-    from slimops.passes.onnx import save_model
+    from slimops.passes._onnx.files import save_model
 
     model = onnx.load(str(source))
     report = quantize_affine(model, **options)

@@ -2,7 +2,7 @@
 
 - `load_split(spec, split, name)`: the examples (list of dicts) of one split of a `DataSpec`.
 - `has_split(spec, split)`: whether a data set defines that split.
-- `parse_split(text)`: `"train[:90%]"` -> `Split("train", ":90%")`; bad syntax is a `DataError`.
+- splits are parsed by `slimops.config.splits.parse_split` (the engine validates configs with it too).
 - `check_fields(examples, spec, name, split)`: every field the formatting needs, in every example.
 - `render(example, spec, tokenizer)`: `(prompt, response)` text of one example; loss covers the response.
 - `classification_text(example, spec)`: the input text of one example for a classifier.
@@ -21,56 +21,11 @@ import csv
 import json
 import re
 import string
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from slimops.errors import DataError
-
-_SPLIT = re.compile(r"^\s*(?P<name>[A-Za-z_][\w.-]*)?\s*(?:\[\s*(?P<start>-?\d+%?)?\s*:\s*(?P<stop>-?\d+%?)?\s*\])?\s*$")
-DEFAULT_SPLIT = "train"
-
-
-@dataclass(frozen=True)
-class Split:
-    """A parsed split: which part of the source (a file key or hub split), and a slice of it."""
-
-    source: str | None
-    start: str | None = None
-    stop: str | None = None
-
-    def bounds(self, count: int) -> tuple[int, int]:
-        return _bound(self.start, count, 0), _bound(self.stop, count, count)
-
-
-def _bound(text: str | None, count: int, default: int) -> int:
-    if text is None:
-        return default
-    if text.endswith("%"):
-        value = round(count * int(text[:-1]) / 100)
-    else:
-        value = int(text)
-    if value < 0:
-        value += count
-    return max(0, min(count, value))
-
-
-def parse_split(text: str, where: str = "") -> Split:
-    """Parse `name`, `[a:b]`, `name[a:b]`; `a`/`b` are counts or percentages, either may be empty.
-
-    Raises:
-        DataError: the text is not of that form.
-    """
-    match = _SPLIT.match(text or "")
-    if not text or not text.strip() or match is None or (match["name"] is None and "[" not in text):
-        raise DataError(
-            f"{where}bad split '{text}': write a slice like '[:90%]', '[100:200]' or 'train[:90%]' "
-            "(start and stop are counts or percentages; either may be empty)"
-        )
-    for bound in (match["start"], match["stop"]):
-        if bound and bound.endswith("%") and not 0 <= int(bound[:-1].lstrip("-")) <= 100:
-            raise DataError(f"{where}bad split '{text}': a percentage must lie between 0% and 100%")
-    return Split(match["name"], match["start"], match["stop"])
+from slimops.config.splits import DEFAULT_SPLIT, Split, parse_split  # noqa: F401  (parse_split: the engine's split grammar, used here)
 
 
 def has_split(spec: Any, split: str) -> bool:

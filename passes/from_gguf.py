@@ -1,7 +1,7 @@
-"""Format conversions the planner inserts on its own (`converts = True`).
+"""`from_gguf`: a format conversion the planner inserts on its own (`converts = True`).
 
-- `from_gguf`: a `.gguf` file -> a Hugging Face model folder (weights dequantized to float32,
-  config, tokenizer with its chat template). Runs once per GGUF file; the cache keeps the result.
+A `.gguf` file -> a Hugging Face model folder (weights dequantized to float32,
+config, tokenizer with its chat template). Runs once per GGUF file; the cache keeps the result.
 """
 
 from __future__ import annotations

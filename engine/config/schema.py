@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from slimops.config import PipelineFile
+from slimops.config.spec import PipelineFile
 from slimops.registry import Registry
 
 
@@ -18,7 +18,7 @@ def pipeline_schema(registry: Registry | None = None) -> dict[str, Any]:
     schema = PipelineFile.model_json_schema()
     defs = schema.setdefault("$defs", {})
     variants = []
-    for name, cls in sorted(registry.all().items()):
+    for name, cls in sorted(registry.all()[0].items()):
         params = cls.Params.model_json_schema(ref_template="#/$defs/{model}")
         defs.update(params.pop("$defs", {}))
         properties = {
@@ -37,7 +37,7 @@ def pipeline_schema(registry: Registry | None = None) -> dict[str, Any]:
         "additionalProperties": {
             "type": "object",
             "required": ["type"],
-            "properties": {"type": {"enum": sorted(registry.all())}},
+            "properties": {"type": {"enum": sorted(registry.all()[0])}},
             "allOf": variants,
         },
     }
@@ -54,7 +54,7 @@ def config_reference(registry: Registry | None = None) -> str:
     """The config reference in Markdown, generated from the config models and every pass's Params."""
     from pydantic import BaseModel
 
-    from slimops.config import DataSpec, EngineSettings, ModelSpec
+    from slimops.config.spec import DataSpec, EngineSettings, ModelSpec
     from slimops.targets import TargetProfile
 
     registry = registry or Registry()
@@ -89,7 +89,7 @@ def config_reference(registry: Registry | None = None) -> str:
         "previous pass) and optional `targets` (limit a per-target pass to some targets), then its own params:",
         "",
     ]
-    for name, cls in sorted(registry.all().items()):
+    for name, cls in sorted(registry.all()[0].items()):
         about = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         consumes = "any" if cls.consumes is None else (", ".join(cls.consumes) or "nothing")
         out += [

@@ -1,0 +1,217 @@
+"""The `slimops` subcommands that work on a pipeline file, the cache or the installation.
+
+Each `cmd_NAME(args)` takes the parsed arguments and returns an exit code; heavy modules are
+imported inside, so `slimops validate` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from slimops.errors import SlimopsError
+from slimops.cli.results import console, print_goals, print_summary, show_search
+
+
+def cmd_validate(args) -> int:
+    from slimops.config import load_config
+
+    t0 = time.perf_counter()
+    config = load_config(args.config, args.overrides)
+    print(f"{args.config}: ok ({len(config.passes)} passes, {len(config.spec.targets) or 1} targets) in {time.perf_counter() - t0:.2f}s")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from slimops.config import load_config
+    from slimops.planner import build_plan
+
+    plan = build_plan(load_config(args.config, args.overrides))
+    from rich.table import Table
+
+    table = Table(title=f"plan: {plan.config.name}", box=None, header_style="bold")
+    for column in ("node", "pass", "inputs", "key", "status"):
+        table.add_column(column)
+    for node in plan.order():
+        cached = plan.cached(node)
+        status = "[blue]cached[/]" if cached else "[yellow]will run[/]"
+        if args.explain and not cached:
+            status += f" ({plan.explain(node)})"
+        table.add_row(node.id, node.pass_name, ", ".join(node.inputs) or "-", node.short, status)
+    console().print(table)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from slimops import run
+    from slimops.display import RunDisplay
+
+    from slimops.config import load_config
+    from slimops.errors import GoalError
+
+    config = load_config(args.config, args.overrides)
+    if config.spec.search is not None and not args.no_search:
+        return show_search(config, args.overrides)
+    try:
+        result = run(config, display=RunDisplay(quiet=args.quiet))
+    except GoalError as err:
+        print_summary(err.result)
+        print_goals(err.result)
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return err.exit_code
+    print_summary(result)
+    print_goals(result)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from slimops.report import write_report
+
+    md, page = write_report(Path(args.dir))
+    print(f"wrote {md}\nwrote {page}")
+    return 0
+
+
+def _cache_for(args):
+    from slimops.cache import Cache
+
+    if args.cache_dir:
+        return Cache(Path(args.cache_dir).resolve())
+    if args.config:
+        from slimops.config import load_config
+
+        return Cache(load_config(args.config).cache_dir)
+    return Cache(Path(".slimops/cache").resolve())
+
+
+def cmd_cache(args) -> int:
+    cache = _cache_for(args)
+    if args.action == "ls":
+        from rich.table import Table
+
+        table = Table(title=f"cache: {cache.root}", box=None, header_style="bold")
+        for column in ("key", "node", "pass", "kind", "size", "seconds", "created"):
+            table.add_column(column)
+        total = 0
+        for entry in cache.entries():
+            m = entry.manifest
+            total += m.get("size_bytes", 0)
+            table.add_row(entry.key[:12], m.get("node", ""), m.get("pass", ""), m["artifact"]["kind"],
+                          _size(m.get("size_bytes", 0)), f"{m.get('seconds', 0):.1f}", m.get("created", ""))
+        console().print(table)
+        print(f"{len(cache.entries())} entries, {_size(total)}")
+    elif args.action == "show":
+        if not args.key:
+            raise SlimopsError("cache show needs a key prefix (see 'slimops cache ls')")
+        entry = cache.find(args.key)
+        print(json.dumps(entry.manifest, indent=2))
+    elif args.action == "verify":
+        problems = cache.verify()
+        for problem in problems:
+            print(problem)
+        print(f"{len(cache.entries())} entries checked, {len(problems)} problems")
+        return 1 if problems else 0
+    elif args.action == "gc":
+        removed = cache.gc(args.older_than)
+        print(f"removed {removed['tmp']} temporary folders, {removed['work']} checkpoint folders, {removed['entries']} entries")
+    elif args.action == "clear":
+        if not args.yes and sys.stdin.isatty():
+            answer = input(f"remove every entry under {cache.root}? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing removed")
+                return 0
+        print(f"removed {cache.clear()} entries")
+    return 0
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def cmd_passes(args) -> int:
+    from rich.table import Table
+
+    from slimops.registry import Registry
+
+    table = Table(title="passes", box=None, header_style="bold", show_lines=False)
+    for column in ("type", "consumes", "produces", "per target", "params"):
+        table.add_column(column)
+    found, broken = Registry(Path.cwd()).all()
+    for name, cls in found.items():
+        params = ", ".join(
+            f"{field}={info.default!r}" if not info.is_required() else f"{field} (required)"
+            for field, info in cls.Params.model_fields.items()
+        )
+        consumes = "any" if cls.consumes is None else (", ".join(cls.consumes) or "nothing")
+        table.add_row(name, consumes, cls.produces or "(its input's)", "yes" if cls.per_target else "no", params)
+    console().print(table)
+    for name, why in broken.items():
+        print(f"error: pass '{name}' cannot be used: {why}", file=sys.stderr)
+    return 1 if broken else 0
+
+
+def cmd_targets(args) -> int:
+    from rich.table import Table
+
+    from slimops.targets import BUILTIN, about, builtin, machine_support
+
+    table = Table(title="target profiles", box=None, header_style="bold")
+    for column in ("name", "device", "providers", "precision", "runs here", "what"):
+        table.add_column(column)
+    for name in BUILTIN:
+        profile, text = builtin(name), about(name)
+        ok, why = machine_support(profile)
+        table.add_row(name, profile.device, ", ".join(profile.execution_providers), profile.precision,
+                      "[green]yes[/]" if ok else f"[red]no[/]: {why}", text)
+    console().print(table)
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from slimops.config.schema import config_reference, schema_text
+
+    text = config_reference() if args.markdown else schema_text()
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from slimops.doctor import FAIL, diagnose, report
+
+    if args.cache_dir:
+        cache_dir = Path(args.cache_dir)
+    elif args.config:
+        from slimops.config import load_config
+
+        cache_dir = load_config(args.config).cache_dir
+    else:
+        cache_dir = Path(".slimops/cache")
+    checks = diagnose(cache_dir)
+    print(report(checks))
+    return 1 if any(c.state == FAIL for c in checks) else 0
+
+
+def cmd_init(args) -> int:
+    from slimops.templates import copy_template, templates
+
+    if not args.template:
+        for name, about in templates().items():
+            print(f"{name:24} {about}")
+        print("\ncopy one: slimops init TEMPLATE [DIR]")
+        return 0
+    written = copy_template(args.template, Path(args.dir), args.force)
+    for path in written:
+        print(f"wrote {path}")
+    print(f"next: slimops run --config {written[0]}")
+    return 0

@@ -1,0 +1,201 @@
+"""Loading a pipeline file: YAML to a validated `PipelineConfig`, every mistake reported at once.
+
+- `load_config(path, overrides)` / `parse_config(text, ...)`: YAML to `PipelineConfig`, or one
+  `ConfigError` listing each problem as `FILE:LINE key.path: message`.
+- `PipelineConfig`: the validated result, passes resolved to their classes and params.
+- `PassConfig`: one resolved pass.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from slimops.config.location import issues_from, typed_override
+from slimops.config.source import Lines, apply_overrides, load_yaml, parse_yaml
+from slimops.config.spec import MODEL_INPUT, RESERVED_PASS_KEYS, PipelineFile
+from slimops.errors import ConfigError, Issue
+from slimops.plugin import Pass
+from slimops.registry import PassNotFound, Registry
+
+
+@dataclass
+class PassConfig:
+    """One pass of a pipeline, resolved."""
+
+    name: str
+    type: str
+    cls: type[Pass]
+    params: BaseModel
+    inputs: list[str] | None
+    targets: list[str] | None
+    line: int | None = None
+
+
+@dataclass
+class PipelineConfig:
+    """A validated pipeline, ready to plan."""
+
+    file: Path | None
+    base_dir: Path
+    spec: PipelineFile
+    passes: dict[str, PassConfig]
+    lines: Lines
+    registry: Registry = field(repr=False)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def cache_dir(self) -> Path:
+        return (self.base_dir / self.spec.engine.cache_dir).resolve()
+
+    @property
+    def output_dir(self) -> Path:
+        return (self.base_dir / self.spec.engine.output_dir).resolve()
+
+    def where(self, *path: str | int) -> str:
+        """`FILE:LINE` of a key path, for messages."""
+        return str(self.lines.issue(tuple(path), "")).rsplit(" ", 1)[0].rstrip(":")
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read, override and validate a pipeline file.
+
+    Raises:
+        ConfigError: listing every problem found, each with file, line and key path.
+    """
+    path = Path(path)
+    data, lines = load_yaml(path)
+    return _validate(data, lines, path.resolve().parent, path, overrides or [])
+
+
+def parse_config(text: str, base_dir: Path, overrides: list[str] | None = None, name: str | None = None) -> PipelineConfig:
+    """Like `load_config`, for YAML text (paths resolve against `base_dir`)."""
+    data, lines = parse_yaml(text, name)
+    return _validate(data, lines, base_dir.resolve(), None, overrides or [])
+
+
+def _validate(data: dict[str, Any], lines: Lines, base_dir: Path, file: Path | None, overrides: list[str]) -> PipelineConfig:
+    registry = Registry(search_dir=base_dir)
+    apply_overrides(data, overrides, lines, lambda path, raw: typed_override(path, raw, data, registry))
+    issues: list[Issue] = []
+
+    top = {key: value for key, value in data.items()}
+    passes_raw = top.get("passes") or {}
+    if not isinstance(passes_raw, dict):
+        issues.append(lines.issue(("passes",), "must be a mapping of pass name to its settings"))
+        passes_raw = {}
+        top["passes"] = {}
+    spec: PipelineFile | None = None
+    try:
+        spec = PipelineFile.model_validate(top)
+    except ValidationError as err:
+        issues.extend(issues_from(err, PipelineFile, top, (), lines))
+
+    passes = _validate_passes(passes_raw, registry, lines, issues)
+    if spec is not None:
+        _check_references(spec, passes, lines, base_dir, issues)
+    if issues:
+        raise ConfigError(issues)
+    assert spec is not None
+    return PipelineConfig(file=file, base_dir=base_dir, spec=spec, passes=passes, lines=lines, registry=registry, raw=data)
+
+
+def _validate_passes(passes_raw: dict[str, Any], registry: Registry, lines: Lines, issues: list[Issue]) -> dict[str, PassConfig]:
+    passes: dict[str, PassConfig] = {}
+    for name, body in passes_raw.items():
+        where = ("passes", name)
+        name = str(name)
+        if name == MODEL_INPUT or any(ch in name for ch in "@/ "):
+            issues.append(lines.issue(where, f"'{name}' cannot name a pass (reserved, or holds '@', '/' or a space)"))
+            continue
+        if not isinstance(body, dict):
+            issues.append(lines.issue(where, "must be a mapping with at least 'type', e.g. {type: lora}"))
+            continue
+        type_name = body.get("type")
+        if not isinstance(type_name, str) or not type_name:
+            issues.append(lines.issue((*where, "type"), "missing required key 'type' (see 'slimops passes')"))
+            continue
+        try:
+            cls = registry.get(type_name)
+        except PassNotFound as err:
+            issues.append(lines.issue((*where, "type"), str(err)))
+            continue
+        inputs = body.get("inputs")
+        if inputs is not None:
+            if isinstance(inputs, str):
+                inputs = [inputs]
+            if not isinstance(inputs, list) or not all(isinstance(item, str) for item in inputs):
+                issues.append(lines.issue((*where, "inputs"), "must be a list of pass names (or 'model')"))
+                inputs = None
+        targets = body.get("targets")
+        if targets is not None:
+            if isinstance(targets, str):
+                targets = [targets]
+            if not isinstance(targets, list) or not all(isinstance(item, str) for item in targets):
+                issues.append(lines.issue((*where, "targets"), "must be a list of target names"))
+                targets = None
+        params_raw = {key: value for key, value in body.items() if key not in RESERVED_PASS_KEYS}
+        try:
+            params = cls.Params.model_validate(params_raw)
+        except ValidationError as err:
+            issues.extend(issues_from(err, cls.Params, params_raw, where, lines, extra=RESERVED_PASS_KEYS))
+            continue
+        passes[name] = PassConfig(name, type_name, cls, params, inputs, targets, lines.lines.get(where))
+    return passes
+
+
+def _check_references(spec: PipelineFile, passes: dict[str, PassConfig], lines: Lines, base_dir: Path, issues: list[Issue]) -> None:
+    names = list(passes)
+    for name, config in passes.items():
+        for index, input_name in enumerate(config.inputs or []):
+            if input_name == MODEL_INPUT or input_name in names:
+                continue
+            close = difflib.get_close_matches(input_name, [*names, MODEL_INPUT], n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; passes are: {', '.join(names)}"
+            issues.append(lines.issue(("passes", name, "inputs", index), f"unknown input '{input_name}'{hint}"))
+        for index, target_name in enumerate(config.targets or []):
+            if target_name not in spec.targets:
+                issues.append(lines.issue(("passes", name, "targets", index), f"unknown target '{target_name}'; targets are: {', '.join(spec.targets) or 'none'}"))
+        for field_name in config.cls.data_fields:
+            value = getattr(config.params, field_name, None)
+            if isinstance(value, str) and value not in spec.data:
+                close = difflib.get_close_matches(value, list(spec.data), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else f"; add it under 'data:' (defined: {', '.join(spec.data) or 'none'})"
+                issues.append(lines.issue(("passes", name, field_name), f"unknown data set '{value}'{hint}"))
+    if spec.model is not None:
+        from slimops.inputs import REGISTERED, locate
+
+        text = spec.model.path
+        if locate(text, base_dir) is None:
+            close = difflib.get_close_matches(text, list(REGISTERED), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            issues.append(lines.issue(("model", "path") if ("model", "path") in lines.lines else ("model",),
+                f"'{text}' is neither a local path (relative to {base_dir}) nor a registered model; {hint}registered: {', '.join(REGISTERED)}"))
+    from slimops.errors import DataError
+    from slimops.config.splits import parse_split
+
+    for data_name, data in spec.data.items():
+        for split_name, text in data.splits.items():
+            try:
+                parse_split(text)
+            except DataError as err:
+                issues.append(lines.issue(("data", data_name, "splits", split_name), str(err)))
+        if data.type == "hf":
+            if not data.name:
+                issues.append(lines.issue(("data", data_name), "a data set of type hf needs 'name' (the hub data set id)"))
+            continue
+        if not data.files:
+            issues.append(lines.issue(("data", data_name), f"a data set of type {data.type} needs 'files'"))
+        for file in data.file_list():
+            if not (base_dir / file).is_file():
+                issues.append(lines.issue(("data", data_name, "files"), f"no such file '{file}' (relative to {base_dir})"))
+
+

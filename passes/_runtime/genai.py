@@ -1,0 +1,84 @@
+"""onnxruntime-genai models: `GenaiRunner`, the `evaluate` interface over a genai-model folder.
+
+Logits come from `Generator.get_logits` after each append; the folder's HF tokenizer is used when
+it has one, so token ids (and perplexities) match the model it came from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from slimops.errors import ModelError
+from slimops.kinds import CAUSAL
+from slimops.passes._runtime.common import has_tokenizer, read_json
+
+
+class GenaiRunner:
+    """An onnxruntime-genai folder; logits come from `Generator.get_logits` after each append."""
+
+    def __init__(self, folder: Path, max_length: int):
+        import numpy as np
+        import onnxruntime_genai as og
+
+        self.og = og
+        self.np = np
+        self.task = CAUSAL
+        self.model = og.Model(str(folder))
+        # the folder's HF tokenizer when it has one: the same token ids as the HF model it came
+        # from (so perplexities compare), and it reads tokenizers ort-extensions does not
+        self.hf_tokenizer = None
+        if has_tokenizer(folder):
+            import transformers
+
+            self.hf_tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        self.tokenizer = self.hf_tokenizer or og.Tokenizer(self.model)
+        config = read_json(folder / "genai_config.json").get("model", {})
+        eos = config.get("eos_token_id", [])
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.max_length = max_length
+        self._generator = None
+
+    def encode(self, text: str) -> list[int]:
+        if self.hf_tokenizer is not None:
+            return self.hf_tokenizer(text, add_special_tokens=True)["input_ids"]
+        return [int(t) for t in self.tokenizer.encode(text)]
+
+    def decode(self, ids: list[int]) -> str:
+        if self.hf_tokenizer is not None:
+            return self.hf_tokenizer.decode(ids, skip_special_tokens=True)
+        return self.tokenizer.decode(self.np.array(ids, dtype=self.np.int32))
+
+    def _new(self, length: int) -> None:
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=length, do_sample=False, batch_size=1)
+        self._generator = self.og.Generator(self.model, params)
+
+    def _append(self, ids: list[int]) -> Any:
+        self._generator.append_tokens(self.np.array([ids], dtype=self.np.int32))
+        return self._generator.get_logits().reshape(-1)
+
+    def nll(self, ids: list[int]) -> tuple[float, int]:
+        np = self.np
+        self._new(len(ids) + 1)
+        total = 0.0
+        for position in range(len(ids) - 1):
+            logits = self._append([ids[position]]).astype(np.float64)
+            peak = logits.max()
+            total += float(np.log(np.exp(logits - peak).sum()) + peak - logits[ids[position + 1]])
+        return total, len(ids) - 1
+
+    def start(self, ids: list[int]) -> Any:
+        self._new(len(ids) + self.max_length + 1)
+        return self._append(ids)
+
+    def step(self, token: int) -> Any:
+        return self._append([token])
+
+    def classify(self, text: str) -> str:
+        raise ModelError("an onnxruntime-genai model is a causal LM; it has no classification head")
+
+    def close(self) -> None:
+        self._generator = None
+        self.model = None
+
