@@ -8,6 +8,7 @@ Layout under the cache folder:
     work/<key>/                   checkpoints of an unfinished node, kept across killed attempts
     locks/<key>.lock              one writer per key; a second run waits, then reuses the entry
     logs/                         logs of failed attempts
+    damaged/<key>.*/              entries found damaged when a run wanted them, set aside and rebuilt
     hashes.json                   memo of file hashes
 
 A killed run leaves at most a folder in tmp/ (removed by the next run or `slimops cache gc`),
@@ -31,6 +32,9 @@ from slimops.keys import HashMemo, sha256_file, shared_memo_path
 
 MANIFEST = "manifest.json"
 ARTIFACT = "artifact"
+MARKER = ".slimops-cache"  # in the cache folder: `gc` and `clear` act only on a folder that has it
+KNOWN = {"entries", "tmp", "work", "locks", "logs", "damaged", "hashes.json", MARKER}
+TRASH = "trash-"  # a folder being deleted is renamed to trash-* first, so a killed delete blocks nothing
 
 
 @dataclass
@@ -92,6 +96,51 @@ class Cache:
         except OSError:
             pass
 
+    # -- ownership ----------------------------------------------------------------------------
+
+    def claim(self) -> None:
+        """Create the cache folder, or adopt it, for a run; refuse a folder that is not a cache.
+
+        Raises:
+            CacheError: the folder is a file, holds files that are not a cache's, or cannot be written.
+        """
+        try:
+            if self.root.exists() and not self.root.is_dir():
+                raise CacheError(f"the cache folder {self.root} is a file; set engine.cache_dir to a folder")
+            self.root.mkdir(parents=True, exist_ok=True)
+            if not (self.root / MARKER).is_file():
+                self._check_contents()
+                (self.root / MARKER).write_text("a slimops cache: `slimops cache gc|clear` manage it\n")
+        except OSError as err:
+            raise CacheError(f"cannot write to the cache folder {self.root}: {err.strerror or err}; "
+                             "check its permissions and free space, or set engine.cache_dir elsewhere") from None
+
+    def _check_owned(self, action: str) -> None:
+        """Raise unless the folder is a cache: it has the marker, or (a cache made before the marker) only a cache's files."""
+        root = self.root.resolve()
+        if root in (Path(root.anchor), Path.home().resolve()):
+            raise CacheError(f"refusing to {action} {root}: it is not a cache folder of its own")
+        if not root.is_dir():
+            raise CacheError(f"no cache at {root}; nothing to {action}")
+        if not (root / MARKER).is_file():
+            self._check_contents(action)
+
+    def _check_contents(self, action: str = "use") -> None:
+        foreign = sorted(p.name for p in self.root.iterdir() if p.name not in KNOWN and not p.name.startswith(TRASH))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise CacheError(f"refusing to {action} {self.root}: it holds files that are not a slimops cache's ({shown}); "
+                             "set engine.cache_dir (or --cache-dir) to the cache folder itself")
+
+    def _delete(self, path: Path) -> None:
+        """Rename `path` aside, then delete it: a delete killed half-way leaves a trash-* folder, never a half entry."""
+        aside = self.root / f"{TRASH}{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(aside, ignore_errors=True)
+
     # -- writing ------------------------------------------------------------------------------
 
     def lock(self, key: str) -> FileLock:
@@ -139,7 +188,53 @@ class Cache:
         shutil.rmtree(self.root / "work" / key, ignore_errors=True)
         entry = self.get(key)
         assert entry is not None
+        for rel, info in files.items():  # the hashes are known: a later hit checks them from the memo
+            try:
+                self.memo.remember(entry.dir / rel, info["sha256"])
+            except OSError:
+                pass
         return entry
+
+    def check(self, entry: Entry) -> str | None:
+        """What is wrong with an entry before it is used (sizes, then checksums through the hash memo), or None.
+
+        A hit stays cheap: the memo answers for a file whose size, mtime and inode are unchanged.
+        """
+        manifest = entry.manifest
+        artifact = manifest.get("artifact") if isinstance(manifest, dict) else None
+        files = manifest.get("files") if isinstance(manifest, dict) else None
+        if not isinstance(artifact, dict) or not isinstance(artifact.get("path"), str) or not isinstance(files, dict):
+            return "its manifest is incomplete"
+        root = entry.dir.resolve()
+        for rel in (artifact["path"], *files):
+            if not (entry.dir / rel).resolve().is_relative_to(root):
+                return f"its manifest names a path outside the entry ({rel})"
+        listed = set(files)
+        present = {p.relative_to(entry.dir).as_posix() for p in (entry.dir / ARTIFACT).rglob("*") if p.is_file() or p.is_symlink()}
+        if present - listed:
+            return f"it holds a file its manifest does not list ({sorted(present - listed)[0]})"
+        for rel, info in files.items():
+            file = entry.dir / rel
+            try:
+                if not file.is_file():
+                    return f"{rel} is missing"
+                if file.stat().st_size != info.get("size"):
+                    return f"{rel} changed size"
+                if self.memo.file(file) != info.get("sha256"):
+                    return f"{rel} changed"
+            except OSError as err:
+                return f"{rel} is unreadable ({err.strerror or err})"
+        return None
+
+    def set_aside(self, entry: Entry) -> Path:
+        """Move a damaged entry out of the way (kept under damaged/ for a look; `gc` removes it)."""
+        aside = self.root / "damaged" / f"{entry.key}.{os.getpid()}.{time.monotonic_ns()}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(entry.dir, aside)
+        except FileNotFoundError:  # a concurrent run set it aside first
+            pass
+        return aside
 
     def abandon(self, tmp: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -147,7 +242,7 @@ class Cache:
     # -- maintenance --------------------------------------------------------------------------
 
     def verify(self) -> list[str]:
-        """Problems found: missing, resized or changed files in any entry."""
+        """Problems found, one line per damaged entry, each saying what `gc` will do about it."""
         problems = []
         if not self.entries_dir.is_dir():
             return problems
@@ -155,22 +250,36 @@ class Cache:
             try:
                 entry = self.get(directory.name)
             except CacheError as err:
-                problems.append(str(err))
+                problems.append(f"{err}; gc removes it")
                 continue
-            if entry is None:
-                problems.append(f"{directory.name[:12]}: no manifest")
-                continue
-            for rel, info in entry.manifest.get("files", {}).items():
-                file = entry.dir / rel
-                if not file.is_file():
-                    problems.append(f"{entry.key[:12]} {entry.manifest.get('node')}: missing {rel}")
-                elif file.stat().st_size != info["size"] or sha256_file(file) != info["sha256"]:
-                    problems.append(f"{entry.key[:12]} {entry.manifest.get('node')}: {rel} changed")
+            problem = "no manifest" if entry is None else self.check(entry)
+            if problem:
+                node = entry.manifest.get("node") if entry is not None and isinstance(entry.manifest, dict) else None
+                problems.append(f"{directory.name[:12]} {node or '?'}: {problem}; gc removes it, and a run rebuilds it")
         return problems
 
     def gc(self, older_than_days: float | None = None) -> dict[str, int]:
-        """Remove leftovers of killed runs, and entries unused for `older_than_days`."""
-        removed = {"tmp": 0, "work": 0, "entries": 0}
+        """Remove leftovers of killed runs, and entries unused for `older_than_days`.
+
+        Raises:
+            CacheError: the folder is not a slimops cache.
+        """
+        self._check_owned("clean")
+        for trash in self.root.glob(f"{TRASH}*"):
+            shutil.rmtree(trash, ignore_errors=True)
+        removed = {"tmp": 0, "work": 0, "entries": 0, "damaged": 0}
+        for damaged in (self.root / "damaged").glob("*"):
+            self._delete(damaged)
+            removed["damaged"] += 1
+        if self.entries_dir.is_dir():  # broken entries go too: gc leaves only what a run would use
+            for directory in list(self.entries_dir.iterdir()):
+                try:
+                    entry = self.get(directory.name)
+                except CacheError:
+                    entry = None
+                if entry is None or self.check(entry):
+                    self._delete(directory)
+                    removed["damaged"] += 1
         for folder in ("tmp", "work"):
             base = self.root / folder
             if not base.is_dir():
@@ -197,30 +306,37 @@ class Cache:
         return removed
 
     def remove_stale_tmp(self) -> None:
-        """Remove temporary folders whose writing process is gone."""
+        """Remove temporary folders whose writer is gone.
+
+        A writer holds its key's lock while it writes, and the kernel drops the lock when the process
+        dies; so a free lock means a dead writer, whatever its PID (PIDs are reused, and a run in
+        another container sees other PIDs).
+        """
         base = self.root / "tmp"
         if not base.is_dir():
             return
         for path in base.iterdir():
-            parts = path.name.split(".")
-            if len(parts) == 3 and parts[1].isdigit() and not process_alive(int(parts[1])):
+            lock = self.lock(path.name.split(".")[0])
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                continue  # a live run is writing it
+            try:
                 shutil.rmtree(path, ignore_errors=True)
+            finally:
+                lock.release()
 
     def clear(self) -> int:
+        """Remove every entry, leftover and log; the number of entries removed.
+
+        Raises:
+            CacheError: the folder is not a slimops cache.
+        """
+        self._check_owned("clear")
         count = len(self.entries())
-        for folder in ("entries", "tmp", "work", "logs"):
-            shutil.rmtree(self.root / folder, ignore_errors=True)
+        for folder in ("entries", "tmp", "work", "logs", "damaged"):
+            self._delete(self.root / folder)
+        for trash in self.root.glob(f"{TRASH}*"):
+            shutil.rmtree(trash, ignore_errors=True)
         (self.root / "hashes.json").unlink(missing_ok=True)
         return count
-
-
-def process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

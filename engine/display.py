@@ -86,6 +86,13 @@ class RunDisplay:
         line.detail = detail
         self._emit(line)
 
+    def warn(self, text: str) -> None:
+        """A line the user must see whatever the mode (a damaged cache entry, say)."""
+        if self._live is not None:
+            self._live.console.print(f"[yellow]warning:[/] {text}", markup=True, highlight=False)
+        else:
+            print(f"warning: {text}", file=self.stream, flush=True)
+
     def refresh(self, line: NodeLine, progress: NodeProgress) -> None:
         if self._live is not None:
             return  # the live table re-renders itself four times a second

@@ -82,6 +82,12 @@ class HashMemo:
             self.changed = True
         return found
 
+    def remember(self, path: Path, sha256: str) -> None:
+        """Record a hash already computed for `path` (a file just published), so checking it later is cheap."""
+        stat = path.stat()
+        self.memo[f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"] = sha256
+        self.changed = True
+
     def path(self, path: Path) -> str:
         """Hash of a file's bytes, or of a folder's relative names and file bytes."""
         if path.is_file():

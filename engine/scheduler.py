@@ -21,10 +21,11 @@ from typing import Any
 
 from filelock import Timeout
 
-from slimops.cache import ARTIFACT, Cache, Entry, process_alive
+from slimops.cache import ARTIFACT, Cache, Entry
 from slimops.config import DataSpec, PipelineConfig
 from slimops.display import RunDisplay
 from slimops.errors import GoalError, PassError, SlimopsError
+from slimops.outputs import OutputFolder
 from slimops.planner import Node, Plan
 from slimops.plugin import Artifact, PassContext
 
@@ -74,9 +75,12 @@ def execute(plan: Plan, display: RunDisplay | None = None) -> RunResult:
     """
     config = plan.config
     cache = plan.cache
-    cache.remove_stale_tmp()
     display = display or RunDisplay()
     out_dir = config.output_dir
+    outputs = OutputFolder(out_dir)
+    outputs.claim()  # before any pass runs: a folder of the user's own is refused, never overwritten
+    cache.claim()
+    cache.remove_stale_tmp()
     previous = _previous_keys(out_dir / RUN_JSON)
     started = time.perf_counter()
     artifacts: dict[str, Artifact] = {}
@@ -93,7 +97,7 @@ def execute(plan: Plan, display: RunDisplay | None = None) -> RunResult:
                 results[node.id] = NodeResult(node.id, "model", None, node.key, True, str(node.source.path), node.kind, 0.0, meta=node.source.meta)
                 display.set(line, "cached", "input model")
                 continue
-            entry = cache.get(node.key)
+            entry = _checked_hit(cache, node, display)
             cached = entry is not None
             if entry is None:
                 lock = cache.lock(node.key)
@@ -103,7 +107,7 @@ def execute(plan: Plan, display: RunDisplay | None = None) -> RunResult:
                     display.set(line, "waiting", "another run is building this node")
                     lock.acquire()
                 try:
-                    entry = cache.get(node.key)
+                    entry = _checked_hit(cache, node, display)
                     cached = entry is not None
                     if entry is None:
                         display.set(line, "running")
@@ -119,7 +123,12 @@ def execute(plan: Plan, display: RunDisplay | None = None) -> RunResult:
                 cache.touch(entry)
             artifact = _artifact_of(entry)
             artifacts[node.id] = artifact
-            path = _materialize(entry, artifact, _out_path(out_dir, node), previous.get(node.id) == node.key)
+            try:
+                path = _materialize(entry, artifact, _out_path(out_dir, node), previous.get(node.id) == node.key, outputs)
+            except SlimopsError as err:
+                display.set(line, "failed", str(err).splitlines()[0])
+                failure = err
+                break
             results[node.id] = NodeResult(
                 node.id, node.pass_name, node.target_name, node.key, cached, str(path), artifact.kind,
                 round(time.perf_counter() - t0, 3), artifact.metrics, artifact.meta, list(node.inputs),
@@ -281,6 +290,25 @@ def _resolved_data(config: PipelineConfig) -> dict[str, DataSpec]:
     return resolved
 
 
+def _checked_hit(cache: Cache, node: Node, display: RunDisplay) -> Entry | None:
+    """The node's cache entry if it is whole; a damaged one is set aside (and rebuilt by the caller)."""
+    try:
+        entry = cache.get(node.key)
+    except SlimopsError as err:  # an unreadable manifest: the entry cannot be trusted
+        entry, problem = None, str(err)
+        aside = cache.set_aside(Entry(node.key, cache.entries_dir / node.key, {}))
+        display.warn(f"cache entry {node.key[:12]} of {node.id} is damaged ({problem}); moved to {aside}, rebuilding it")
+        return None
+    if entry is None:
+        return None
+    problem = cache.check(entry)
+    if problem is None:
+        return entry
+    aside = cache.set_aside(entry)
+    display.warn(f"cache entry {node.key[:12]} of {node.id} is damaged: {problem}; moved to {aside}, rebuilding it")
+    return None
+
+
 def _artifact_of(entry: Entry) -> Artifact:
     info = entry.manifest["artifact"]
     return Artifact(path=entry.dir / info["path"], kind=info["kind"], meta=info.get("meta", {}), metrics=info.get("metrics", {}))
@@ -290,27 +318,33 @@ def _out_path(out_dir: Path, node: Node) -> Path:
     return out_dir / node.target_name / node.name if node.target_name else out_dir / node.name
 
 
-def _materialize(entry: Entry, artifact: Artifact, dest: Path, unchanged: bool) -> Path:
-    """Copy the entry's artifact folder into `dest`, replacing what was there atomically."""
+def _materialize(entry: Entry, artifact: Artifact, dest: Path, unchanged: bool, outputs: OutputFolder) -> Path:
+    """Copy the entry's artifact folder into `dest`, replacing what was there atomically.
+
+    Runs sharing the output folder take turns under its lock, so whoever holds it may remove any
+    staging folder left there: its writer was killed.
+
+    Raises:
+        SlimopsError: `dest` exists and slimops did not write it.
+    """
     final = dest / Path(entry.manifest["artifact"]["path"]).relative_to(ARTIFACT)
-    if unchanged and dest.exists():
-        return final
-    source = entry.dir / ARTIFACT
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in dest.parent.glob(f".{dest.name}.*.*"):  # a killed run's half copy
-        pid = leftover.name.rsplit(".", 2)[-2]
-        if leftover.suffix in (".tmp", ".old") and pid.isdigit() and not process_alive(int(pid)):
-            shutil.rmtree(leftover, ignore_errors=True)
-    staging = dest.parent / f".{dest.name}.{os.getpid()}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging)
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.{os.getpid()}.old"
-        os.rename(dest, old)
-        os.rename(staging, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(staging, dest)
+    with outputs.lock():
+        outputs.reserve(dest)
+        if unchanged and dest.exists():
+            return final
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        for leftover in dest.parent.glob(f".{dest.name}.*"):  # a killed run's half copy or set-aside folder
+            if leftover.suffix in (".tmp", ".old"):
+                shutil.rmtree(leftover, ignore_errors=True)
+        staging = dest.parent / f".{dest.name}.{os.getpid()}.tmp"
+        shutil.copytree(entry.dir / ARTIFACT, staging, symlinks=True)
+        if dest.exists():
+            old = dest.parent / f".{dest.name}.{os.getpid()}.old"
+            os.rename(dest, old)
+            os.rename(staging, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(staging, dest)
     return final
 
 

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import slimops
 
 SLOW = """
@@ -130,17 +132,20 @@ def test_plugin_from_an_entry_point(project, tmp_path):
     assert "echo" in listing.stdout
 
 
-def test_ctrl_c_mid_pass_exits_130_and_cleans_its_temp_folder(project):
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+                         ids=["ctrl-c", "sigterm"])
+def test_an_interrupt_mid_pass_exits_with_its_code_and_cleans_its_temp_folder(project, sig, code, word):
     path = project.write(SLOW % 30)
     cache = project.root / ".slimops" / "cache"
     proc = _run_cli("run", "--config", str(path))
     _wait_for(lambda: any((cache / "tmp").glob("*")) and len(list((cache / "entries").glob("*"))) == 1)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130
-    assert "interrupted" in err and "Traceback" not in err
+    assert proc.returncode == code
+    assert word in err and "Traceback" not in err
     assert not list((cache / "tmp").glob("*"))
     assert len(list((cache / "entries").glob("*"))) == 1
+    assert not [p for p in (project.root / "out").glob(".*") if p.name.endswith((".tmp", ".old"))]
 
 
 def test_a_killed_runs_half_copied_output_is_removed(project):

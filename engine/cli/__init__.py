@@ -15,14 +15,16 @@ the one flow the flag-driven commands share (`finetune` in `finetune`; `optimize
 
 Errors print as one message without a traceback (`--debug` shows it): exit 2 for config, plan,
 data and model errors, 1 for a failed pass or cache error, 3 when an evaluation missed a goal
-(every node is cached then), 130 when interrupted.
+(every node is cached then), 130 when interrupted, 143 when terminated (SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from typing import NoReturn
 
 from slimops.cli import commands, finetune, onnx
@@ -85,8 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is so that it unwinds (and cleans up) as Ctrl-C does."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
     try:
         return COMMANDS[args.command](args) or 0
     except SlimopsError as err:
@@ -94,11 +105,22 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
+    except OSError as err:  # a full disk, a read-only or vanished folder, a permission denied
         if args.debug:
             raise
-        print("interrupted: nodes completed so far are cached; rerun to resume", file=sys.stderr)
-        return 130
+        where = f" at {err.filename}" if err.filename else ""
+        print(f"error: {err.strerror or err}{where}; free space or fix the permissions there (or point "
+              "engine.cache_dir / engine.output_dir elsewhere) and run again: what finished stays cached", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as err:
+        if args.debug:
+            raise
+        how, code = ("terminated", 143) if isinstance(err, Terminated) else ("interrupted", 130)
+        print(f"{how}: nodes completed so far are cached; rerun to resume", file=sys.stderr)
+        return code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _version() -> str:

@@ -115,9 +115,13 @@ def cmd_cache(args) -> int:
         return 1 if problems else 0
     elif args.action == "gc":
         removed = cache.gc(args.older_than)
-        print(f"removed {removed['tmp']} temporary folders, {removed['work']} checkpoint folders, {removed['entries']} entries")
+        print(f"removed {removed['tmp']} temporary folders, {removed['work']} checkpoint folders, {removed['entries']} unused entries, {removed['damaged']} damaged entries")
     elif args.action == "clear":
-        if not args.yes and sys.stdin.isatty():
+        if not args.yes:
+            if not sys.stdin.isatty():
+                print(f"error: cache clear removes every entry under {cache.root}; without a terminal to ask, "
+                      "pass --yes", file=sys.stderr)
+                return 2
             answer = input(f"remove every entry under {cache.root}? [y/N] ")
             if answer.strip().lower() not in ("y", "yes"):
                 print("nothing removed")

@@ -104,10 +104,11 @@ def run(command: str, args, pipeline_for: Callable[..., dict[str, Any]], metrics
     from slimops.config import load_config
     from slimops.display import RunDisplay
     from slimops.errors import SlimopsError
+    from slimops.outputs import OutputFolder
 
     pipeline = pipeline_for(args, absolute=True)  # flag errors first: nothing is written for them
     out = Path(args.output_path)
-    out.mkdir(parents=True, exist_ok=True)
+    OutputFolder(out).claim()  # the pipeline file and the outputs both go here: the folder must be slimops's
     config = out / "pipeline.yaml"
     config.write_text(pipeline_yaml(pipeline, command))
     try:

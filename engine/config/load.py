@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from slimops.config.location import issues_from, typed_override
+from slimops.config.names import name_problem
 from slimops.config.source import Lines, apply_overrides, load_yaml, parse_yaml
 from slimops.config.spec import MODEL_INPUT, RESERVED_PASS_KEYS, PipelineFile
 from slimops.errors import ConfigError, Issue
@@ -113,8 +114,9 @@ def _validate_passes(passes_raw: dict[str, Any], registry: Registry, lines: Line
     for name, body in passes_raw.items():
         where = ("passes", name)
         name = str(name)
-        if name == MODEL_INPUT or any(ch in name for ch in "@/ "):
-            issues.append(lines.issue(where, f"'{name}' cannot name a pass (reserved, or holds '@', '/' or a space)"))
+        problem = name_problem(name, "pass")
+        if problem:
+            issues.append(lines.issue(where, problem))
             continue
         if not isinstance(body, dict):
             issues.append(lines.issue(where, "must be a mapping with at least 'type', e.g. {type: lora}"))
@@ -154,6 +156,18 @@ def _validate_passes(passes_raw: dict[str, Any], registry: Registry, lines: Line
 
 def _check_references(spec: PipelineFile, passes: dict[str, PassConfig], lines: Lines, base_dir: Path, issues: list[Issue]) -> None:
     names = list(passes)
+    for target_name in spec.targets:
+        problem = name_problem(str(target_name), "target")
+        if problem is None and target_name in passes:
+            problem = (f"'{target_name}' names both a target and a pass; their outputs would share "
+                       f"{spec.engine.output_dir}/{target_name}/: rename one")
+        if problem:
+            issues.append(lines.issue(("targets", target_name), problem))
+    for key, value in (("cache_dir", spec.engine.cache_dir), ("output_dir", spec.engine.output_dir)):
+        folder = (base_dir / Path(value).expanduser()).resolve()
+        if folder in (Path(folder.anchor), Path.home().resolve()):
+            issues.append(lines.issue(("engine", key), f"'{value}' is {folder}: slimops writes and deletes there, "
+                                      "so give it a folder of its own (e.g. .slimops/cache, out)"))
     for name, config in passes.items():
         for index, input_name in enumerate(config.inputs or []):
             if input_name == MODEL_INPUT or input_name in names:

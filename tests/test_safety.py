@@ -1,0 +1,267 @@
+"""slimops deletes only what it created: hostile names, output folders that hold the user's files,
+and cache commands pointed at folders that are not caches. Each case asserts the message, the exit
+code, and that a sentinel tree of the user's files is byte-for-byte what it was."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+
+def tree_hash(root: Path) -> dict[str, str]:
+    """Every file under `root` (relative path -> sha256), so a test can tell that nothing changed."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def sentinel(project):
+    """The user's own files in the project: data, notes, a home-like folder."""
+    root = project.root
+    (root / "data").mkdir()
+    (root / "data" / "tone.jsonl").write_text('{"phrase": "so glad", "tone": "joyful"}\n')
+    (root / "notes.txt").write_text("mine\n")
+    for sub in ("work", "tmp", "logs"):
+        (root / "home" / sub).mkdir(parents=True)
+        (root / "home" / sub / "keep.txt").write_text(sub)
+    (root / "home" / ".bashrc").write_text("export A=1\n")
+    return root
+
+
+# -- names: refused at validation, before anything is written ------------------------------------
+
+NAME_CASES = [
+    ("pass '.'", 'passes: {".": {type: fake}}', "passes..: '.' cannot name a pass"),
+    ("pass '..'", 'passes: {"..": {type: fake}}', "cannot name a pass"),
+    ("pass with a separator", 'passes: {"a/b": {type: fake}}', "cannot name a pass"),
+    ("pass by absolute path", 'passes: {"/tmp/x": {type: fake}}', "cannot name a pass"),
+    ("pass with a control character", 'passes: {"a\\tb": {type: fake}}', "cannot name a pass"),
+    ("pass too long", f'passes: {{"{"a" * 65}": {{type: fake}}}}', "at most 64 characters"),
+    ("pass named like run.json", 'passes: {"run.json": {type: fake}}', "slimops uses it"),
+    ("target by absolute path", 'targets: {"/tmp/evil": cpu}\npasses: {a: {type: fake}}', "cannot name a target"),
+    ("target '..'", 'targets: {"..": cpu}\npasses: {a: {type: fake}}', "cannot name a target"),
+    ("pass and target share a name", "targets: {laptop: cpu}\npasses: {laptop: {type: fake}}", "names both a target and a pass"),
+    ("cache in /", "engine: {cache_dir: /}\npasses: {a: {type: fake}}", "engine.cache_dir: '/' is /"),
+    ("output in the home folder", "engine: {output_dir: '~'}\npasses: {a: {type: fake}}", "engine.output_dir: '~' is"),
+]
+
+
+@pytest.mark.parametrize("text, message", [c[1:] for c in NAME_CASES], ids=[c[0] for c in NAME_CASES])
+def test_a_name_that_would_become_a_bad_path_is_refused(project, cli, sentinel, text, message):
+    before = tree_hash(sentinel)
+    path = project.write(text + "\n")
+    for command in ("validate", "run"):
+        code, _, err = cli(command, "--config", path)
+        assert code == 2, err
+        assert message in err, err
+        assert "allowed" in err or "pick another" in err or "rename one" in err or "folder of its own" in err
+    assert tree_hash(sentinel) == {**before, "pipeline.yaml": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert not (sentinel / "out").exists() and not (sentinel / ".slimops").exists()
+
+
+# -- the output folder: only what slimops wrote is replaced ---------------------------------------
+
+
+def test_an_output_folder_holding_the_users_files_is_refused(project, cli, sentinel):
+    """engine.output_dir: . with a pass named `data` once deleted the project's data/tone.jsonl."""
+    path = project.write("engine: {output_dir: .}\npasses: {data: {type: fake}}\n")
+    before = tree_hash(sentinel)
+    code, _, err = cli("run", "--config", path)
+    assert code == 2
+    assert "holds files slimops did not write (data, home, notes.txt, pipeline.yaml)" in err
+    assert "set engine.output_dir to a new folder" in err
+    assert tree_hash(sentinel) == before
+
+
+def test_a_node_folder_slimops_did_not_write_is_never_replaced(project, cli, sentinel):
+    path = project.write("passes: {a: {type: fake, value: one}}\n")
+    assert cli("run", "--quiet", "--config", path)[0] == 0
+    assert cli("run", "--quiet", "--config", path, "--set", "passes.a.value=two")[0] == 0  # its own folder: replaced
+    assert "value=two" in (sentinel / "out" / "a" / "out.txt").read_text()
+    (sentinel / "out" / "b").mkdir()
+    (sentinel / "out" / "b" / "report-draft.md").write_text("the user's own\n")
+    before = tree_hash(sentinel)
+    path = project.write("passes: {a: {type: fake, value: two}, b: {type: fake}}\n")
+    code, _, err = cli("run", "--config", path)
+    assert code != 0
+    assert f"{sentinel / 'out' / 'b'} exists and slimops did not write it" in err
+    after = tree_hash(sentinel)
+    assert after["out/b/report-draft.md"] == before["out/b/report-draft.md"]
+    mine = lambda tree: {k: v for k, v in tree.items() if k.startswith(("data/", "home/", "notes.txt"))}  # noqa: E731
+    assert mine(after) == mine(before)
+
+
+def test_an_output_path_that_is_a_file_is_a_clear_error(project, cli, sentinel):
+    (sentinel / "out").write_text("not a folder\n")
+    path = project.write("passes: {a: {type: fake}}\n")
+    before = tree_hash(sentinel)
+    code, _, err = cli("run", "--config", path)
+    assert code == 2 and "the output folder" in err and "is a file" in err
+    assert tree_hash(sentinel) == before
+
+
+def test_an_output_folder_from_before_the_marker_is_adopted(project, cli, sentinel):
+    path = project.write("passes: {a: {type: fake, value: one}}\n")
+    assert cli("run", "--quiet", "--config", path)[0] == 0
+    marker = sentinel / "out" / ".slimops-output.json"
+    assert json.loads(marker.read_text())["paths"] == ["a"]
+    marker.unlink()  # as an older slimops left it: run.json names the node folders
+    assert cli("run", "--quiet", "--config", path, "--set", "passes.a.value=two")[0] == 0
+    assert "value=two" in (sentinel / "out" / "a" / "out.txt").read_text()
+
+
+# -- cache commands: only on a folder that is a slimops cache -------------------------------------
+
+CACHE_CASES = [
+    ("clear a home-like folder", ["cache", "clear", "--yes", "--cache-dir", "home"], 1, "holds files that are not a slimops cache's (.bashrc)"),
+    ("gc a home-like folder", ["cache", "gc", "--cache-dir", "home"], 1, "holds files that are not a slimops cache's (.bashrc)"),
+    ("clear /", ["cache", "clear", "--yes", "--cache-dir", "/"], 1, "refusing to clear /"),
+    ("clear without a terminal or --yes", ["cache", "clear", "--cache-dir", ".slimops/cache"], 2, "pass --yes"),
+]
+
+
+@pytest.mark.parametrize("args, code, message", [c[1:] for c in CACHE_CASES], ids=[c[0] for c in CACHE_CASES])
+def test_cache_commands_touch_only_a_slimops_cache(project, cli, sentinel, monkeypatch, args, code, message):
+    monkeypatch.chdir(sentinel)
+    path = project.write("passes: {a: {type: fake}}\n")
+    assert cli("run", "--quiet", "--config", path)[0] == 0
+    before = tree_hash(sentinel)
+    got, out, err = cli(*args)
+    assert got == code, out + err
+    assert message in err
+    assert tree_hash(sentinel) == before
+
+
+def test_a_killed_clear_blocks_nothing_and_gc_removes_its_trash(project, cli, sentinel, monkeypatch):
+    monkeypatch.chdir(sentinel)
+    path = project.write("passes: {a: {type: fake}}\n")
+    assert cli("run", "--quiet", "--config", path)[0] == 0
+    cache = sentinel / ".slimops" / "cache"
+    trash = cache / "trash-4242-1"  # what a clear killed mid-delete leaves: entries renamed aside, half deleted
+    (trash / "entries" / "abc").mkdir(parents=True)
+    (trash / "entries" / "abc" / "manifest.json").write_text("{")
+    code, _, err = cli("run", "--quiet", "--config", path, "--set", "passes.a.value=other")
+    assert code == 0, err
+    assert cli("cache", "gc")[0] == 0
+    assert not trash.exists()
+    code, out, _ = cli("cache", "clear", "--yes")
+    assert code == 0 and "removed 2 entries" in out
+    assert not list(cache.glob("trash-*")) and not (cache / "entries").exists()
+    assert tree_hash(sentinel / "data") == {"tone.jsonl": hashlib.sha256(b'{"phrase": "so glad", "tone": "joyful"}\n').hexdigest()}
+
+
+# -- cache integrity: a damaged entry is never shipped or built upon -----------------------------
+
+
+def _entry_of(cache: Path, node: str) -> Path:
+    return next(d for d in (cache / "entries").iterdir() if json.loads((d / "manifest.json").read_text())["node"] == node)
+
+
+def _flip(entry: Path) -> None:
+    file = entry / "artifact" / "out.txt"
+    data = bytearray(file.read_bytes())
+    data[0] ^= 0x01
+    file.write_bytes(bytes(data))
+
+
+def _manifest(entry: Path, change) -> None:
+    path = entry / "manifest.json"
+    body = json.loads(path.read_text())
+    path.write_text(json.dumps(change(body)))
+
+
+DAMAGE = [
+    ("a flipped byte", _flip, "artifact/out.txt changed"),
+    ("a truncated file", lambda e: (e / "artifact" / "out.txt").write_text(""), "artifact/out.txt changed size"),
+    ("a missing file", lambda e: (e / "artifact" / "out.txt").unlink(), "artifact/out.txt is missing"),
+    ("an extra file", lambda e: (e / "artifact" / "extra.bin").write_bytes(b"\0"), "does not list (artifact/extra.bin)"),
+    ("an empty manifest", lambda e: (e / "manifest.json").write_text("{}"), "its manifest is incomplete"),
+    ("a path out of the entry", lambda e: _manifest(e, lambda b: {**b, "artifact": {**b["artifact"], "path": "artifact/../.."}}),
+     "outside the entry (artifact/../..)"),
+    ("an unreadable manifest", lambda e: (e / "manifest.json").write_text("{not json"), "is unreadable"),
+]
+
+
+@pytest.mark.parametrize("damage, message", [c[1:] for c in DAMAGE], ids=[c[0] for c in DAMAGE])
+def test_a_damaged_hit_is_set_aside_and_rebuilt_and_verify_and_gc_find_it(project, cli, damage, message):
+    path = project.write("passes: {a: {type: fake, value: one}, b: {type: fake, value: two}}\n")
+    assert cli("run", "--quiet", "--config", path)[0] == 0
+    cache = project.root / ".slimops" / "cache"
+    good = (project.root / "out" / "a" / "out.txt").read_bytes()
+    damage(_entry_of(cache, "a"))
+
+    code, out, err = cli("cache", "verify", "--config", path)
+    assert code == 1 and message in out + err and "gc removes it" in out + err
+
+    code, _, err = cli("run", "--quiet", "--config", path)
+    assert code == 0, err
+    assert "cache entry" in err and "of a is damaged" in err and "rebuilding it" in err
+    run = json.loads((project.root / "out" / "run.json").read_text())
+    assert run["nodes"]["a"]["cached"] is False and run["nodes"]["b"]["cached"] is True
+    assert (project.root / "out" / "a" / "out.txt").read_bytes() == good
+    assert cli("cache", "verify", "--config", path)[0] == 0
+    assert len(list((cache / "damaged").iterdir())) == 1
+
+    damage(_entry_of(cache, "a"))  # gc removes a damaged entry and what was set aside
+    code, out, _ = cli("cache", "gc", "--config", path)
+    assert code == 0 and "2 damaged entries" in out
+    assert cli("cache", "verify", "--config", path)[0] == 0 and not list((cache / "damaged").iterdir())
+
+
+def test_checking_a_hit_reads_no_file_again(project, cli, monkeypatch):
+    """Checksums come from the hash memo that publishing filled: an all-cached rerun hashes nothing."""
+    from slimops import keys
+
+    path = project.write("passes: {a: {type: fake}, b: {type: fake}}\n")
+    assert cli("run", "--quiet", "--config", path)[0] == 0
+    reads = []
+    real = keys.sha256_file
+    monkeypatch.setattr(keys, "sha256_file", lambda p: reads.append(p) or real(p))
+    assert cli("run", "--quiet", "--config", path)[0] == 0
+    assert reads == []
+
+
+def test_eight_runs_sharing_a_cache_and_an_output_folder_all_succeed_and_build_each_node_once(project):
+    import re
+    import subprocess
+    import sys
+
+    path = project.write("passes: {a: {type: fake, value: one}, b: {type: fake, value: two}, c: {type: fake, value: three}}\n")
+    procs = [subprocess.Popen([sys.executable, "-m", "slimops.cli", "run", "--quiet", "--config", str(path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+    assert [code for code, _, _ in results] == [0] * 8, [err for _, _, err in results]
+    built = 0
+    for _, _, err in results:
+        nodes, hits = map(int, re.search(r"(\d+) nodes, (\d+) from cache", err).groups())
+        built += nodes - hits
+    assert built == 3
+    out = project.root / "out"
+    assert [(out / n / "out.txt").read_text().splitlines()[0] for n in "abc"] == ["value=one", "value=two", "value=three"]
+    assert not [p.name for p in out.iterdir() if p.name.endswith((".tmp", ".old"))]
+    assert len(list((project.root / ".slimops" / "cache" / "entries").iterdir())) == 3
+
+
+def test_a_full_disk_at_run_json_is_one_clear_message_and_the_next_run_succeeds(project, cli, monkeypatch):
+    import errno
+
+    from slimops import scheduler
+
+    path = project.write("passes: {a: {type: fake}}\n")
+    real = scheduler._write_run_json
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(project.root / "out" / "run.json"))
+
+    monkeypatch.setattr(scheduler, "_write_run_json", full)
+    code, _, err = cli("run", "--config", path)
+    assert code == 1
+    assert f"error: No space left on device at {project.root / 'out' / 'run.json'}; free space" in err
+    assert "Traceback" not in err
+    monkeypatch.setattr(scheduler, "_write_run_json", real)
+    code, _, err = cli("run", "--quiet", "--config", path)
+    assert code == 0, err
+    assert json.loads((project.root / "out" / "run.json").read_text())["nodes"]["a"]["cached"] is True
