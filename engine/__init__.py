@@ -22,6 +22,7 @@ What lives where (`slimops.X`):
     planner     the DAG of nodes x targets, with each node's cache key
     cache       content-addressed entries, published atomically, checked before use
     scheduler   runs a plan node by node against the cache
+    outputs     the output folder's marker: slimops replaces only what it wrote there
     search      trials over pass params (Optuna)
     report      run.json to Markdown/HTML with charts
     display     the live progress table

@@ -2,7 +2,8 @@
 
 - `spec`: the pydantic models of a file's sections (`PipelineFile`, `ModelSpec`, `DataSpec`,
   `EngineSettings`); `search`: the `search:` block (`SearchSpec`).
-- `splits`: the split grammar (`"[:90%]"`, `"test[:200]"`).
+- `splits`: the split grammar (`"[:90%]"`, `"test[:200]"`); `names`: pass and target names as
+  safe path components.
 - `source`: YAML to plain data with the line of every key kept, and `--set` overrides.
 - `location`: pydantic's errors turned into `FILE:LINE key.path: message` with a did-you-mean.
 - `load`: `load_config` / `parse_config` to a validated `PipelineConfig`.
