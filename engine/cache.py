@@ -300,9 +300,18 @@ class Cache:
         if older_than_days is not None:
             cutoff = time.time() - older_than_days * 86400
             for entry in self.entries():
-                if (entry.dir / MANIFEST).stat().st_mtime < cutoff:
-                    shutil.rmtree(entry.dir, ignore_errors=True)
+                if (entry.dir / MANIFEST).stat().st_mtime >= cutoff:
+                    continue
+                lock = self.lock(entry.key)
+                try:
+                    lock.acquire(timeout=0)
+                except Timeout:
+                    continue  # a live run holds it
+                try:
+                    self._delete(entry.dir)
                     removed["entries"] += 1
+                finally:
+                    lock.release()
         return removed
 
     def remove_stale_tmp(self) -> None:
@@ -312,6 +321,10 @@ class Cache:
         dies; so a free lock means a dead writer, whatever its PID (PIDs are reused, and a run in
         another container sees other PIDs).
         """
+        if (self.root / "work").is_dir():  # checkpoints of a node that was published after all
+            for path in (self.root / "work").iterdir():
+                if (self.entries_dir / path.name / MANIFEST).is_file():
+                    shutil.rmtree(path, ignore_errors=True)
         base = self.root / "tmp"
         if not base.is_dir():
             return

@@ -184,6 +184,7 @@ def _build(plan: Plan, node: Node, artifacts: dict[str, Artifact], display: RunD
             raise TypeError(f"run() returned {type(artifact).__name__}, not slimops.Artifact")
         rel = Path(ARTIFACT) / Path(artifact.path).resolve().relative_to((tmp / ARTIFACT).resolve())
         json.dumps([artifact.meta, artifact.metrics], default=str)
+        _check_links(tmp / ARTIFACT)
     except BaseException as err:
         logger.error("".join(traceback.format_exception(err)))
         handler.close()
@@ -290,6 +291,30 @@ def _resolved_data(config: PipelineConfig) -> dict[str, DataSpec]:
     return resolved
 
 
+def _check_links(folder: Path) -> None:
+    """A pass's output may hold symbolic links only to its own files: a link out of it would be
+    followed by the checksums and the copy to the output folder, and a loop never ends.
+
+    Raises:
+        SlimopsError: a link that leaves the folder, dangles, or loops.
+    """
+    root = folder.resolve()
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            continue
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise SlimopsError(f"the pass's output holds a link that loops or dangles ({path.relative_to(folder)} -> "
+                               f"{os.readlink(path)}); write the file itself, or a link to a file inside the output") from None
+        if not target.is_relative_to(root):
+            raise SlimopsError(f"the pass's output holds a link out of it ({path.relative_to(folder)} -> {target}); "
+                               "copy the file into ctx.output_dir instead, so the cache holds what it ships")
+        if os.path.isabs(os.readlink(path)):  # it would dangle once the entry is renamed into place
+            raise SlimopsError(f"the pass's output holds an absolute link ({path.relative_to(folder)} -> "
+                               f"{os.readlink(path)}); make it relative to its folder")
+
+
 def _checked_hit(cache: Cache, node: Node, display: RunDisplay) -> Entry | None:
     """The node's cache entry if it is whole; a damaged one is set aside (and rebuilt by the caller)."""
     try:
@@ -367,9 +392,12 @@ def _write_run_json(result: RunResult, plan: Plan, failure: SlimopsError | None)
         "error": str(failure) if failure else None,
         "nodes": {node_id: asdict(node) for node_id, node in result.nodes.items()},
     }
-    tmp = result.run_json.with_name(f".{RUN_JSON}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(body, indent=2, default=str))
-    os.replace(tmp, result.run_json)
+    with OutputFolder(result.output_dir).lock():  # runs sharing the folder take turns; a killed one's temp file goes
+        for leftover in result.output_dir.glob(f".{RUN_JSON}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+        tmp = result.run_json.with_name(f".{RUN_JSON}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(body, indent=2, default=str))
+        os.replace(tmp, result.run_json)
 
 
 def _write_report(result: RunResult) -> None:

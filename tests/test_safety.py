@@ -265,3 +265,99 @@ def test_a_full_disk_at_run_json_is_one_clear_message_and_the_next_run_succeeds(
     code, _, err = cli("run", "--quiet", "--config", path)
     assert code == 0, err
     assert json.loads((project.root / "out" / "run.json").read_text())["nodes"]["a"]["cached"] is True
+
+
+# -- faults at exact points: a kill -9 leaves nothing half-written; the next run repairs it all ---
+
+KILLER = """
+import importlib, os, sys
+module, attr, when, config = sys.argv[1:5]
+owner = importlib.import_module(module)
+*parents, name = attr.split(".")
+for part in parents:
+    owner = getattr(owner, part)
+real = getattr(owner, name)
+def wrapped(*args, **kwargs):
+    if when == "before":
+        os.kill(os.getpid(), 9)
+    result = real(*args, **kwargs)
+    os.kill(os.getpid(), 9)
+setattr(owner, name, wrapped)
+from slimops.cli import main
+main(["run", "--quiet", "--config", config])
+"""
+
+KILL_POINTS = [
+    ("before publish", "slimops.cache", "Cache.publish", "before"),
+    ("after publish", "slimops.cache", "Cache.publish", "after"),
+    ("mid-copy to the output folder", "shutil", "copytree", "after"),
+    ("before run.json", "slimops.scheduler", "_write_run_json", "before"),
+    ("mid run.json", "json", "dumps", "after"),
+]
+
+
+@pytest.mark.parametrize("module, attr, when", [p[1:] for p in KILL_POINTS], ids=[p[0] for p in KILL_POINTS])
+def test_a_kill_at_an_exact_point_leaves_nothing_half_written(project, cli, module, attr, when):
+    import subprocess
+    import sys
+
+    path = project.write("passes: {a: {type: fake, value: one}, b: {type: fake, value: two}}\n")
+    done = subprocess.run([sys.executable, "-c", KILLER, module, attr, when, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -9, done.stderr
+    cache, out = project.root / ".slimops" / "cache", project.root / "out"
+    if (cache / "entries").is_dir():
+        for entry in (cache / "entries").iterdir():
+            assert (entry / "manifest.json").is_file(), "an entry without its manifest"
+    code, _, err = cli("run", "--quiet", "--config", path)
+    assert code == 0, err
+    assert [(out / n / "out.txt").read_text().splitlines()[0] for n in "ab"] == ["value=one", "value=two"]
+    assert json.loads((out / "run.json").read_text())["status"] == "ok"
+    assert not [p.name for p in out.iterdir() if p.name.endswith((".tmp", ".old"))]
+    assert not list((cache / "tmp").glob("*")) and not list((cache / "work").glob("*"))
+    assert cli("cache", "verify", "--config", path)[0] == 0
+
+
+LINK_PASS = """
+import os
+from pydantic import BaseModel, ConfigDict
+import slimops
+
+class Linker(slimops.Pass):
+    name = "linker"
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        target: str
+
+    def run(self, ctx):
+        (ctx.output_dir / "real.txt").write_text("inside")
+        os.symlink(self.params_target(ctx), ctx.output_dir / "link")
+        return slimops.Artifact(path=ctx.output_dir, kind="text")
+
+    def params_target(self, ctx):
+        return ctx.params.target.replace("OUT", str(ctx.output_dir))
+"""
+
+LINK_CASES = [
+    ("a relative link to a file inside", "real.txt", 0, None),
+    ("an absolute link to a file inside", "OUT/real.txt", 1, "holds an absolute link (link -> "),
+    ("a link out of the output", "/etc/hostname", 1, "holds a link out of it (link -> /etc/hostname)"),
+    ("a link loop", "link", 1, "holds a link that loops or dangles"),
+]
+
+
+@pytest.mark.parametrize("target, code, message", [c[1:] for c in LINK_CASES], ids=[c[0] for c in LINK_CASES])
+def test_links_in_a_pass_output_stay_inside_it(project, cli, sentinel, target, code, message):
+    (project.root / "linker.py").write_text(LINK_PASS)
+    path = project.write(f"passes: {{l: {{type: 'linker:Linker', target: '{target}'}}}}\n")
+    before = tree_hash(sentinel / "home")
+    got, _, err = cli("run", "--quiet", "--config", path)
+    assert got == code, err
+    if message:
+        assert message in err
+        assert not (project.root / "out" / "l").exists()
+    else:
+        link = project.root / "out" / "l" / "link"
+        assert link.is_symlink() and link.read_text() == "inside"
+        assert cli("run", "--quiet", "--config", path)[0] == 0  # and the hit checks out
+    assert tree_hash(sentinel / "home") == before
