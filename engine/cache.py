@@ -33,7 +33,7 @@ from slimops.keys import HashMemo, sha256_file, shared_memo_path
 MANIFEST = "manifest.json"
 ARTIFACT = "artifact"
 MARKER = ".slimops-cache"  # in the cache folder: `gc` and `clear` act only on a folder that has it
-KNOWN = {"entries", "tmp", "work", "locks", "logs", "damaged", "hashes.json", MARKER}
+KNOWN = {"entries", "tmp", "work", "locks", "logs", "damaged", "hashes.json", MARKER}  # and hashes.json.*.tmp
 TRASH = "trash-"  # a folder being deleted is renamed to trash-* first, so a killed delete blocks nothing
 
 
@@ -111,6 +111,9 @@ class Cache:
             if not (self.root / MARKER).is_file():
                 self._check_contents()
                 (self.root / MARKER).write_text("a slimops cache: `slimops cache gc|clear` manage it\n")
+            for leftover in self.root.glob("hashes.json.*.tmp"):  # a killed run's memo, not one being written now
+                if time.time() - leftover.stat().st_mtime > 60:
+                    leftover.unlink(missing_ok=True)
         except OSError as err:
             raise CacheError(f"cannot write to the cache folder {self.root}: {err.strerror or err}; "
                              "check its permissions and free space, or set engine.cache_dir elsewhere") from None
@@ -126,7 +129,8 @@ class Cache:
             self._check_contents(action)
 
     def _check_contents(self, action: str = "use") -> None:
-        foreign = sorted(p.name for p in self.root.iterdir() if p.name not in KNOWN and not p.name.startswith(TRASH))
+        foreign = sorted(p.name for p in self.root.iterdir()
+                         if p.name not in KNOWN and not p.name.startswith((TRASH, "hashes.json.")))
         if foreign:
             shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
             raise CacheError(f"refusing to {action} {self.root}: it holds files that are not a slimops cache's ({shown}); "

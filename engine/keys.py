@@ -115,7 +115,10 @@ def _write(store: Path, memo: dict[str, str]) -> None:
     store.parent.mkdir(parents=True, exist_ok=True)
     tmp = store.with_name(f"{store.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(memo))
-    os.replace(tmp, store)
+    try:
+        os.replace(tmp, store)
+    except FileNotFoundError:  # taken for a killed run's leftover by another run: the memo is only a shortcut
+        pass
 
 
 def data_fingerprint(config, memo: "HashMemo", name: str) -> str:

@@ -362,14 +362,18 @@ def _materialize(entry: Entry, artifact: Artifact, dest: Path, unchanged: bool, 
             if leftover.suffix in (".tmp", ".old"):
                 shutil.rmtree(leftover, ignore_errors=True)
         staging = dest.parent / f".{dest.name}.{os.getpid()}.tmp"
-        shutil.copytree(entry.dir / ARTIFACT, staging, symlinks=True)
-        if dest.exists():
-            old = dest.parent / f".{dest.name}.{os.getpid()}.old"
-            os.rename(dest, old)
-            os.rename(staging, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(staging, dest)
+        try:
+            shutil.copytree(entry.dir / ARTIFACT, staging, symlinks=True)
+            if dest.exists():
+                old = dest.parent / f".{dest.name}.{os.getpid()}.old"
+                os.rename(dest, old)
+                os.rename(staging, dest)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(staging, dest)
+        except BaseException:  # Ctrl-C, SIGTERM, a full disk: no half copy stays in the output folder
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return final
 
 

@@ -270,8 +270,8 @@ def test_a_full_disk_at_run_json_is_one_clear_message_and_the_next_run_succeeds(
 # -- faults at exact points: a kill -9 leaves nothing half-written; the next run repairs it all ---
 
 KILLER = """
-import importlib, os, sys
-module, attr, when, config = sys.argv[1:5]
+import importlib, os, signal, sys
+module, attr, when, config, sig = sys.argv[1:6]
 owner = importlib.import_module(module)
 *parents, name = attr.split(".")
 for part in parents:
@@ -279,12 +279,13 @@ for part in parents:
 real = getattr(owner, name)
 def wrapped(*args, **kwargs):
     if when == "before":
-        os.kill(os.getpid(), 9)
+        os.kill(os.getpid(), int(sig))
     result = real(*args, **kwargs)
-    os.kill(os.getpid(), 9)
+    os.kill(os.getpid(), int(sig))
+    return result
 setattr(owner, name, wrapped)
 from slimops.cli import main
-main(["run", "--quiet", "--config", config])
+sys.exit(main(["run", "--quiet", "--config", config]))
 """
 
 KILL_POINTS = [
@@ -296,14 +297,21 @@ KILL_POINTS = [
 ]
 
 
+@pytest.mark.parametrize("sig", [9, 15], ids=["kill-9", "sigterm"])
 @pytest.mark.parametrize("module, attr, when", [p[1:] for p in KILL_POINTS], ids=[p[0] for p in KILL_POINTS])
-def test_a_kill_at_an_exact_point_leaves_nothing_half_written(project, cli, module, attr, when):
+def test_a_kill_at_an_exact_point_leaves_nothing_half_written(project, cli, module, attr, when, sig):
     import subprocess
     import sys
 
     path = project.write("passes: {a: {type: fake, value: one}, b: {type: fake, value: two}}\n")
-    done = subprocess.run([sys.executable, "-c", KILLER, module, attr, when, str(path)], capture_output=True, text=True, timeout=120)
-    assert done.returncode == -9, done.stderr
+    done = subprocess.run([sys.executable, "-c", KILLER, module, attr, when, str(path), str(sig)],
+                          capture_output=True, text=True, timeout=120)
+    if sig == 9:
+        assert done.returncode == -9, done.stderr
+    else:
+        assert done.returncode == 143 and "terminated" in done.stderr and "Traceback" not in done.stderr, done.stderr
+        out = project.root / "out"
+        assert not out.is_dir() or not [p.name for p in out.iterdir() if p.name.endswith((".tmp", ".old"))]
     cache, out = project.root / ".slimops" / "cache", project.root / "out"
     if (cache / "entries").is_dir():
         for entry in (cache / "entries").iterdir():
@@ -361,3 +369,17 @@ def test_links_in_a_pass_output_stay_inside_it(project, cli, sentinel, target, c
         assert link.is_symlink() and link.read_text() == "inside"
         assert cli("run", "--quiet", "--config", path)[0] == 0  # and the hit checks out
     assert tree_hash(sentinel / "home") == before
+
+
+def test_a_killed_runs_memo_temp_file_does_not_outlive_the_next_run(project, cli):
+    import os
+    import time
+
+    path = project.write("passes: {a: {type: fake}}\n")
+    assert cli("run", "--quiet", "--config", path)[0] == 0
+    leftover = project.root / ".slimops" / "cache" / "hashes.json.99999.tmp"
+    leftover.write_text("{")
+    old = time.time() - 3600
+    os.utime(leftover, (old, old))
+    assert cli("run", "--quiet", "--config", path)[0] == 0
+    assert not leftover.exists()
