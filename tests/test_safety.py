@@ -383,3 +383,37 @@ def test_a_killed_runs_memo_temp_file_does_not_outlive_the_next_run(project, cli
     os.utime(leftover, (old, old))
     assert cli("run", "--quiet", "--config", path)[0] == 0
     assert not leftover.exists()
+
+
+def _enospc(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device", "the-disk")
+
+
+DISK_FULL = [
+    ("in a pass", "slimops.passes.fake", "Fake.run", "pass 'a' failed: OSError: [Errno 28] No space left on device", 1),
+    ("at publish", "slimops.cache", "Cache.publish", "error: No space left on device at the-disk; free space", 1),
+    ("in the copy to the output folder", "slimops.scheduler", "shutil.copytree", "error: No space left on device at the-disk; free space", 1),
+]
+
+
+@pytest.mark.parametrize("module, attr, message, code", [c[1:] for c in DISK_FULL], ids=[c[0] for c in DISK_FULL])
+def test_a_full_disk_is_one_message_and_the_next_run_repairs_everything(project, cli, monkeypatch, module, attr, message, code):
+    import importlib
+
+    owner = importlib.import_module(module)
+    *parents, name = attr.split(".")
+    for part in parents:
+        owner = getattr(owner, part)
+    path = project.write("passes: {a: {type: fake, value: one}}\n")
+    with monkeypatch.context() as patch:
+        patch.setattr(owner, name, _enospc)
+        got, _, err = cli("run", "--config", path)
+    assert got == code and message in err and "Traceback" not in err, err
+    out, cache = project.root / "out", project.root / ".slimops" / "cache"
+    assert not out.is_dir() or not [p.name for p in out.iterdir() if p.name.endswith((".tmp", ".old"))]
+    got, _, err = cli("run", "--quiet", "--config", path)
+    assert got == 0, err
+    assert (out / "a" / "out.txt").read_text().startswith("value=one")
+    assert not list((cache / "tmp").glob("*")) and cli("cache", "verify", "--config", path)[0] == 0
