@@ -6,7 +6,6 @@
 - `data_fingerprint(config, memo, name)`: a data set's settings and the contents of its files.
 - `HashMemo`, `sha256_file`, `canonical`: file hashes, memoised by (path, size, mtime, inode).
 
-
 A large model is read once; later runs find its hash from `os.stat` alone. The memo lives in
 the cache folder (`hashes.json`) and, shared by every cache of this user, in
 `~/.cache/slimops/file-hashes.json` (`$SLIMOPS_HASH_MEMO`, or under `$XDG_CACHE_HOME`): a new
@@ -73,9 +72,13 @@ class HashMemo:
         self.changed = False
         self.memo: dict[str, str] = {**_read(shared), **_read(store)}
 
-    def file(self, path: Path) -> str:
+    @staticmethod
+    def _token(path: Path) -> str:
         stat = path.stat()
-        token = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"
+        return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"
+
+    def file(self, path: Path) -> str:
+        token = self._token(path)
         found = self.memo.get(token)
         if found is None:
             found = self.memo[token] = sha256_file(path)
@@ -84,8 +87,7 @@ class HashMemo:
 
     def remember(self, path: Path, sha256: str) -> None:
         """Record a hash already computed for `path` (a file just published), so checking it later is cheap."""
-        stat = path.stat()
-        self.memo[f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"] = sha256
+        self.memo[self._token(path)] = sha256
         self.changed = True
 
     def path(self, path: Path) -> str:

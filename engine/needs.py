@@ -24,7 +24,7 @@ IMPORTED_BY = {
 }
 
 # top-level module -> distribution, where the names differ
-DISTRIBUTION_OF = {"onnx_ir": "onnx-ir", "onnxruntime_genai": "onnxruntime-genai", "yaml": "pyyaml", "sklearn": "scikit-learn"}
+DISTRIBUTION_OF = {"onnx_ir": "onnx-ir", "onnxruntime_genai": "onnxruntime-genai", "yaml": "pyyaml"}
 
 
 def installed(requires: tuple[str, ...] | list[str]) -> dict[str, str | None]:

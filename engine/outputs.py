@@ -21,7 +21,7 @@ from slimops.errors import ConfigError, SlimopsError
 
 MARKER = ".slimops-output.json"
 LOCK = ".slimops-output.lock"
-RUN_JSON = "run.json"
+RUN_JSON = "run.json"  # what a run records, beside the node folders
 
 
 class OutputFolder:
@@ -44,7 +44,8 @@ class OutputFolder:
             if self.marker.is_file():
                 return
             if self.root.is_dir():  # checked before anything (the lock file too) is written there
-                foreign = [p.name for p in self.root.iterdir() if not self._ours(p.name)]
+                adopted = self._adopted()
+                foreign = [p.name for p in self.root.iterdir() if not _ours(p.name, adopted)]
                 if foreign:
                     shown = ", ".join(sorted(foreign)[:5]) + (", ..." if len(foreign) > 5 else "")
                     raise ConfigError(
@@ -111,8 +112,9 @@ class OutputFolder:
             found.add(f"{target}/{name}" if target else name)
         return found
 
-    def _ours(self, name: str) -> bool:
-        if name in RESERVED or name in (MARKER, LOCK) or name.startswith("."):
-            return True  # run.json, reports, trials, and the dot-named staging and temp files of a run
-        adopted = self._adopted()
-        return name in adopted or any(path.split("/")[0] == name for path in adopted)
+
+def _ours(name: str, adopted: set[str]) -> bool:
+    """Whether an entry of the output folder's top level is something slimops writes there."""
+    if name in RESERVED or name.startswith("."):
+        return True  # run.json, reports, trials, the marker, and a run's dot-named staging and temp files
+    return any(path.split("/")[0] == name for path in adopted)

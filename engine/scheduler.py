@@ -25,11 +25,10 @@ from slimops.cache import ARTIFACT, Cache, Entry
 from slimops.config import DataSpec, PipelineConfig
 from slimops.display import RunDisplay
 from slimops.errors import GoalError, PassError, SlimopsError
-from slimops.outputs import OutputFolder
+from slimops.outputs import RUN_JSON, OutputFolder
 from slimops.planner import Node, Plan
 from slimops.plugin import Artifact, PassContext
 
-RUN_JSON = "run.json"
 
 
 @dataclass
@@ -319,15 +318,10 @@ def _checked_hit(cache: Cache, node: Node, display: RunDisplay) -> Entry | None:
     """The node's cache entry if it is whole; a damaged one is set aside (and rebuilt by the caller)."""
     try:
         entry = cache.get(node.key)
+        problem = cache.check(entry) if entry is not None else None
     except SlimopsError as err:  # an unreadable manifest: the entry cannot be trusted
-        entry, problem = None, str(err)
-        aside = cache.set_aside(Entry(node.key, cache.entries_dir / node.key, {}))
-        display.warn(f"cache entry {node.key[:12]} of {node.id} is damaged ({problem}); moved to {aside}, rebuilding it")
-        return None
-    if entry is None:
-        return None
-    problem = cache.check(entry)
-    if problem is None:
+        entry, problem = Entry(node.key, cache.entries_dir / node.key, {}), str(err)
+    if entry is None or problem is None:
         return entry
     aside = cache.set_aside(entry)
     display.warn(f"cache entry {node.key[:12]} of {node.id} is damaged: {problem}; moved to {aside}, rebuilding it")
