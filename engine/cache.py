@@ -17,6 +17,7 @@ never a half entry: an entry exists only once its rename has happened.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -240,8 +241,12 @@ class Cache:
             pass
         return aside
 
-    def abandon(self, tmp: Path) -> None:
+    def abandon(self, tmp: Path, work: Path | None = None) -> None:
+        """Remove a failed attempt's staged entry, and its work folder if it holds no checkpoint to resume from."""
         shutil.rmtree(tmp, ignore_errors=True)
+        if work is not None:
+            with contextlib.suppress(OSError):
+                work.rmdir()  # only when empty
 
     # -- maintenance --------------------------------------------------------------------------
 

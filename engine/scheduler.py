@@ -189,10 +189,10 @@ def _build(plan: Plan, node: Node, artifacts: dict[str, Artifact], display: RunD
         handler.close()
         logger.removeHandler(handler)
         if isinstance(err, KeyboardInterrupt):
-            cache.abandon(tmp)
+            cache.abandon(tmp, work=ctx.work_dir)
             raise
         kept = _keep_log(cache, node, log_path)
-        cache.abandon(tmp)
+        cache.abandon(tmp, work=ctx.work_dir)
         if isinstance(err, ValueError) and "is not in the subpath" in str(err):
             message = "the returned Artifact's path is outside ctx.output_dir; write outputs there"
         else:
@@ -220,7 +220,11 @@ def _build(plan: Plan, node: Node, artifacts: dict[str, Artifact], display: RunD
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "artifact": {"path": rel.as_posix(), "kind": artifact.kind, "meta": artifact.meta, "metrics": artifact.metrics},
     }
-    return cache.publish(node.key, tmp, manifest)
+    try:
+        return cache.publish(node.key, tmp, manifest)
+    except BaseException:  # a full disk or a kill at publish: the staged copy goes, the checkpoints stay
+        cache.abandon(tmp, work=ctx.work_dir)
+        raise
 
 
 # Libraries' own progress bars, prints and warnings would tear the live table and flood CI logs: a

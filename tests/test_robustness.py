@@ -180,3 +180,28 @@ def test_a_plugins_params_reject_unknown_keys_and_a_nameless_pass_is_refused(pro
     path = project.write("passes:\n  b: {type: 'loose:Nameless'}\n")
     code, _, err = cli("validate", "--config", path)
     assert code == 2 and "sets no `name`" in err
+
+
+def test_a_run_in_another_pid_namespace_keeps_a_live_runs_temp_folder(project, cli):
+    """Two containers sharing a cache volume see different PIDs: liveness is the writer's lock."""
+    if subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True).returncode != 0:
+        pytest.skip("this machine does not allow a new PID namespace")
+    slow = project.write(SLOW % 4, name="slow.yaml")
+    other = project.write("passes: {x: {type: fake, value: other}}\n", name="other.yaml")
+    cache = project.root / ".slimops" / "cache"
+    # the run gets a PID in its namespace that no process has out here, as a PID check would not see it
+    pid = next(p for p in range(300, 30000) if not Path(f"/proc/{p}").exists())
+    script = f'i=2; while [ $i -lt {pid} ]; do /bin/true; i=$((i+1)); done; "$@"'  # each fork takes the next PID
+    inside = subprocess.Popen(["unshare", "--pid", "--fork", "sh", "-c", script, "sh", sys.executable, "-m", "slimops.cli",
+                               "run", "--quiet", "--config", str(slow), "--set", "engine.output_dir=out-slow"],
+                              cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: len(list((cache / "entries").glob("*"))) == 1 and any((cache / "tmp").glob("*")))
+    writing = list((cache / "tmp").iterdir())
+    assert [p.name.split(".")[1] for p in writing] == [str(pid)]
+    code, _, err = cli("run", "--quiet", "--config", other)
+    assert code == 0, err
+    assert all(p.is_dir() for p in writing), "the other run deleted a live run's temp folder"
+    _, err = inside.communicate(timeout=60)
+    assert inside.returncode == 0, err
+    assert (project.root / "out-slow" / "last" / "out.txt").is_file()
+    assert cli("cache", "verify", "--config", slow)[0] == 0

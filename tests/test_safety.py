@@ -312,6 +312,8 @@ def test_a_kill_at_an_exact_point_leaves_nothing_half_written(project, cli, modu
         assert done.returncode == 143 and "terminated" in done.stderr and "Traceback" not in done.stderr, done.stderr
         out = project.root / "out"
         assert not out.is_dir() or not [p.name for p in out.iterdir() if p.name.endswith((".tmp", ".old"))]
+        staging = project.root / ".slimops" / "cache" / "tmp"  # a terminated run cleans up after itself
+        assert not staging.is_dir() or not list(staging.iterdir())
     cache, out = project.root / ".slimops" / "cache", project.root / "out"
     if (cache / "entries").is_dir():
         for entry in (cache / "entries").iterdir():
@@ -413,6 +415,8 @@ def test_a_full_disk_is_one_message_and_the_next_run_repairs_everything(project,
     assert got == code and message in err and "Traceback" not in err, err
     out, cache = project.root / "out", project.root / ".slimops" / "cache"
     assert not out.is_dir() or not [p.name for p in out.iterdir() if p.name.endswith((".tmp", ".old"))]
+    # what the failed run half wrote is gone already, so the next run needs no more space than a first run
+    assert not [p for sub in ("tmp", "work") if (cache / sub).is_dir() for p in (cache / sub).iterdir()]
     got, _, err = cli("run", "--quiet", "--config", path)
     assert got == 0, err
     assert (out / "a" / "out.txt").read_text().startswith("value=one")

@@ -21,6 +21,7 @@ data and model errors, 1 for a failed pass or cache error, 3 when an evaluation 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -109,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         where = f" at {err.filename}" if err.filename else ""
-        print(f"error: {err.strerror or err}{where}; free space or fix the permissions there (or point "
-              "engine.cache_dir / engine.output_dir elsewhere) and run again: what finished stays cached", file=sys.stderr)
+        print(f"error: {err.strerror or err}{where}; {_advice(err)} (or point engine.cache_dir / engine.output_dir "
+              "elsewhere) and run again: what finished stays cached", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:
         if args.debug:
@@ -121,6 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _advice(err: OSError) -> str:
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free space there"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "the folder is read-only or not yours: fix its permissions"
+    return "fix the cause there"
 
 
 def _version() -> str:
