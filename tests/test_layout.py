@@ -175,6 +175,17 @@ def test_no_module_over_the_size_limit():
 # -- the public API ---------------------------------------------------------------------------------------
 
 
+def test_every_package_folder_is_installed():
+    """A package pyproject does not list is left out of a non-editable install (`pip install .`)."""
+    import tomllib
+
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {folder: name for name, folder in tool["package-dir"].items()}
+    found = {folders[init.relative_to(ROOT).parts[0]] + "".join("." + part for part in init.relative_to(ROOT).parts[1:-1])
+             for top in folders for init in (ROOT / top).rglob("__init__.py")}
+    assert found == set(tool["packages"])
+
+
 def test_public_api_is_exactly_all():
     import slimops
     import slimops.errors
