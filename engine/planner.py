@@ -18,7 +18,8 @@ import networkx as nx
 
 from slimops.cache import Cache
 from slimops.config import MODEL_INPUT, PassConfig, PipelineConfig
-from slimops.errors import ModelError, PlanError
+from slimops.config.data import data_issues
+from slimops.errors import ConfigError, ModelError, PlanError
 from slimops.keys import canonical, node_key
 from slimops.inputs import resolve_model
 from slimops.needs import install_line, installed
@@ -62,6 +63,7 @@ class Plan:
     graph: nx.DiGraph
     nodes: dict[str, Node]
     cache: Cache
+    warnings: list[str] = field(default_factory=list)  # located, for the CLI to show before it runs
 
     def order(self) -> list[Node]:
         return [self.nodes[node_id] for node_id in nx.lexicographical_topological_sort(self.graph, key=self._position)]
@@ -111,12 +113,14 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def build_plan(config: PipelineConfig, cache: Cache | None = None) -> Plan:
-    """Expand passes into nodes, check that they fit together, and key each one.
+def build_plan(config: PipelineConfig, cache: Cache | None = None, keys: bool = True) -> Plan:
+    """Expand passes into nodes, check that they fit together and that the data fits them, and key
+    each one (`keys=False`: every check, no keys; what `slimops validate` runs).
 
     Raises:
         PlanError: a cycle, a kind mismatch, a missing package, or a target a pass cannot serve.
         ModelError: the input model cannot be found.
+        ConfigError: a data set does not fit the passes that read it.
     """
     cache = cache or Cache(config.cache_dir)
     spec = config.spec
@@ -191,10 +195,14 @@ def build_plan(config: PipelineConfig, cache: Cache | None = None) -> Plan:
         previous = name
 
     _check_followed(config, nodes, instances)
-    plan = Plan(config, graph, nodes, cache)
-    for node in plan.order():
-        node_key(plan, node)
-    cache.memo.save()
+    errors, warnings = data_issues(config)
+    if errors:
+        raise ConfigError(errors)
+    plan = Plan(config, graph, nodes, cache, [str(w) for w in warnings])
+    if keys:
+        for node in plan.order():
+            node_key(plan, node)
+        cache.memo.save()
     return plan
 
 

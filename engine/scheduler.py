@@ -75,6 +75,8 @@ def execute(plan: Plan, display: RunDisplay | None = None) -> RunResult:
     config = plan.config
     cache = plan.cache
     display = display or RunDisplay()
+    for warning in plan.warnings:
+        display.warn(warning)
     out_dir = config.output_dir
     outputs = OutputFolder(out_dir)
     outputs.claim()  # before any pass runs: a folder of the user's own is refused, never overwritten

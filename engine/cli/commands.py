@@ -16,12 +16,21 @@ from slimops.cli.results import console, print_goals, print_summary, show_search
 
 
 def cmd_validate(args) -> int:
+    """Every check `plan` and `run` make before anything runs (the same code: `build_plan`), no keys."""
     from slimops.config import load_config
+    from slimops.planner import build_plan
 
     t0 = time.perf_counter()
     config = load_config(args.config, args.overrides)
+    plan = build_plan(config, keys=False)
+    show_warnings(plan.warnings)
     print(f"{args.config}: ok ({len(config.passes)} passes, {len(config.spec.targets) or 1} targets) in {time.perf_counter() - t0:.2f}s")
     return 0
+
+
+def show_warnings(warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def cmd_plan(args) -> int:
@@ -29,6 +38,7 @@ def cmd_plan(args) -> int:
     from slimops.planner import build_plan
 
     plan = build_plan(load_config(args.config, args.overrides))
+    show_warnings(plan.warnings)
     from rich.table import Table
 
     table = Table(title=f"plan: {plan.config.name}", box=None, header_style="bold")
