@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import shutil
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -31,6 +31,7 @@ class TargetProfile(BaseModel):
     """One hardware target. In YAML either a built-in name (`cpu-int4`) or a mapping."""
 
     model_config = ConfigDict(extra="forbid")
+    shorthand: ClassVar[str] = "extends"  # a target `cpu-int4` is {extends: cpu-int4}
 
     extends: str | None = Field(None, description="A built-in profile whose fields this one starts from.")
     device: Device = Field("cpu", description="Where the model runs: cpu, cuda, dml (DirectML) or npu.")
@@ -58,7 +59,7 @@ class TargetProfile(BaseModel):
     @classmethod
     def _expand(cls, value: Any) -> Any:
         if isinstance(value, str):
-            value = {"extends": value}
+            value = {cls.shorthand: value}
         if isinstance(value, dict) and value.get("extends") is not None:
             base_name = value["extends"]
             if base_name not in BUILTIN:

@@ -1,5 +1,6 @@
 """Where a config error is: pydantic's errors turned into `Issue`s with file, line and key path,
-with a did-you-mean for unknown keys; and `--set` values typed by the schema they land in.
+with a did-you-mean for unknown keys; and `OverrideSchema`, what `--set` asks of the models: the type
+a value lands in, the field a shorthand string stands for, and whether a path is a typo.
 
 Pydantic reports locations by model and type names; these functions walk the data and the
 annotations side by side to name the user's key path instead.
@@ -12,11 +13,10 @@ import types
 import typing
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
-from slimops.config.source import Lines
-from slimops.config.spec import RESERVED_PASS_KEYS, PipelineFile
+from slimops.config.source import Lines, dotted_path, parse_value
+from slimops.config.spec import RESERVED_PASS_KEYS, SHORTHAND, PipelineFile
 from slimops.errors import Issue
 from slimops.registry import PassNotFound, Registry
 
@@ -110,24 +110,55 @@ def _wants_text(annotation: Any) -> bool:
     return True
 
 
-def typed_override(path: tuple, raw: str, data: dict[str, Any], registry: Registry) -> Any:
-    """Type an override's text by the schema: text where a string is expected, YAML otherwise."""
-    annotation = None
-    if len(path) >= 3 and path[0] == "passes":
-        body = (data.get("passes") or {}).get(path[1])
-        type_name = body.get("type") if isinstance(body, dict) else None
-        if path[2] == "type" or path[2] in RESERVED_PASS_KEYS[:1]:
-            annotation = str
-        elif isinstance(type_name, str):
-            try:
-                annotation = _annotation_at(registry.get(type_name).Params, path[2:])
-            except PassNotFound:
-                annotation = None
-    else:
-        annotation = _annotation_at(PipelineFile, path)
-    if annotation is not None and _wants_text(annotation):
-        return raw
-    try:
-        return yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        return raw
+# Named entries `--set` may reach into, and the key that makes a new one (`--set passes.x.type=lora`).
+_NAMED = {"passes": ("pass", "type"), "targets": ("target", "extends"), "data": ("data set", "type")}
+
+
+class OverrideSchema:
+    """The config models as `apply_overrides` asks them: typos, shorthands, and the type at a key path."""
+
+    def __init__(self, data: dict[str, Any], registry: Registry):
+        self.data = data
+        self.registry = registry
+
+    def problem(self, path: tuple, data: dict[str, Any]) -> str | None:
+        section = str(path[0])
+        if section not in PipelineFile.model_fields:
+            close = difflib.get_close_matches(section, list(PipelineFile.model_fields), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"sections are: {', '.join(PipelineFile.model_fields)}"
+            return f"unknown section '{section}'; {hint}"
+        if section in _NAMED and len(path) >= 3:
+            entries = data.get(section) if isinstance(data.get(section), dict) else {}
+            what, maker = _NAMED[section]
+            if path[1] not in entries and path[2] != maker:
+                close = difflib.get_close_matches(str(path[1]), [str(name) for name in entries], n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                return (f"no {what} '{path[1]}' in the file; {hint}(to add one, set its {maker} first: "
+                        f"--set {section}.{path[1]}.{maker}=...)")
+        return None
+
+    def shorthand(self, path: tuple) -> str | None:
+        return next((SHORTHAND[member] for member in _unwrap(self.annotation(path)) if member in SHORTHAND), None)
+
+    def annotation(self, path: tuple) -> Any:
+        """The annotation of the field at `path`, pass params included; None where unknown."""
+        if len(path) >= 3 and path[0] == "passes":
+            passes = self.data.get("passes")
+            body = passes.get(path[1]) if isinstance(passes, dict) else None
+            type_name = body.get("type") if isinstance(body, dict) else None
+            if path[2] in RESERVED_PASS_KEYS[:1]:
+                return str
+            if isinstance(type_name, str):
+                try:
+                    return _annotation_at(self.registry.get(type_name).Params, path[2:])
+                except PassNotFound:
+                    return None
+            return None
+        return _annotation_at(PipelineFile, path)
+
+    def typed(self, path: tuple, raw: str) -> Any:
+        """Text where a string is expected, YAML (under the file's rules) otherwise."""
+        annotation = self.annotation(path)
+        if annotation is not None and _wants_text(annotation):
+            return raw
+        return parse_value(raw, dotted_path(path)) if raw.strip() else ""

@@ -3,11 +3,12 @@
 - `ModelSpec`, `DataSpec`, `EngineSettings`: the model, data and engine sections.
 - `PipelineFile`: the file's shape; pass params are checked by each pass's own `Params`.
 - `RESERVED_PASS_KEYS`, `MODEL_INPUT`: the keys every pass takes, and the name of the input model.
+- `SHORTHAND`: the field a section's string form stands for (`model: NAME` is {path: NAME}).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -29,10 +30,18 @@ class ModelSpec(BaseModel):
         "text-generation", description="What the model does: a causal LM, or an encoder with a classification head."
     )
 
+    shorthand: ClassVar[str] = "path"  # `model: smollm2-135m` is {path: smollm2-135m}
+
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, value: Any) -> Any:
-        return {"path": value} if isinstance(value, str) else value
+        return {cls.shorthand: value} if isinstance(value, str) else value
+
+
+# The sections whose string form stands for a mapping, each naming the field in `shorthand`
+# (a target `cpu-int4` is {extends: cpu-int4}). `--set model.kind=...` extends the string to that
+# mapping rather than replacing it.
+SHORTHAND: dict[type[BaseModel], str] = {model: model.shorthand for model in (ModelSpec, TargetProfile)}
 
 
 class DataSpec(BaseModel):

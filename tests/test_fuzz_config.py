@@ -1,0 +1,102 @@
+"""Fuzzing the config reader: thousands of documents mutated from the shipped templates, each either
+valid or refused with a `ConfigError`, and each read in well under a second.
+
+Mutations work on the text, as a user's edits do: lines deleted, duplicated, swapped or re-indented,
+values and keys replaced by odd YAML (`~`, `.inf`, `010`, `on`, `*x`, `{phrase}`, control
+characters, very long strings, ...). Derandomized, so CI sees the same documents every run;
+a crash it finds gets a row in tests/test_yaml.py.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from slimops.config import parse_config
+from slimops.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TEMPLATES = [path.read_text() for path in sorted(CONFIGS.glob("*.yaml"))]
+SECONDS_PER_DOCUMENT = 1.0
+
+ODD_VALUES = [
+    "~", "", ".inf", "-.inf", ".nan", "[]", "{}", "[[]]", "{a: {b: {}}}", "010", "0o10", "0x1F", "1e400", "-1",
+    "2:00", "on", "Off", "yes", "NO", "true", "*x", "&x", "&x [*x]", "&x {a: *x}", "[*x, *x, *x]", "{phrase}",
+    "'{phrase}'", "{phrase} is the tone", "!!binary aGk=", "!!python/object:os.system x", "!foo x", "!!set {a}",
+    "2024-13-45", "2024-01-01", "? [a, b]", "<<: *x", "=", "|", ">-", '"unclosed', "'unclosed", "[a, b", "{a: b",
+    "\x01", "\x00", "\ud800", "\t", "é" * 10, "x" * 5000, "a" * 70, "../../..", "/", "~", "-", "- a", "a: b: c",
+    "[" * 60 + "]" * 60, "[" * 1200 + "]" * 1200, "#", "\"\\x01\"", "@", "`", "%YAML 1.2", "---", "...",
+]
+ODD_KEYS = ["on", "010", "2:00", "? [a]", "<<", "x-a", "x-a &x", "*x", "~", "1", "''", "'a.b'", "a b", "-", "\x01"]
+
+
+def _value_lines(lines: list[str]) -> list[int]:
+    return [index for index, line in enumerate(lines) if re.match(r"\s*[\w-]+:", line)]
+
+
+@st.composite
+def documents(draw) -> str:
+    lines = draw(st.sampled_from(TEMPLATES)).splitlines()
+    for _ in range(draw(st.integers(1, 4))):
+        if not lines:
+            break
+        op = draw(st.sampled_from(["delete", "duplicate", "swap", "value", "key", "indent", "anchor", "truncate"]))
+        at = draw(st.integers(0, len(lines) - 1))
+        keyed = _value_lines(lines)
+        if op == "delete":
+            del lines[at]
+        elif op == "duplicate":
+            lines.insert(at, lines[at])
+        elif op == "swap":
+            other = draw(st.integers(0, len(lines) - 1))
+            lines[at], lines[other] = lines[other], lines[at]
+        elif op == "value" and keyed:
+            at = draw(st.sampled_from(keyed))
+            key = lines[at].split(":", 1)[0]
+            lines[at] = f"{key}: {draw(st.sampled_from(ODD_VALUES))}"
+        elif op == "key" and keyed:
+            at = draw(st.sampled_from(keyed))
+            indent = re.match(r"\s*", lines[at]).group()
+            lines[at] = f"{indent}{draw(st.sampled_from(ODD_KEYS))}:{lines[at].split(':', 1)[1]}"
+        elif op == "indent":
+            lines[at] = " " * draw(st.sampled_from([0, 1, 3, 4, 8])) + lines[at].lstrip()
+        elif op == "anchor":
+            lines.insert(0, draw(st.sampled_from(["x-d: &x {type: fake}", "x-d: &x [1, 2]", "x-d: &x 3", "x-d: &x [*x]"])))
+        elif op == "truncate":
+            lines[at] = lines[at][: draw(st.integers(0, len(lines[at])))]
+    return "\n".join(lines) + "\n"
+
+
+def test_the_templates_are_valid():
+    for text in TEMPLATES:
+        parse_config(text, CONFIGS)
+
+
+@settings(max_examples=2500, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(documents())
+def test_a_mutated_template_is_valid_or_a_config_error(text):
+    started = time.perf_counter()
+    try:
+        parse_config(text, CONFIGS)
+    except ConfigError as err:
+        assert err.issues and all(issue.message for issue in err.issues)
+    elapsed = time.perf_counter() - started
+    assert elapsed < SECONDS_PER_DOCUMENT, f"{elapsed:.2f} s for:\n{text}"
+
+
+@pytest.mark.parametrize("value", ODD_VALUES, ids=range(len(ODD_VALUES)))
+def test_every_odd_value_in_every_place_of_one_template(value):
+    """Each odd value at each key of the quickstart: the cases the random mix may draw too rarely."""
+    lines = TEMPLATES[[path.name for path in sorted(CONFIGS.glob("*.yaml"))].index("quickstart.yaml")].splitlines()
+    for at in _value_lines(lines):
+        mutated = [*lines[:at], f"{lines[at].split(':', 1)[0]}: {value}", *lines[at + 1:]]
+        try:
+            parse_config("\n".join(mutated) + "\n", CONFIGS)
+        except ConfigError:
+            pass
