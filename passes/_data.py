@@ -2,7 +2,9 @@
 
 - `load_split(spec, split, name)`: the examples (list of dicts) of one split of a `DataSpec`.
 - `has_split(spec, split)`: whether a data set defines that split.
-- splits are parsed by `slimops.config.splits.parse_split` (the engine validates configs with it too).
+- splits are parsed by `slimops.config.splits.parse_split` (the engine validates configs with it too);
+  the fields a formatting reads and the records of a json/jsonl line come from `slimops.config.data`,
+  which `slimops validate` checks the data with.
 - `check_fields(examples, spec, name, split)`: every field the formatting needs, in every example.
 - `render(example, spec, tokenizer)`: `(prompt, response)` text of one example; loss covers the response.
 - `classification_text(example, spec)`: the input text of one example for a classifier.
@@ -18,23 +20,14 @@ example index, and is raised before training starts. Only `collate` imports torc
 from __future__ import annotations
 
 import csv
-import json
-import re
-import string
 from pathlib import Path
 from typing import Any
 
 from slimops.errors import DataError
-from slimops.config.splits import DEFAULT_SPLIT, Split, parse_split  # noqa: F401  (parse_split: the engine's split grammar, used here)
-
-
-def has_split(spec: Any, split: str) -> bool:
-    """Whether `split` is defined: named in `splits`, a key of `files`, or `train` by default."""
-    if split in spec.splits:
-        return True
-    if isinstance(spec.files, dict):
-        return split in spec.files
-    return split == DEFAULT_SPLIT and not spec.splits
+from slimops.config.data import (  # noqa: F401  (template_fields, needed_fields: part of this module's surface)
+    formatting_problem, json_records, jsonl_record, needed_fields, template_fields, text_field, valid_messages,
+)
+from slimops.config.splits import DEFAULT_SPLIT, Split, has_split, parse_split, source_files
 
 
 def load_split(spec: Any, split: str, name: str = "data") -> list[dict[str, Any]]:
@@ -61,17 +54,7 @@ def load_split(spec: Any, split: str, name: str = "data") -> list[dict[str, Any]
 def _read_source(spec: Any, source: str | None, split: str, name: str, where: str) -> list[dict[str, Any]]:
     if spec.type == "hf":
         return _read_hub(spec, source or split, where)
-    files = spec.files
-    if isinstance(files, dict):
-        key = source or split
-        if key not in files:
-            raise DataError(f"{where}names '{key}', which is not a key of data.{name}.files ({', '.join(files)})")
-        files = files[key]
-    elif source not in (None, DEFAULT_SPLIT):
-        raise DataError(f"{where}names '{source}', but data.{name}.files is not a mapping of split names to files; drop the name or use a mapping")
-    paths = [files] if isinstance(files, str) else list(files or [])
-    if not paths:
-        raise DataError(f"{where}no files given; set data.{name}.files")
+    paths = source_files(spec, source, split, name, where)
     rows: list[dict[str, Any]] = []
     for path in paths:
         rows.extend(read_file(Path(path), spec.type, spec.text or "text"))
@@ -89,23 +72,12 @@ def read_file(path: Path, kind: str, text_field: str = "text") -> list[dict[str,
             rows = []
             with open(path, encoding="utf-8") as handle:
                 for number, line in enumerate(handle, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise DataError(f"{path}:{number}: not valid JSON ({err.msg}); each line of a .jsonl file is one JSON object") from None
-                    if not isinstance(row, dict):
-                        raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
-                    rows.append(row)
+                    if line.strip():
+                        rows.append(jsonl_record(line, str(path), number))
             return rows
         if kind == "json":
             with open(path, encoding="utf-8") as handle:
-                try:
-                    body = json.load(handle)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
-            return _json_rows(body, path)
+                return json_records(handle.read(), str(path))
         if kind == "csv":
             with open(path, encoding="utf-8", newline="") as handle:
                 return [dict(row) for row in csv.DictReader(handle)]
@@ -118,19 +90,6 @@ def read_file(path: Path, kind: str, text_field: str = "text") -> list[dict[str,
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise DataError(f"cannot read data file {path}: {reason}") from None
     raise DataError(f"unknown data type '{kind}' for {path}")
-
-
-def _json_rows(body: Any, path: Path) -> list[dict[str, Any]]:
-    if isinstance(body, dict):
-        lists = [value for value in body.values() if isinstance(value, list)]
-        if len(lists) == 1 and all(isinstance(row, dict) for row in lists[0]):
-            body = lists[0]  # {"data": [...]}
-        elif body and all(isinstance(value, list) for value in body.values()):
-            columns = list(body)
-            body = [dict(zip(columns, values)) for values in zip(*body.values())]  # columns
-    if not isinstance(body, list) or not all(isinstance(row, dict) for row in body):
-        raise DataError(f"{path}: expected a list of objects, an object holding one such list, or an object of columns")
-    return body
 
 
 def _read_parquet(path: Path) -> list[dict[str, Any]]:
@@ -162,51 +121,16 @@ def _read_hub(spec: Any, split: str, where: str) -> list[dict[str, Any]]:
 # -- formatting ------------------------------------------------------------------------------------
 
 
-def template_fields(template: str) -> list[str]:
-    """The top-level field names a `{field}` template reads."""
-    names = []
-    for _, field, _, _ in string.Formatter().parse(template):
-        if field:
-            head = re.split(r"[.\[]", field, maxsplit=1)[0]
-            if head and head not in names:
-                names.append(head)
-    return names
-
-
-def needed_fields(spec: Any, task: str = "text-generation") -> list[str]:
-    """The fields every example must hold for this spec's formatting."""
-    if task == "text-classification":
-        fields = [spec.text] if spec.text else template_fields(spec.template or "")
-        return [*fields, *([spec.label] if spec.label else [])]
-    if spec.messages:
-        return [spec.messages]
-    if spec.prompt or spec.response:
-        return template_fields(spec.prompt or "") + [f for f in template_fields(spec.response or "") if f not in template_fields(spec.prompt or "")]
-    if spec.template:
-        return template_fields(spec.template)
-    field = _text_field(spec)
-    return [field] if field else []
-
-
-def _text_field(spec: Any) -> str | None:
-    """The plain-text column: `text:`, or `text` itself for a data set of type text."""
-    return spec.text or ("text" if spec.type == "text" else None)
-
-
 def check_fields(examples: list[dict[str, Any]], spec: Any, name: str, split: str, task: str = "text-generation") -> None:
     """Raise a `DataError` naming the first example that lacks a field the formatting reads.
 
     Raises:
         DataError: no formatting is configured, or example N lacks field F.
     """
+    problem = formatting_problem(spec, task)
+    if problem:
+        raise DataError(f"data '{name}': {problem}")
     fields = needed_fields(spec, task)
-    if not fields:
-        what = "'text' (or 'template') and 'label'" if task == "text-classification" else "one of 'template', 'prompt'+'response', 'messages' or 'text'"
-        raise DataError(f"data '{name}': set {what} so slimops knows how to turn an example into text")
-    if task == "text-classification" and not spec.label:
-        raise DataError(f"data '{name}': a classifier needs 'label: <column>' naming the label column")
-    if bool(spec.prompt) != bool(spec.response) and not spec.messages:
-        raise DataError(f"data '{name}': 'prompt' and 'response' go together; set both, or use 'template'")
     for index, example in enumerate(examples):
         for field in fields:
             if field not in example or example[field] is None:
@@ -217,8 +141,7 @@ def check_fields(examples: list[dict[str, Any]], spec: Any, name: str, split: st
 
 
 def _check_messages(messages: Any, name: str, split: str, index: int) -> None:
-    ok = isinstance(messages, list) and messages and all(isinstance(m, dict) and "role" in m and "content" in m for m in messages)
-    if not ok:
+    if not valid_messages(messages):
         raise DataError(f"data '{name}' split '{split}' example {index}: 'messages' must be a non-empty list of {{role, content}} objects")
 
 
@@ -245,7 +168,7 @@ def render(example: dict[str, Any], spec: Any, tokenizer: Any = None) -> tuple[s
         return spec.prompt.format_map(example), spec.response.format_map(example)
     if spec.template:
         return "", spec.template.format_map(example)
-    return "", str(example[_text_field(spec)])
+    return "", str(example[text_field(spec)])
 
 
 def classification_text(example: dict[str, Any], spec: Any) -> str:

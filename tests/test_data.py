@@ -179,8 +179,8 @@ passes:
 @pytest.mark.parametrize(
     "rows, splits, content, message",
     [
-        (tone_rows(6)[:5] + [{"phrase": "no tone"}], '{train: "[:100%]"}', None, "split 'train' example 5: missing field 'tone'"),
-        (tone_rows(6), '{train: "[:100%]", eval: "[100%:]"}', None, "split 'eval': is empty"),
+        (tone_rows(6)[:5] + [{"phrase": "no tone"}], '{train: "[:100%]"}', None, "data.tone.template: field 'tone' is missing from d.jsonl:6"),
+        (tone_rows(6), '{train: "[:100%]", eval: "[100%:]"}', None, "data.tone.splits.eval: '[100%:]' selects no record of the 6 in d.jsonl"),
         (tone_rows(6), '{train: "[:90]%"}', None, "bad split '[:90]%'"),
         (None, '{train: "[:100%]"}', b'{"phrase": "a", "tone": "b"}\n{not json\n', "d.jsonl:2: not valid JSON"),
     ],

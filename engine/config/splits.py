@@ -4,6 +4,8 @@
 - `Split.bounds(count)`: the slice of `count` examples it means (counts or percentages, negative
   from the end, clamped).
 - `DEFAULT_SPLIT`: the split a data set without `splits:` has.
+- `defined_splits(spec)` / `has_split(spec, split)`: the splits a `DataSpec` defines.
+- `source_files(spec, source, split, name)`: the files a split reads, as written in the config.
 
 The engine checks every split of a config with it before anything runs; the data loader of the
 passes (`slimops.passes._data`) slices with it.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from slimops.errors import DataError
 
@@ -60,3 +63,37 @@ def parse_split(text: str, where: str = "") -> Split:
         if bound and bound.endswith("%") and not 0 <= int(bound[:-1].lstrip("-")) <= 100:
             raise DataError(f"{where}bad split '{text}': a percentage must lie between 0% and 100%")
     return Split(match["name"], match["start"], match["stop"])
+
+
+def defined_splits(spec: Any) -> list[str]:
+    """The splits a data set defines: its `splits:` names and the keys of a `files:` mapping, or `train`."""
+    names = list(spec.splits)
+    if isinstance(spec.files, dict):
+        return names + [key for key in spec.files if key not in names]
+    return names or [DEFAULT_SPLIT]
+
+
+def has_split(spec: Any, split: str) -> bool:
+    """Whether `split` is defined: named in `splits`, a key of `files`, or `train` by default."""
+    return split in defined_splits(spec)
+
+
+def source_files(spec: Any, source: str | None, split: str, name: str = "data", where: str = "") -> list[str]:
+    """The files split `split` (source `source`, from `parse_split`) of data set `name` reads.
+
+    Raises:
+        DataError: the source is not a key of a `files:` mapping, names a source though `files:`
+            is no mapping, or no files are given.
+    """
+    files = spec.files
+    if isinstance(files, dict):
+        key = source or split
+        if key not in files:
+            raise DataError(f"{where}names '{key}', which is not a key of data.{name}.files ({', '.join(files)})")
+        files = files[key]
+    elif source not in (None, DEFAULT_SPLIT):
+        raise DataError(f"{where}names '{source}', but data.{name}.files is not a mapping of split names to files; drop the name or use a mapping")
+    paths = [files] if isinstance(files, str) else list(files or [])
+    if not paths:
+        raise DataError(f"{where}no files given; set data.{name}.files")
+    return paths
