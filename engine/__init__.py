@@ -33,7 +33,8 @@ The built-in passes are `slimops.passes`, reached only through the registry.
 
 from pathlib import Path as _Path
 
-from slimops.errors import CacheError, ConfigError, DataError, GoalError, ModelError, PassError, PlanError, SlimopsError
+from slimops.errors import (CacheError, ConfigError, DataError, GoalError, ModelError, PassError, PlanError, SlimopsError,
+                            TemplateError)
 from slimops.plugin import Artifact, Pass, PassContext
 
 __version__ = "0.1.0"
@@ -54,6 +55,7 @@ __all__ = [
     "PlanError",
     "RunResult",
     "SlimopsError",
+    "TemplateError",
     "load_config",
     "plan",
     "run",

@@ -83,9 +83,21 @@ class Cache:
         return found
 
     def find(self, prefix: str) -> Entry:
-        matches = [d.name for d in self.entries_dir.glob(f"{prefix}*")] if self.entries_dir.is_dir() else []
-        if len(matches) != 1:
-            raise CacheError(f"{'no' if not matches else 'more than one'} cache entry starts with '{prefix}'; see 'slimops cache ls'")
+        """The one entry whose key starts with `prefix` (hex digits; never a glob).
+
+        Raises:
+            CacheError: `prefix` is not hex, or no entry or several start with it.
+        """
+        if not prefix or any(c not in "0123456789abcdef" for c in prefix.lower()):
+            raise CacheError(f"'{prefix}' is not a key prefix: keys are hex digits (0-9, a-f); copy one from 'slimops cache ls'")
+        prefix = prefix.lower()
+        names = sorted(d.name for d in self.entries_dir.iterdir()) if self.entries_dir.is_dir() else []
+        matches = [name for name in names if name.startswith(prefix)]
+        if len(matches) > 1:
+            raise CacheError(f"{len(matches)} cache entries start with '{prefix}' ({', '.join(m[:12] for m in matches[:4])}"
+                             f"{', ...' if len(matches) > 4 else ''}); give more of the key")
+        if not matches:
+            raise CacheError(f"no cache entry starts with '{prefix}' in {self.root}; see 'slimops cache ls' (or pass --config or --cache-dir)")
         entry = self.get(matches[0])
         if entry is None:
             raise CacheError(f"cache entry {prefix} has no manifest; run 'slimops cache gc'")

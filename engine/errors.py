@@ -9,6 +9,8 @@
     ├── ModelError               a model is not a local path, a registered name, nor reachable (exit 2)
     ├── PassError                a pass failed while running; names the node and its log (exit 1)
     ├── CacheError               the cache is unreadable, locked out, or an entry is corrupt (exit 1)
+    ├── TemplateError            `slimops init` cannot copy: an unknown template, a destination that
+    │                            is a file, or files in the way (exit 2)
     └── GoalError                every node ran and is cached, but an evaluation missed a goal (exit 3);
                                  carries `misses` (one dict per missed goal) and the `result`
 
@@ -93,6 +95,12 @@ class CacheError(SlimopsError):
     """The cache cannot be read or written, or an entry is corrupt."""
 
     exit_code = 1
+
+
+class TemplateError(SlimopsError):
+    """`slimops init` cannot copy a template where it was asked to."""
+
+    exit_code = 2
 
 
 class GoalError(SlimopsError):

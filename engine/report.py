@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
 from slimops.errors import SlimopsError
 from slimops.metrics import lower_is_better
 
@@ -68,15 +70,85 @@ def load_run(out_dir: Path) -> dict[str, Any]:
     """run.json of an output folder.
 
     Raises:
-        SlimopsError: there is no readable run.json there.
+        SlimopsError: there is no readable run.json there, or it is not shaped as a run writes it
+            (each message names the first wrong key).
     """
     path = Path(out_dir) / "run.json"
     try:
-        return json.loads(path.read_text())
+        body = json.loads(path.read_text())
     except OSError:
         raise SlimopsError(f"no run.json in {out_dir}; run 'slimops run --config FILE' first, or give the output folder") from None
     except ValueError as err:
         raise SlimopsError(f"{path} is not valid JSON ({err}); rerun the pipeline to rewrite it") from None
+    if not isinstance(body, dict):
+        raise SlimopsError(f"{path} holds {_JSON_TYPES.get(type(body), type(body).__name__)}, not the object a run writes; "
+                           "rerun the pipeline to rewrite it")
+    try:
+        return RunRecord.model_validate(body).model_dump()
+    except ValidationError as err:
+        errors = err.errors()
+        missing = [".".join(str(part) for part in e["loc"]) for e in errors if e["type"] == "missing"]
+        first = errors[0]
+        what = "should be an object" if first["type"] in ("model_type", "dict_type") else first["msg"].removeprefix("Value error, ").lower()
+        problem = f"missing {', '.join(missing)}" if missing else f"{'.'.join(str(part) for part in first['loc'])}: {what}"
+        others = len(errors) - (len(missing) or 1)
+        more = f" (and {others} more)" if others else ""
+        raise SlimopsError(f"{path} is not a run record: {problem}{more}; rerun the pipeline to rewrite it") from None
+
+
+_JSON_TYPES = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true or false", type(None): "null"}
+
+
+def _numbers_in(values: dict[str, Any]) -> bool:
+    """Each value a number (or None), or a mapping of the same: a baseline's own before/after nests."""
+    return all(v is None or isinstance(v, (int, float)) or (isinstance(v, dict) and _numbers_in(v)) for v in values.values())
+
+
+class RunNode(BaseModel):
+    """What the report reads of one node in run.json (the scheduler writes more; it passes through)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    pass_name: str = ""
+    target: str | None = None
+    key: str = ""
+    cached: bool = False
+    path: str = ""
+    seconds: float = 0
+    inputs: list[str] = []
+    metrics: dict[str, Any] = {}
+    meta: dict[str, Any] = {}
+    goals: list[dict[str, Any]] = []
+
+    @field_validator("metrics")
+    @classmethod
+    def _numbers(cls, metrics: dict[str, Any]) -> dict[str, Any]:
+        for part in ("before", "after", "reference"):
+            values = metrics.get(part)
+            if isinstance(values, dict) and not _numbers_in(values):
+                raise ValueError(f"metrics.{part} should map each metric to a number")
+        return metrics
+
+    @field_validator("goals")
+    @classmethod
+    def _goals(cls, goals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not all(isinstance(g.get("metric"), str) and isinstance(g.get("rule"), str) for g in goals):
+            raise ValueError("each goal should have a metric and a rule")
+        return goals
+
+
+class RunRecord(BaseModel):
+    """What the report reads of run.json."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    status: str
+    nodes: dict[str, RunNode]
+    seconds: float = 0
+    config: str | None = None
+    overrides: dict[str, Any] | None = None
+    error: str | None = None
 
 
 def write_report(out_dir: Path) -> tuple[Path, Path]:

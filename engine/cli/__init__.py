@@ -13,7 +13,8 @@ file, the cache or the installation; `results` prints what a run or a search gav
 the one flow the flag-driven commands share (`finetune` in `finetune`; `optimize`, `quantize`,
 `generate-adapter` in `onnx`), which writes a pipeline naming a target profile and runs it.
 
-Errors print as one message without a traceback (`--debug` shows it): exit 2 for config, plan,
+Errors print as one message without a traceback (`--debug`, before or after the command, shows
+it); a mistyped command, flag or choice names the nearest one. Exit 2 for usage, config, plan,
 data and model errors, 1 for a failed pass or cache error, 3 when an evaluation missed a goal
 (every node is cached then), 130 when interrupted, 143 when terminated (SIGTERM).
 """
@@ -21,6 +22,7 @@ data and model errors, 1 for a failed pass or cache error, 3 when an evaluation 
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import os
 import signal
@@ -32,6 +34,90 @@ from slimops.cli import commands, finetune, onnx
 from slimops.errors import SlimopsError
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Each flag's help ends with its default, unless the help says it already or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not has_default(action) or "default" in text or not (action.option_strings or action.nargs in ("?", "*")):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def has_default(action: argparse.Action) -> bool:
+    """Whether `action` has a default worth showing: not None, False, [] nor argparse's SUPPRESS."""
+    return action.default is not None and action.default is not False and action.default != [] and action.default != argparse.SUPPRESS
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, naming the nearest command, flag or choice.
+
+    Python 3.14 has `suggest_on_error`; this does the same on 3.11. An unknown flag is named even
+    where argparse would first complain that a required one is missing (`run --confg x`).
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._tokens = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            commands = self._commands()
+            command = commands.choices.get(getattr(parsed, "command", None)) if commands else None
+            (command or self).error(_unexpected(extras, [p for p in (command, self) if p is not None]))
+        return parsed
+
+    def _commands(self) -> argparse._SubParsersAction | None:
+        return next((a for a in self._actions if isinstance(a, argparse._SubParsersAction)), None)
+
+    def _check_value(self, action: argparse.Action, value) -> None:
+        if action.choices is None or value in action.choices:
+            return
+        choices = [str(c) for c in action.choices]
+        if isinstance(action, argparse._SubParsersAction):
+            what = "command"
+        else:  # `unknown --device 'gpu'`, `unknown cache action 'sho'`
+            what = action.option_strings[0] if action.option_strings else f"{self.prog.split()[-1]} {action.dest}"
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"choose from {', '.join(choices)}"
+        raise argparse.ArgumentError(None, f"unknown {what} '{value}'; {hint}")
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("the following arguments are required"):
+            tokens = getattr(self, "_tokens", [])
+            if self._commands():  # what follows the command is its parser's to judge
+                tokens = tokens[:next((i for i, t in enumerate(tokens) if not t.startswith("-")), len(tokens))]
+            flags = [t for t in tokens if _unknown_flag(self, t)]
+            message = _unexpected(flags, [self]) if flags else message
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def _unknown_flag(parser: argparse.ArgumentParser, token: str) -> bool:
+    if not token.startswith("-") or token in ("-", "--") or token.lstrip("-").replace(".", "", 1).isdigit():
+        return False
+    flag = token.split("=", 1)[0]
+    known = parser._option_string_actions
+    if flag in known or (not flag.startswith("--") and flag[:2] in known):  # -qc: short flags joined
+        return False
+    return not (flag.startswith("--") and parser.allow_abbrev and sum(o.startswith(flag) for o in known) == 1)
+
+
+def _unexpected(extras: list[str], parsers: list[argparse.ArgumentParser]) -> str:
+    """One line about the first unknown flag among `extras` (with the nearest flag), else the stray arguments."""
+    flags = [t for t in extras if t.startswith("-") and all(_unknown_flag(p, t) for p in parsers)]
+    if not flags:
+        return f"unexpected argument{'s' if len(extras) > 1 else ''}: {' '.join(extras)}"
+    flag = flags[0].split("=", 1)[0]
+    options = [o for p in parsers for o in p._option_string_actions if o.startswith("--")]
+    close = difflib.get_close_matches(flag, options, n=1)
+    return f"unknown flag {flag}; did you mean {close[0]}?" if close else f"unknown flag {flag}"
+
+
 def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", required=True, help="the pipeline YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -39,7 +125,7 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="slimops", description="Adapt small language models and ship them to devices.")
+    parser = Parser(prog="slimops", description="Adapt small language models and ship them to devices.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action="version", version=f"slimops {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -55,14 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="show the plan: nodes, keys, cached or not")
     _add_config(p)
     p.add_argument("--explain", action="store_true", help="say which field differs from the nearest cached entry")
+    p.add_argument("--json", action="store_true", help="print the nodes as JSON (id, pass, inputs, key, status, target), for scripts")
 
     p = sub.add_parser("cache", help="manage the cache")
-    p.add_argument("action", choices=["ls", "show", "verify", "gc", "clear"])
-    p.add_argument("key", nargs="?", help="key prefix, for show")
+    p.add_argument("action", choices=["ls", "show", "verify", "gc", "clear"],
+                   help="ls: list entries; show: one entry's manifest; verify: check every entry; gc: drop temporary "
+                   "and unused files; clear: remove every entry")
+    p.add_argument("key", nargs="?", help="key prefix (hex digits, as 'cache ls' shows them), for show")
     p.add_argument("--config", "-c", help="take the cache folder from this pipeline file")
     p.add_argument("--cache-dir", help="the cache folder (default .slimops/cache)")
     p.add_argument("--older-than", type=float, metavar="DAYS", help="gc: also drop entries unused this long")
     p.add_argument("--yes", action="store_true", help="clear: do not ask")
+    p.add_argument("--json", action="store_true", help="ls: print the entries as JSON, for scripts")
 
     p = sub.add_parser("report", help="render report.md and report.html again from an output folder's run.json")
     p.add_argument("dir", nargs="?", default="out", help="the output folder (default: out)")
@@ -71,20 +161,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", help="check the disk where this pipeline's cache lives")
     p.add_argument("--cache-dir", help="the cache folder (default .slimops/cache)")
 
-    sub.add_parser("passes", help="list every pass with its params and kinds")
-    sub.add_parser("targets", help="list target profiles and whether this machine runs them")
+    p = sub.add_parser("passes", help="list every pass with its params and kinds; exit 1 when one cannot be loaded")
+    p.add_argument("--json", action="store_true", help="print the passes (and those that cannot load) as JSON, for scripts")
+    p = sub.add_parser("targets", help="list target profiles and whether this machine runs them")
+    p.add_argument("--json", action="store_true", help="print the profiles as JSON, for scripts")
 
     p = sub.add_parser("schema", help="write the JSON Schema of pipeline files")
-    p.add_argument("--output", "-o", default="-", help="file to write (default: stdout)")
+    p.add_argument("--output", "-o", default="-", help="file to write, or - for stdout (default: -)")
     p.add_argument("--markdown", action="store_true", help="write the config reference (docs/config.md) instead")
 
     p = sub.add_parser("init", help="list templates, or copy one into a folder")
-    p.add_argument("template", nargs="?")
-    p.add_argument("dir", nargs="?", default=".")
+    p.add_argument("template", nargs="?", help="the template to copy; without one, list them")
+    p.add_argument("dir", nargs="?", default=".", help="the folder to copy it into; made if missing")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
 
     onnx.add_parsers(sub)  # optimize, quantize, generate-adapter
     finetune.add_parser(sub)
+    for command in sub.choices.values():  # `slimops validate --debug` as well as `slimops --debug validate`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
 
 
@@ -109,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a full disk, a read-only or vanished folder, a permission denied
         if args.debug:
             raise
+        if err.errno == errno.EPIPE:  # `slimops cache ls --json | head`: the reader has all it wanted
+            return 141
         where = f" at {err.filename}" if err.filename else ""
         print(f"error: {err.strerror or err}{where}; {_advice(err)} (or point engine.cache_dir / engine.output_dir "
               "elsewhere) and run again: what finished stays cached", file=sys.stderr)
@@ -119,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         how, code = ("terminated", 143) if isinstance(err, Terminated) else ("interrupted", 130)
         print(f"{how}: nodes completed so far are cached; rerun to resume", file=sys.stderr)
         return code
+    except Exception as err:  # a bug: still one line, and the way to the traceback
+        if args.debug:
+            raise
+        print(f"error: unexpected {type(err).__name__}: {err}; this is a slimops bug: rerun with --debug and report "
+              "the traceback", file=sys.stderr)
+        return 1
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -39,6 +39,12 @@ def cmd_plan(args) -> int:
 
     plan = build_plan(load_config(args.config, args.overrides))
     show_warnings(plan.warnings)
+    if args.json:
+        rows = [{"id": node.id, "pass": node.pass_name, "inputs": list(node.inputs), "key": node.key,
+                 "status": "cached" if plan.cached(node) else "will run", "target": node.target_name}
+                for node in plan.order()]
+        print(json.dumps(rows, indent=2))
+        return 0
     from rich.table import Table
 
     table = Table(title=f"plan: {plan.config.name}", box=None, header_style="bold")
@@ -98,7 +104,12 @@ def _cache_for(args):
 
 def cmd_cache(args) -> int:
     cache = _cache_for(args)
-    if args.action == "ls":
+    if args.action == "ls" and args.json:
+        print(json.dumps([{"key": e.key, "node": e.manifest.get("node"), "pass": e.manifest.get("pass"),
+                           "kind": e.manifest.get("artifact", {}).get("kind"), "size_bytes": e.manifest.get("size_bytes"),
+                           "seconds": e.manifest.get("seconds"), "created": e.manifest.get("created")}
+                          for e in cache.entries()], indent=2))
+    elif args.action == "ls":
         from rich.table import Table
 
         table = Table(title=f"cache: {cache.root}", box=None, header_style="bold")
@@ -149,24 +160,35 @@ def _size(n: float) -> str:
 
 
 def cmd_passes(args) -> int:
+    """Every pass with its kinds and params; those that cannot be loaded are listed with why, exit 1."""
+    from rich.markup import escape
     from rich.table import Table
 
-    from slimops.registry import Registry
+    from slimops.registry import Registry, describe
 
+    def short(value) -> str:  # a nested model's defaults in full are for --json
+        text = repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    found, broken = Registry(Path.cwd()).all()
+    passes = [describe(name, cls) for name, cls in found.items()]
+    if getattr(args, "json", False):
+        print(json.dumps({"passes": passes, "broken": [{"name": n, "error": why} for n, why in broken.items()]}, indent=2))
+        return 1 if broken else 0
     table = Table(title="passes", box=None, header_style="bold", show_lines=False)
     for column in ("type", "consumes", "produces", "per target", "params"):
         table.add_column(column)
-    found, broken = Registry(Path.cwd()).all()
-    for name, cls in found.items():
-        params = ", ".join(
-            f"{field}={info.default!r}" if not info.is_required() else f"{field} (required)"
-            for field, info in cls.Params.model_fields.items()
-        )
-        consumes = "any" if cls.consumes is None else (", ".join(cls.consumes) or "nothing")
-        table.add_row(name, consumes, cls.produces or "(its input's)", "yes" if cls.per_target else "no", params)
+    for entry in passes:
+        params = ", ".join(f"{p['name']} (required)" if p["required"] else f"{p['name']}={short(p['default'])}"
+                           for p in entry["params"])
+        consumes = "any" if entry["consumes"] is None else (", ".join(entry["consumes"]) or "nothing")
+        table.add_row(entry["name"], consumes, entry["produces"] or "(its input's)", "yes" if entry["per_target"] else "no", escape(params))
     console().print(table)
-    for name, why in broken.items():
-        print(f"error: pass '{name}' cannot be used: {why}", file=sys.stderr)
+    if broken:
+        print("\ncould not load:")
+        for name, why in broken.items():
+            print(f"  {name}: {why}")
+        print(f"error: {len(broken)} pass{'es' if len(broken) > 1 else ''} could not be loaded (listed above)", file=sys.stderr)
     return 1 if broken else 0
 
 
@@ -175,6 +197,15 @@ def cmd_targets(args) -> int:
 
     from slimops.targets import BUILTIN, about, builtin, machine_support
 
+    if args.json:
+        rows = []
+        for name in BUILTIN:
+            profile = builtin(name)
+            ok, why = machine_support(profile)
+            rows.append({"name": name, "about": about(name), **profile.model_dump(exclude={"extends"}),
+                         "execution_providers": profile.execution_providers, "runs_here": ok, "why_not": None if ok else why})
+        print(json.dumps(rows, indent=2))
+        return 0
     table = Table(title="target profiles", box=None, header_style="bold")
     for column in ("name", "device", "providers", "precision", "runs here", "what"):
         table.add_column(column)
