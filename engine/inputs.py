@@ -35,6 +35,9 @@ def registered_path(name: str) -> Path:
     return path.parent if path.name == "config.json" else path
 
 
+DETECTED_KINDS = ("gguf", "onnx-model", "genai-model", "hf-adapter", "hf-model")  # what detect_kind tells apart
+
+
 def detect_kind(path: Path) -> str | None:
     if path.is_file():
         return {".gguf": "gguf", ".onnx": "onnx-model"}.get(path.suffix.lower())

@@ -21,7 +21,7 @@ from slimops.config import MODEL_INPUT, PassConfig, PipelineConfig
 from slimops.config.data import data_issues
 from slimops.errors import ConfigError, ModelError, PlanError
 from slimops.keys import canonical, node_key
-from slimops.inputs import resolve_model
+from slimops.inputs import DETECTED_KINDS, resolve_model
 from slimops.needs import install_line, installed
 from slimops.plugin import BASELINE_SUFFIX, Artifact, Pass
 from slimops.targets import TargetProfile, builtin, machine_has_cuda, machine_support
@@ -136,6 +136,7 @@ def build_plan(config: PipelineConfig, cache: Cache | None = None, keys: bool = 
     expanded: dict[str, dict[str | None, str]] = {}  # pass name -> {target name or None: node id}
 
     if spec.model is not None:
+        _check_model_kind(config)
         try:
             source = resolve_model(spec.model.path, spec.model.kind, config.base_dir)
         except ModelError as err:
@@ -198,12 +199,36 @@ def build_plan(config: PipelineConfig, cache: Cache | None = None, keys: bool = 
     errors, warnings = data_issues(config)
     if errors:
         raise ConfigError(errors)
-    plan = Plan(config, graph, nodes, cache, [str(w) for w in warnings])
+    plan = Plan(config, graph, nodes, cache, [str(w) for w in [*config.warnings, *warnings]])
     if keys:
         for node in plan.order():
             node_key(plan, node)
         cache.memo.save()
     return plan
+
+
+def _kinds(config: PipelineConfig) -> dict[str, list[str]]:
+    """Every artifact kind a model can be, with the passes that make it."""
+    makers: dict[str, list[str]] = {kind: [] for kind in DETECTED_KINDS}
+    for name, cls in config.registry.all()[0].items():
+        for kind in (*(cls.consumes or ()), cls.produces):
+            if kind:
+                makers.setdefault(kind, [])
+        if cls.produces and not cls.converts:
+            makers[cls.produces].append(name)
+    return makers
+
+
+def _check_model_kind(config: PipelineConfig) -> None:
+    kind = config.spec.model.kind
+    if kind is None:
+        return
+    known = sorted(_kinds(config))
+    if kind not in known:
+        close = difflib.get_close_matches(kind, known, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise PlanError(f"{config.where('model', 'kind')}: unknown kind '{kind}'; {hint}"
+                        f"kinds: {', '.join(known)} (or leave it out: slimops detects it from the files)")
 
 
 def _pass_order(config: PipelineConfig) -> list[str]:
@@ -252,9 +277,11 @@ def _convert_if_needed(config: PipelineConfig, nodes: dict[str, Node], graph: nx
                 nodes[conv_id] = node
                 graph.add_edge(input_id, conv_id)
             return conv_id
+    makers = sorted({name for wanted in accepts for name in _kinds(config).get(wanted, [])})
+    fix = f"read the output of a pass that makes it ({', '.join(makers)})" if makers else f"put a pass that makes {accepts[0]} before it"
     raise PlanError(
         f"{config.where('passes', pc.name)} pass '{pc.name}' ({pc.type}) reads {', '.join(accepts)}, "
-        f"but its input '{input_id}' is {kind}; put a pass that turns {kind} into {accepts[0]} before it"
+        f"but its input '{input_id}' is {kind}; {fix}"
     )
 
 

@@ -119,6 +119,8 @@ class Pass:
             that node's artifact as an extra, last input (before/after comparisons).
         unkeyed: Params fields that do not change the artifact (goals, say); left out of the key,
             so changing them reuses the cached artifact.
+        many_inputs: True when `run` reads every one of `ctx.inputs`; a pass that reads one
+            (`ctx.input`) given several in `inputs:` is a config error.
     """
 
     name: ClassVar[str] = ""
@@ -134,6 +136,7 @@ class Pass:
     data_fields: ClassVar[tuple[str, ...]] = ("data", "eval_data", "calibration_data")
     baseline: ClassVar[bool] = False
     unkeyed: ClassVar[tuple[str, ...]] = ()
+    many_inputs: ClassVar[bool] = False
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")

@@ -23,6 +23,7 @@ class Fake(Pass):
     version = "1"
     consumes = None
     produces = "text"
+    many_inputs = True
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")

@@ -45,11 +45,11 @@ class TrainParams(BaseModel):
     eval_data: str | None = Field(None, description="Data set for eval loss; default: `data`'s own eval split if it has one.")
     eval_split: str = Field("eval", description="Split to evaluate on.")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs when set.")
-    epochs: float = Field(1.0, gt=0, description="Passes over the training split, when max_steps is not set.")
+    epochs: float = Field(1.0, gt=0, json_schema_extra={"usual": [0.01, 50]}, description="Passes over the training split, when max_steps is not set.")
     batch_size: int = Field(4, ge=1, description="Examples per forward pass.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Forward passes per optimizer step (effective batch = batch_size x this).")
     max_seq_len: int = Field(512, ge=8, description="Tokens per example; longer ones are cut. Batches are grouped by length, so short data pays for no padding.")
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (2e-4 suits adapters; use ~2e-5 for full).")
+    learning_rate: float = Field(2e-4, gt=0, json_schema_extra={"usual": [1e-6, 1e-2]}, description="Peak learning rate (2e-4 suits adapters; use ~2e-5 for full).")
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps spent warming up.")
     warmup_steps: int | None = Field(None, ge=0, description="Warmup steps; overrides warmup_ratio.")
@@ -76,7 +76,7 @@ class TrainParams(BaseModel):
 class AdapterParams(TrainParams):
     """LoRA-family settings."""
 
-    r: int = Field(16, ge=1, description="Adapter rank.")
+    r: int = Field(16, ge=1, json_schema_extra={"usual": [1, 512]}, description="Adapter rank.")
     alpha: float = Field(32, gt=0, description="Scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter's input.")
     target_modules: list[str] | str | None = Field(None, description="Module names to adapt; default every linear layer but the output head ('all-linear').")
@@ -89,14 +89,14 @@ class QloraParams(AdapterParams):
 
 
 class Ia3Params(TrainParams):
-    learning_rate: float = Field(3e-3, gt=0, description="IA3 trains few scaling vectors and wants a higher rate.")
+    learning_rate: float = Field(3e-3, gt=0, json_schema_extra={"usual": [1e-5, 5e-2]}, description="IA3 trains few scaling vectors and wants a higher rate.")
     target_modules: list[str] | None = Field(None, description="Modules to scale; default from peft per architecture.")
     feedforward_modules: list[str] | None = Field(None, description="Subset of target_modules scaled on their input.")
     modules_to_save: list[str] | None = Field(None, description="Modules trained in full and saved with the adapter.")
 
 
 class FullParams(TrainParams):
-    learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate; every weight trains, so keep it low.")
+    learning_rate: float = Field(2e-5, gt=0, json_schema_extra={"usual": [1e-7, 1e-3]}, description="Peak learning rate; every weight trains, so keep it low.")
 
 
 class _FineTune(Pass):

@@ -55,6 +55,7 @@ class GenerateAdapter(Pass):
     name = "generate_adapter"
     version = "2"
     consumes = ("hf-adapter", "hf-model")
+    many_inputs = True
     produces = "genai-model"
     per_target = True
     requires = ("onnx", "onnxruntime", "onnxruntime-genai", "onnx-ir", "transformers", "torch", "peft")  # onnx-ir: the builder imports it

@@ -286,8 +286,8 @@ def test_missing_provider_is_a_plan_error_only_for_passes_that_run_on_the_target
         slimops.plan(runs)
 
 
-def test_a_session_that_falls_back_to_cpu_is_refused(exported):
-    from slimops.passes._runtime.ort import ParityError, open_session
+def test_a_session_that_falls_back_to_cpu_is_refused_by_parity_and_by_evaluate(exported):
+    from slimops.passes._runtime.ort import OnnxRunner, ParityError, open_session
 
     model = Path(exported["export@cpu"].path) / "model.onnx"
     assert open_session(model, ["CPUExecutionProvider"]).get_providers() == ["CPUExecutionProvider"]
@@ -295,6 +295,8 @@ def test_a_session_that_falls_back_to_cpu_is_refused(exported):
         pytest.skip("this onnxruntime has CUDA")
     with pytest.raises(ParityError, match="asked onnxruntime for CUDAExecutionProvider but the session runs on CPUExecutionProvider"):
         open_session(model, ["CUDAExecutionProvider"])
+    with pytest.raises(ParityError, match="asked onnxruntime for CUDAExecutionProvider"):  # evaluate's ONNX runner
+        OnnxRunner(model, model.parent, ["CUDAExecutionProvider"])
 
 
 def test_cuda_export_writes_files_and_skips_parity_here(assets, tmp_path):

@@ -96,8 +96,10 @@ def test_a_read_only_folder_is_one_clear_message_and_the_fixed_run_succeeds(buil
 
 PATH_CASES = [
     # (what, --set, exit code, message)
-    ("the cache path is a file", "engine.cache_dir=notes.txt", 1, "the cache folder {root}/notes.txt is a file"),
-    ("the output path is a file", "engine.output_dir=notes.txt", 2, "notes.txt"),
+    ("the cache path is a file", "engine.cache_dir=notes.txt", 2,
+     "--set engine.cache_dir: 'notes.txt' is a file ({root}/notes.txt); give a folder"),
+    ("the output path is a file", "engine.output_dir=notes.txt", 2,
+     "--set engine.output_dir: 'notes.txt' is a file ({root}/notes.txt); give a folder"),
     ("the cache folder cannot be made", "engine.cache_dir=locked/cache", 1,
      "cannot write to the cache folder {root}/locked/cache: Permission denied"),
     ("the output folder cannot be made", "engine.output_dir=locked/out", 1,

@@ -98,8 +98,9 @@ def test_an_output_path_that_is_a_file_is_a_clear_error(project, cli, sentinel):
     (sentinel / "out").write_text("not a folder\n")
     path = project.write("passes: {a: {type: fake}}\n")
     before = tree_hash(sentinel)
-    code, _, err = cli("run", "--config", path)
-    assert code == 2 and "the output folder" in err and "is a file" in err
+    for command in ("validate", "run"):
+        code, _, err = cli(command, "--config", path)
+        assert code == 2 and f"engine.output_dir: 'out' is a file ({sentinel / 'out'}); give a folder" in err, err
     assert tree_hash(sentinel) == before
 
 

@@ -9,13 +9,14 @@
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from slimops.config.location import issues_from, typed_override
+from slimops.config.location import OverrideSchema, issues_from
 from slimops.config.names import name_problem
 from slimops.config.source import Lines, apply_overrides, load_yaml, parse_yaml
 from slimops.config.spec import MODEL_INPUT, RESERVED_PASS_KEYS, PipelineFile
@@ -48,6 +49,7 @@ class PipelineConfig:
     lines: Lines
     registry: Registry = field(repr=False)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    warnings: list[Issue] = field(default_factory=list)  # valid but unusual values, shown before a run
 
     @property
     def name(self) -> str:
@@ -85,7 +87,7 @@ def parse_config(text: str, base_dir: Path, overrides: list[str] | None = None, 
 
 def _validate(data: dict[str, Any], lines: Lines, base_dir: Path, file: Path | None, overrides: list[str]) -> PipelineConfig:
     registry = Registry(search_dir=base_dir)
-    apply_overrides(data, overrides, lines, lambda path, raw: typed_override(path, raw, data, registry))
+    apply_overrides(data, overrides, lines, OverrideSchema(data, registry))
     issues: list[Issue] = []
 
     top = {key: value for key, value in data.items()}
@@ -103,10 +105,44 @@ def _validate(data: dict[str, Any], lines: Lines, base_dir: Path, file: Path | N
     passes = _validate_passes(passes_raw, registry, lines, issues)
     if spec is not None:
         _check_references(spec, passes, lines, base_dir, issues)
+        issues.extend(lines.issue(path, f"{value} has no meaning here; give a finite number")
+                      for name in type(spec).model_fields if name != "passes"  # passes: their Params, below
+                      for path, value in _non_finite(getattr(spec, name), (name,)))
+    warnings: list[Issue] = []
+    for name, pc in passes.items():
+        issues.extend(lines.issue(path, f"{value} has no meaning here; give a finite number")
+                      for path, value in _non_finite(pc.params, ("passes", name)))
+        warnings.extend(_unusual(pc.params, ("passes", name), lines))
     if issues:
         raise ConfigError(issues)
     assert spec is not None
-    return PipelineConfig(file=file, base_dir=base_dir, spec=spec, passes=passes, lines=lines, registry=registry, raw=data)
+    return PipelineConfig(file=file, base_dir=base_dir, spec=spec, passes=passes, lines=lines, registry=registry,
+                          raw=data, warnings=warnings)
+
+
+def _non_finite(value: Any, path: tuple) -> list[tuple[tuple, float]]:
+    """Every inf or nan in a validated model (`.inf`, `.nan`, or text pydantic read as one), with its key path."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [(path, value)]
+    if isinstance(value, BaseModel):
+        return [found for name in type(value).model_fields for found in _non_finite(getattr(value, name), (*path, name))]
+    if isinstance(value, dict):
+        return [found for key, item in value.items() for found in _non_finite(item, (*path, key))]
+    if isinstance(value, (list, tuple)):
+        return [found for index, item in enumerate(value) for found in _non_finite(item, (*path, index))]
+    return []
+
+
+def _unusual(params: BaseModel, path: tuple, lines: Lines) -> list[Issue]:
+    """Values outside the range a field declares as usual (`json_schema_extra={"usual": [low, high]}`)."""
+    found = []
+    for name, info in type(params).model_fields.items():
+        usual = (info.json_schema_extra or {}).get("usual") if isinstance(info.json_schema_extra, dict) else None
+        value = getattr(params, name)
+        if usual and isinstance(value, (int, float)) and not usual[0] <= value <= usual[1]:
+            found.append(lines.issue((*path, name), f"{value:g} is unusual (usually {usual[0]:g} to {usual[1]:g}); "
+                                     "check it is what you meant"))
+    return found
 
 
 def _validate_passes(passes_raw: dict[str, Any], registry: Registry, lines: Lines, issues: list[Issue]) -> dict[str, PassConfig]:
@@ -137,6 +173,9 @@ def _validate_passes(passes_raw: dict[str, Any], registry: Registry, lines: Line
             if not isinstance(inputs, list) or not all(isinstance(item, str) for item in inputs):
                 issues.append(lines.issue((*where, "inputs"), "must be a list of pass names (or 'model')"))
                 inputs = None
+            elif len(inputs) > 1 and not cls.many_inputs:
+                issues.append(lines.issue((*where, "inputs"), f"a {type_name} pass reads one input, and this names "
+                                          f"{len(inputs)} ({', '.join(inputs)}); give one, or one {type_name} pass per input"))
         targets = body.get("targets")
         if targets is not None:
             if isinstance(targets, str):
@@ -168,6 +207,8 @@ def _check_references(spec: PipelineFile, passes: dict[str, PassConfig], lines: 
         if folder in (Path(folder.anchor), Path.home().resolve()):
             issues.append(lines.issue(("engine", key), f"'{value}' is {folder}: slimops writes and deletes there, "
                                       "so give it a folder of its own (e.g. .slimops/cache, out)"))
+        elif folder.exists() and not folder.is_dir():
+            issues.append(lines.issue(("engine", key), f"'{value}' is a file ({folder}); give a folder"))
     for name, config in passes.items():
         for index, input_name in enumerate(config.inputs or []):
             if input_name == MODEL_INPUT or input_name in names:
@@ -188,12 +229,17 @@ def _check_references(spec: PipelineFile, passes: dict[str, PassConfig], lines: 
         from slimops.inputs import REGISTERED, locate
 
         text = spec.model.path
-        if locate(text, base_dir) is None:
+        try:
+            found = locate(text, base_dir)
+        except (OSError, ValueError):  # too long for a path, or a NUL in it: no file has that name
+            found = None
+        if found is None:
             close = difflib.get_close_matches(text, list(REGISTERED), n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
             issues.append(lines.issue(("model", "path") if ("model", "path") in lines.lines else ("model",),
                 f"'{text}' is neither a local path (relative to {base_dir}) nor a registered model; {hint}registered: {', '.join(REGISTERED)}"))
     from slimops.errors import DataError
+    from slimops.config.data import path_problem
     from slimops.config.splits import parse_split
 
     for data_name, data in spec.data.items():
@@ -209,7 +255,11 @@ def _check_references(spec: PipelineFile, passes: dict[str, PassConfig], lines: 
         if not data.files:
             issues.append(lines.issue(("data", data_name), f"a data set of type {data.type} needs 'files'"))
         for file in data.file_list():
-            if not (base_dir / file).is_file():
-                issues.append(lines.issue(("data", data_name, "files"), f"no such file '{file}' (relative to {base_dir})"))
+            try:
+                problem = path_problem(file, base_dir)
+            except (OSError, ValueError) as err:  # too long for a path, or a NUL in it
+                problem = f"'{file[:60]}' cannot name a file ({getattr(err, 'strerror', None) or err})"
+            if problem:
+                issues.append(lines.issue(("data", data_name, "files"), problem))
 
 

@@ -58,13 +58,10 @@ class OnnxRunner:
 
     def __init__(self, model_file: Path, tokenizer_dir: Path, providers: list[str], config_dir: Path | None = None):
         import numpy as np
-        import onnxruntime as ort
         import transformers
 
         self.np = np
-        available = set(ort.get_available_providers())
-        usable = [p for p in providers if p in available] or ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(model_file), providers=usable)
+        self.session = open_session(model_file, providers)  # the target's provider, or an error: never a quiet CPU run
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
