@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slimops import needs
+from slimops.hardware import cpu_flags, cpu_model, training_precision
 from slimops.needs import DISTRIBUTION_OF, install_line, installed
 
 # A quickstart run caches 1.2 GB (measured: HF folder, adapter, merged model, int4 ONNX) and copies
@@ -101,38 +102,19 @@ def providers() -> list[Check]:
     return checks
 
 
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    return set(line.partition(":")[2].split())
-
-
 def cpu() -> list[Check]:
     """Which fast paths this CPU has: AVX512, bf16 (AVX512-BF16), AMX."""
     import platform
 
     flags = cpu_flags()
-    model = _cpu_model()
+    model = cpu_model()
     if not flags:
         return [Check("cpu", OK, f"{model or platform.machine()}; instruction-set flags not readable here")]
     have = [name for name, flag in (("AVX2", "avx2"), ("AVX512", "avx512f"), ("AVX512-BF16", "avx512_bf16"),
                                      ("AMX-BF16", "amx_bf16"), ("AMX-INT8", "amx_int8")) if flag in flags]
-    bf16 = "amx_bf16" in flags or "avx512_bf16" in flags
-    note = "bf16 training and inference run natively" if bf16 else "no native bf16: fp32 is the faster choice for training here"
+    precision, why = training_precision()
+    note = f"fine-tuning with precision: auto trains in {precision} ({why})"
     return [Check("cpu", OK, f"{model}: {', '.join(have) or 'no AVX2'}; {note}")]
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return ""
 
 
 def cuda() -> list[Check]:

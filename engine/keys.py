@@ -150,6 +150,9 @@ def node_key(plan, node) -> None:
         {plan.nodes[i].name: plan.nodes[i].key for i in node.inputs},
         data, node.target.fields_for_key() if cls.per_target else None, node.parts.get("libraries", {}),
     )
+    machine = cls().choices(pc.params)
+    if machine:  # only passes that choose something carry it: every other key stays as it was
+        node.parts["machine"] = machine
     node.key = sha256_text(canonical(node.parts))
 
 

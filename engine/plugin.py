@@ -155,6 +155,13 @@ class Pass:
         `extra_input_kind` when that is set."""
         return []
 
+    def choices(self, params: Any) -> dict[str, Any]:
+        """What the pass decides from this machine for an `auto` setting (precision, say), by name.
+
+        Part of the node's key, so an artifact built with other choices is never reused; empty by default.
+        """
+        return {}
+
     def check(self, params: Any, target: Any) -> str | None:
         """Say why this pass cannot serve `target` with `params`, or None if it can.
 

@@ -45,10 +45,12 @@ def unquantizable_layers(base: Path, task: str, labels: list[str]) -> tuple[list
     return misfits, kept
 
 
-def load_model(base: Path, task: str, method: str, params: Any, labels: list[str], float_modules: list[str] | None = None):
+def load_model(base: Path, task: str, method: str, params: Any, labels: list[str], float_modules: list[str] | None = None,
+               precision: str = "fp32", bf16_base: bool = False):
+    """The base model to train: fp32, or bf16 weights when `bf16_base` (an adapter's frozen base)."""
     import torch
 
-    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if bf16_base else torch.float32}
     if method == "qlora":
         from transformers import BitsAndBytesConfig
 
@@ -56,7 +58,7 @@ def load_model(base: Path, task: str, method: str, params: Any, labels: list[str
             load_in_4bit=True,
             bnb_4bit_quant_type=params.quant_type,
             bnb_4bit_use_double_quant=params.double_quant,
-            bnb_4bit_compute_dtype=torch.bfloat16 if params.precision == "bf16" else torch.float32,
+            bnb_4bit_compute_dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
             llm_int8_skip_modules=float_modules,  # a list replaces transformers' own, so it carries those too
         )
     if task == CLASSIFIER:

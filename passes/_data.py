@@ -9,10 +9,12 @@
 - `render(example, spec, tokenizer)`: `(prompt, response)` text of one example; loss covers the response.
 - `classification_text(example, spec)`: the input text of one example for a classifier.
 - `tokenize_lm(examples, spec, tokenizer, max_seq_len)`: `{"input_ids", "labels"}` per example.
+- `pack(features, max_seq_len)`: causal-LM examples packed into rows, each example attending to itself only.
 - `tokenize_classification(...)`, `collate(features, pad_id)`: the classifier's side, and padding.
 
-Batches are grouped by length (the trainer's length-grouped sampler) rather than packed: no
-example attends to another, and the padding left is the few tokens between similar lengths.
+Causal-LM examples are packed into rows of `max_seq_len` tokens (`pack`), attention kept within each
+example; classification batches are grouped by length instead (the trainer's length-grouped
+sampler), so the padding left is the few tokens between similar lengths.
 Every problem is a `DataError` that names the data set, the split and, where it applies, the
 example index, and is raised before training starts. Only `collate` imports torch.
 """
@@ -235,15 +237,53 @@ def tokenize_classification(examples: list[dict[str, Any]], spec: Any, tokenizer
     return features
 
 
+def pack(features: list[dict[str, list[int]]], max_seq_len: int) -> list[dict[str, list[int]]]:
+    """Causal-LM examples packed into rows of at most `max_seq_len` tokens, first fit by decreasing length.
+
+    Each row carries `position_ids` that restart at 0 for every example. Given position ids and no
+    attention mask, transformers masks attention block by block, so no example sees another; the
+    first token of each example gets the label -100, as it has no loss unpacked either (nothing
+    before it predicts it). So every example's loss is what it is alone.
+    """
+    rows: list[dict[str, list[int]]] = []
+    room: list[int] = []
+    for feature in sorted(features, key=lambda f: -len(f["input_ids"])):
+        n = len(feature["input_ids"])
+        index = next((i for i, free in enumerate(room) if free >= n), None)
+        if index is None:
+            rows.append({"input_ids": [], "labels": [], "position_ids": []})
+            room.append(max_seq_len)
+            index = len(rows) - 1
+        row = rows[index]
+        row["input_ids"] += feature["input_ids"]
+        row["labels"] += [-100, *feature["labels"][1:]]
+        row["position_ids"] += list(range(n))
+        room[index] -= n
+    return rows
+
+
 def collate(features: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     """Pad a batch to its longest example (batches hold similar lengths, so little is padding).
 
     Returns:
         input_ids, attention_mask: (batch, longest) int64; labels: (batch, longest) with -100
-        on padding, or (batch,) class ids.
+        on padding, or (batch,) class ids. Packed rows (from `pack`) get `position_ids` instead of
+        an attention mask; their padding is a block of its own that no real token attends to.
     """
     import torch
 
+    if "position_ids" in features[0]:
+        longest = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), longest), pad_id, dtype=torch.long)
+        labels = torch.full((len(features), longest), -100, dtype=torch.long)
+        positions = torch.arange(longest).repeat(len(features), 1)
+        for row, feature in enumerate(features):
+            n = len(feature["input_ids"])
+            ids[row, :n] = torch.tensor(feature["input_ids"])
+            labels[row, :n] = torch.tensor(feature["labels"])
+            positions[row, :n] = torch.tensor(feature["position_ids"])
+            positions[row, n:] = torch.arange(longest - n)
+        return {"input_ids": ids, "labels": labels, "position_ids": positions}
     longest = max(len(f["input_ids"]) for f in features)
     ids = torch.full((len(features), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(features), longest), dtype=torch.long)

@@ -3,7 +3,9 @@
 Every method shares one training loop, the transformers `Trainer`; the methods differ only in
 how the model is wrapped (`_wrap`). What the loop adds around the Trainer:
 
-- data from `slimops.passes._data` (checked before the model loads), batched by length;
+- data from `slimops.passes._data` (checked before the model loads), packed into rows of
+  `max_seq_len` tokens for causal LMs, batched by length for classifiers;
+- precision from the hardware (`precision: auto`): bf16 where it is native, fp32 elsewhere;
 - checkpoints in `ctx.work_dir`, so a killed run resumes where it stopped (the step count goes on);
 - progress (`loss 1.234  812 tok/s`), a loss-curve PNG, and metrics: train/eval loss, tokens/s;
 - a causal LM by default, or a classifier when `model.task: text-classification`.
@@ -56,7 +58,13 @@ class TrainParams(BaseModel):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations: less memory, ~20-30% slower.")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast (fast only on CPUs with AVX512-BF16/AMX, and on GPUs).")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 where the hardware computes it natively (AMX or AVX512-BF16 CPUs, bf16 GPUs), fp32 "
+        "elsewhere; the choice is in the log, the output's meta and the cache key. In bf16 an adapter's frozen base is held "
+        "in bf16 (adapter and optimizer in fp32); full fine-tuning keeps fp32 weights under bf16 autocast.")
+    packing: bool = Field(False, description="Pack short examples into rows of max_seq_len tokens (causal LMs; each example "
+                          "attends to itself only); batch_size then counts rows, so a step holds more tokens. On a 2-core CPU "
+                          "it trained no faster per token than length-grouped batches (docs/benchmarks.md).")
     seed: int = Field(42, description="Seed for initialisation, shuffling and dropout.")
     eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (default: once at the end, when there is eval data).")
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after N evaluations without improvement (needs eval data and eval_steps).")
@@ -102,7 +110,7 @@ class FullParams(TrainParams):
 class _FineTune(Pass):
     """The shared loop; subclasses set `name`, `method`, `Params` and what they produce."""
 
-    version = "1"
+    version = "2"  # precision: auto, packed rows
     consumes = ("hf-model",)
     produces = "hf-adapter"
     requires = ("torch", "transformers", "peft")
@@ -116,8 +124,25 @@ class _FineTune(Pass):
             return "early_stopping_patience needs eval_steps (how often to evaluate)"
         return None
 
+    def choices(self, params: Any) -> dict[str, Any]:
+        return {"precision": precision_for(params)[0]}
+
     def run(self, ctx: PassContext) -> Artifact:
         return train(ctx, self.method)
+
+
+def precision_for(params: Any) -> tuple[str, str]:
+    """The precision a run trains in, and why: the one asked for, or for `auto` what the hardware computes natively."""
+    if params.precision != "auto":
+        return params.precision, "set in the config"
+    from slimops.hardware import training_precision
+    from slimops.targets import machine_has_cuda
+
+    if machine_has_cuda():
+        import torch
+
+        return training_precision(cuda_bf16=torch.cuda.is_bf16_supported())
+    return training_precision()
 
 
 class Lora(_FineTune):
@@ -206,26 +231,39 @@ def train(ctx: PassContext, method: str) -> Artifact:
     train_set, eval_set = features["train"], features.get("eval")
     ctx.log.info("%s: %d train examples, %d eval, task %s", method, len(train_set), len(eval_set or []), task)
 
+    if task != "text-classification" and params.packing:
+        rows = {role: datalib.pack(part, params.max_seq_len) for role, part in features.items()}
+        ctx.log.info("packed %d train examples into %d rows of at most %d tokens", len(train_set), len(rows["train"]), params.max_seq_len)
+        train_set, eval_set = rows["train"], rows.get("eval")
+    precision, why = precision_for(params)
+    # an adapter's frozen base is held in bf16 (no autocast round trips); full fine-tuning, a classifier's
+    # head and modules_to_save train their own weights, which stay fp32 under autocast
+    bf16_base = precision == "bf16" and method not in ("full", "qlora") and task != "text-classification" and not getattr(params, "modules_to_save", None)
+    ctx.log.info("precision %s (%s)%s", precision, why, "; frozen base in bf16" if bf16_base else "")
     float_layers, kept_by_default = _adapters.unquantizable_layers(base, task, labels) if method == "qlora" else ([], [])
     if float_layers:
         ctx.log.info("qlora: %d linear layers stay in float (their shape does not fit a 4-bit block): %s",
                      len(float_layers), ", ".join(float_layers))
-    model = _adapters.load_model(base, task, method, params, labels, [*float_layers, *kept_by_default] if float_layers else None)
+    model = _adapters.load_model(base, task, method, params, labels, [*float_layers, *kept_by_default] if float_layers else None,
+                                 precision=precision, bf16_base=bf16_base)
     four_bit = sum(type(m).__name__ == "Linear4bit" for m in model.modules()) if method == "qlora" else 0
     model = _adapters.wrap(model, method, params, task)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     ctx.log.info("trainable parameters: %d of %d", trainable, total)
 
-    trainer = _trainer(ctx, model, tokenizer, params, train_set, eval_set, task)
+    trainer = _trainer(ctx, model, tokenizer, params, train_set, eval_set, task, autocast=precision == "bf16" and not bf16_base)
     checkpoint = _last_checkpoint(ctx.work_dir / CHECKPOINTS)
     if checkpoint:
         ctx.log.info("resuming from %s", checkpoint)
+    # without a cache, transformers reads packed rows' restarting position ids as separate sequences
+    use_cache, model.config.use_cache = model.config.use_cache, False
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - started
     eval_metrics = _final_eval(trainer, params) if eval_set else {}
 
+    model.config.use_cache = use_cache  # a saved full model generates with its cache again
     metrics = _metrics(trainer, result, eval_metrics, seconds, trainable, checkpoint)
     _save(model, tokenizer, method, ctx.output_dir)
     _plot_loss(trainer.state.log_history, ctx.output_dir / "loss.png", f"{ctx.node} ({method})")
@@ -236,6 +274,9 @@ def train(ctx: PassContext, method: str) -> Artifact:
         "base_path": str(base),
         "formatting": datalib.formatting(parts["train"].spec, tokenizer),
         "max_seq_len": params.max_seq_len,
+        "precision": precision,
+        "precision_why": why,
+        "packed": task != "text-classification" and params.packing,
     }
     if labels:
         meta["labels"] = labels
@@ -281,7 +322,7 @@ def _features(part: _Part, tokenizer, max_seq_len: int, labels: list[str]) -> li
     return datalib.tokenize_lm(part.rows, part.spec, tokenizer, max_seq_len, part.data, part.split)
 
 
-def _trainer(ctx: PassContext, model, tokenizer, params: Any, train_set, eval_set, task: str):
+def _trainer(ctx: PassContext, model, tokenizer, params: Any, train_set, eval_set, task: str, autocast: bool):
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments
 
     steps_per_epoch = math.ceil(len(train_set) / (params.batch_size * params.gradient_accumulation_steps))
@@ -304,7 +345,7 @@ def _trainer(ctx: PassContext, model, tokenizer, params: Any, train_set, eval_se
         max_grad_norm=params.max_grad_norm,
         activation_checkpointing=params.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if params.gradient_checkpointing else None,
-        bf16=params.precision == "bf16",
+        bf16=autocast,
         use_cpu=not _has_cuda(),
         seed=params.seed,
         data_seed=params.seed,

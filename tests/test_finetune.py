@@ -25,7 +25,8 @@ PROMPT = "<|im_start|>user\\n{phrase}<|im_end|>\\n<|im_start|>assistant\\n"
 # pass type, artifact kind, extra params
 METHODS = [
     ("lora", "hf-adapter", {}),
-    ("dora", "hf-adapter", {"lr_scheduler": "linear", "warmup_steps": 2, "weight_decay": 0.01, "gradient_accumulation_steps": 2}),
+    ("dora", "hf-adapter", {"lr_scheduler": "linear", "warmup_steps": 2, "weight_decay": 0.01, "gradient_accumulation_steps": 2,
+                            "packing": True}),
     ("qlora", "hf-adapter", {"quant_type": "nf4"}),  # on llama64: 4-bit blocks fit every layer
     ("loha", "hf-adapter", {"precision": "bf16", "lr_scheduler": "constant"}),
     ("lokr", "hf-adapter", {"gradient_checkpointing": True, "target_modules": ["q_proj", "v_proj", "gate_proj"]}),
@@ -95,6 +96,7 @@ def test_every_finetuning_pass(tmp_path, assets, method, kind, extra):
     else:
         assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
         assert _weights_differ(assets[model], out)
+    assert ft.meta["packed"] is extra.get("packing", False) and ft.meta["precision"] in ("fp32", "bf16")
     if method == "qlora":  # 2 layers x 7 projections, the tied output head kept in float
         assert ft.meta["four_bit_layers"] == 14 and ft.meta["float_layers"] == []
     assert not list((tmp_path / ".slimops/cache/work").glob("*/checkpoints")), "checkpoints must go once the node completes"
@@ -305,3 +307,68 @@ def test_the_last_steps_evaluation_is_not_run_twice(tmp_path, assets):
     evaluations = [e for e in json.loads((Path(ft.path) / "train_log.json").read_text()) if "eval_loss" in e]
     assert [e["step"] for e in evaluations] == [2, 4]
     assert ft.metrics["eval_loss"] == pytest.approx(evaluations[-1]["eval_loss"], abs=1e-4)
+
+
+def test_an_examples_loss_is_the_same_packed_and_alone(assets):
+    """Packed rows (position ids restart, no attention mask, no cache: as the pass trains) keep each
+    example to itself: its summed token loss in a row equals its loss alone, for every example."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from slimops.config.spec import DataSpec
+    from slimops.passes import _data as datalib
+
+    tokenizer = AutoTokenizer.from_pretrained(assets["llama"])
+    model = AutoModelForCausalLM.from_pretrained(assets["llama"], dtype=torch.float32, attn_implementation="sdpa").eval()
+    spec = DataSpec(prompt="{phrase} ->", response=" {tone}")
+    features = datalib.tokenize_lm(tone_rows(6), spec, tokenizer, 64)
+    rows = datalib.pack(features, 64)
+    assert len(rows) < len(features) and all(len(row["input_ids"]) <= 64 for row in rows)
+
+    def token_losses(batch) -> torch.Tensor:
+        with torch.no_grad():
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits[0, :-1]
+        labels = batch["labels"][0, 1:]
+        return torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="none")
+
+    alone = sorted(round(float(token_losses(datalib.collate([f], 0)).sum()), 4) for f in features)
+    packed = []
+    for row in rows:
+        per_token = token_losses(datalib.collate([row], 0))
+        starts = [i for i, p in enumerate(row["position_ids"]) if p == 0] + [len(row["input_ids"])]
+        packed += [round(float(per_token[a:b - 1].sum()), 4) for a, b in zip(starts, starts[1:])]
+    assert sorted(packed) == pytest.approx(alone, abs=1e-3)
+    # without the restarting position ids the row is one sequence, and the losses differ
+    row = datalib.collate([rows[0]], 0)
+    crossed = token_losses({**row, "position_ids": torch.arange(row["input_ids"].shape[1])[None]})
+    assert float(crossed.sum()) != pytest.approx(float(token_losses(row).sum()), abs=1e-3)
+
+
+def test_precision_auto_chooses_bf16_only_where_the_hardware_has_it(monkeypatch):
+    from slimops import hardware
+    from slimops.passes.finetune import AdapterParams, Lora
+
+    assert hardware.training_precision(flags={"avx2", "avx512f"})[0] == "fp32"
+    assert hardware.training_precision(flags={"avx512f", "avx512_bf16"}) == ("bf16", "the CPU has AVX512-BF16")
+    assert hardware.training_precision(flags={"amx_bf16", "amx_tile"}) == ("bf16", "the CPU has AMX-BF16")
+    assert hardware.training_precision(cuda_bf16=False)[0] == "fp32" and hardware.training_precision(cuda_bf16=True)[0] == "bf16"
+    params = AdapterParams(data="tone")
+    monkeypatch.setattr("slimops.targets.machine_has_cuda", lambda: False)
+    for flags, chosen in (({"avx2"}, "fp32"), ({"avx512_bf16"}, "bf16")):
+        monkeypatch.setattr(hardware, "cpu_flags", lambda flags=flags: flags)
+        assert Lora().choices(params) == {"precision": chosen}
+    assert Lora().choices(AdapterParams(data="tone", precision="fp32")) == {"precision": "fp32"}
+
+
+def test_the_chosen_precision_is_in_the_cache_key(tmp_path, assets, monkeypatch):
+    from slimops import hardware
+
+    path = pipeline(tmp_path, assets, "ft: {type: lora, data: tone, max_steps: 1}")
+    monkeypatch.setattr("slimops.targets.machine_has_cuda", lambda: False)
+    keys = {}
+    for flags in ({"avx2"}, {"avx512_bf16"}):
+        monkeypatch.setattr(hardware, "cpu_flags", lambda flags=flags: flags)
+        plan = slimops.plan(path)
+        keys[frozenset(flags)] = plan.nodes["ft"].key
+        assert plan.nodes["ft"].parts["machine"] == {"precision": "bf16" if "avx512_bf16" in flags else "fp32"}
+    assert len(set(keys.values())) == 2
