@@ -105,8 +105,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    from slimops.hardware import cpu_model
-
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = convert(root)
@@ -128,8 +126,7 @@ def main() -> None:
                     f"| {achieved / peaks['float32']:.2f} / {achieved / peaks['bfloat16']:.2f} |")
     body = (f"The lora pass on the quickstart's job (batch 8, max_seq_len 64, {args.steps} steps), four ways; medians of "
             f"{args.rounds} alternating runs in fresh processes. Matmul of the model's MLP shape on this machine: "
-            f"{peaks['float32']:.2f} TFLOP/s fp32, {peaks['bfloat16']:.2f} bf16. Commit {commit()}; {cpu_model() or 'CPU model unknown'}, "
-            f"{machine()}. `python benchmarks/finetune_speed.py`.\n\n" + "\n".join(rows))
+            f"{peaks['float32']:.2f} TFLOP/s fp32, {peaks['bfloat16']:.2f} bf16. Commit {commit()}; {machine()}. `python benchmarks/finetune_speed.py`.\n\n" + "\n".join(rows))
     write_section("Fine-tuning precision and packing", body)
     print(body)
 

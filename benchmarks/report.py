@@ -22,7 +22,9 @@ def commit() -> str:
 def machine() -> str:
     import os
 
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    from slimops.hardware import cpu_model
+
+    return f"{cpu_model() or platform.machine()}, {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def write_section(title: str, body: str) -> None:

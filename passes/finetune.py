@@ -33,6 +33,7 @@ from slimops.errors import DataError, SlimopsError
 from slimops.plugin import Artifact, Pass, PassContext
 from slimops.passes import _adapters
 from slimops.passes import _data as datalib
+from slimops.passes import _training_log as training_log
 
 CHECKPOINTS = "checkpoints"
 
@@ -264,9 +265,9 @@ def train(ctx: PassContext, method: str) -> Artifact:
     eval_metrics = _final_eval(trainer, params) if eval_set else {}
 
     model.config.use_cache = use_cache  # a saved full model generates with its cache again
-    metrics = _metrics(trainer, result, eval_metrics, seconds, trainable, checkpoint)
+    metrics = training_log.run_metrics(trainer, result, eval_metrics, seconds, trainable, checkpoint)
     _save(model, tokenizer, method, ctx.output_dir)
-    _plot_loss(trainer.state.log_history, ctx.output_dir / "loss.png", f"{ctx.node} ({method})")
+    training_log.plot_loss(trainer.state.log_history, ctx.output_dir / "loss.png", f"{ctx.node} ({method})")
     (ctx.output_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     meta = {
         "method": method,
@@ -366,7 +367,7 @@ def _trainer(ctx: PassContext, model, tokenizer, params: Any, train_set, eval_se
         disable_tqdm=True,
         save_only_model=False,
     )
-    callbacks = [_progress_callback(ctx)]
+    callbacks = [training_log.progress_callback(ctx)]
     if tensorboard:
         from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations import TensorBoardCallback
@@ -436,75 +437,3 @@ def _save(model, tokenizer, method: str, out: Path) -> None:
         tokenizer.save_pretrained(out)
     else:
         model.save_pretrained(out)  # a peft model writes only adapter_config.json + adapter weights
-
-
-def _metrics(trainer, result, eval_metrics: dict, seconds: float, trainable: int, checkpoint: str | None) -> dict[str, Any]:
-    state = trainer.state
-    losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
-    session_tokens = state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
-    metrics: dict[str, Any] = {
-        "train_loss": round(losses[-1], 4) if losses else None,
-        "train_loss_mean": round(result.training_loss, 4),
-        "steps": state.global_step,
-        "tokens": int(state.num_input_tokens_seen),
-        "tokens_per_s": round(session_tokens / seconds, 1) if seconds > 0 else None,
-        "train_seconds": round(seconds, 2),
-        "trainable_params": trainable,
-    }
-    if checkpoint:
-        metrics["resumed_from_step"] = int(Path(checkpoint).name.rsplit("-", 1)[-1])
-    for key in ("eval_loss", "eval_accuracy"):
-        if key in eval_metrics:
-            metrics[key] = round(eval_metrics[key], 4)
-    return metrics
-
-
-def _plot_loss(history: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    train = [(e["step"], e["loss"]) for e in history if "loss" in e]
-    evals = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
-    if train:
-        ax.plot(*zip(*train), label="train")
-    if evals:
-        ax.plot(*zip(*evals), "o-", label="eval")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def _progress_callback(ctx: PassContext):
-    """A Trainer callback that shows `loss 1.234 812 tok/s` on the pass's line and logs each record."""
-    from transformers import TrainerCallback
-
-    class Progress(TrainerCallback):
-        def __init__(self):
-            self.loss: float | None = None
-            self.t0 = time.perf_counter()
-            self.tokens0 = 0
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.t0 = time.perf_counter()
-            self.tokens0 = state.num_input_tokens_seen  # after a resume, count this attempt's tokens only
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                self.loss = logs["loss"]
-            if logs:
-                ctx.log.info("step %d: %s", state.global_step, json.dumps({k: v for k, v in logs.items() if isinstance(v, (int, float))}))
-
-        def on_step_end(self, args, state, control, **kwargs):
-            elapsed = time.perf_counter() - self.t0
-            tok_s = (state.num_input_tokens_seen - self.tokens0) / elapsed if elapsed > 0 else 0.0
-            loss = f"loss {self.loss:.3f} " if self.loss is not None else ""
-            ctx.progress.update(state.global_step, state.max_steps, f"{loss}{tok_s:.0f} tok/s")
-
-    return Progress()

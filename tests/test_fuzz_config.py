@@ -81,12 +81,18 @@ def test_the_templates_are_valid():
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(documents())
 def test_a_mutated_template_is_valid_or_a_config_error(text):
-    started = time.perf_counter()
-    try:
-        parse_config(text, CONFIGS)
-    except ConfigError as err:
-        assert err.issues and all(issue.message for issue in err.issues)
-    elapsed = time.perf_counter() - started
+    def timed() -> float:
+        started = time.perf_counter()
+        try:
+            parse_config(text, CONFIGS)
+        except ConfigError as err:
+            assert err.issues and all(issue.message for issue in err.issues)
+        return time.perf_counter() - started
+
+    # a slow document is slow twice; a pause of the machine (a busy CI box, a first import) is not
+    elapsed = timed()
+    if elapsed >= SECONDS_PER_DOCUMENT:
+        elapsed = timed()
     assert elapsed < SECONDS_PER_DOCUMENT, f"{elapsed:.2f} s for:\n{text}"
 
 
