@@ -66,7 +66,11 @@ def locate(text: str, base_dir: Path) -> tuple[str, Path | str] | None:
         id, or None when it is none of them.
     """
     local = base_dir / Path(text).expanduser()
-    if local.exists():
+    try:
+        exists = local.exists()
+    except (OSError, ValueError):  # too long for a path, or a NUL in it: no file has that name
+        exists = False
+    if exists:
         return "local", local.resolve()
     if text in REGISTERED:
         return "registered", text

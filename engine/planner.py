@@ -277,7 +277,8 @@ def _convert_if_needed(config: PipelineConfig, nodes: dict[str, Node], graph: nx
                 nodes[conv_id] = node
                 graph.add_edge(input_id, conv_id)
             return conv_id
-    makers = sorted({name for wanted in accepts for name in _kinds(config).get(wanted, [])})
+    kinds = _kinds(config)
+    makers = sorted({name for wanted in accepts for name in kinds.get(wanted, [])})
     fix = f"read the output of a pass that makes it ({', '.join(makers)})" if makers else f"put a pass that makes {accepts[0]} before it"
     raise PlanError(
         f"{config.where('passes', pc.name)} pass '{pc.name}' ({pc.type}) reads {', '.join(accepts)}, "

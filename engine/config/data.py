@@ -160,10 +160,13 @@ def path_problem(file: str, base_dir: Path) -> str | None:
         return (f"'{file}': '~' is not expanded in data paths; write the path relative to the pipeline file "
                 f"({base_dir}) or absolute")
     path = base_dir / file
-    if path.is_dir():
-        return f"'{file}' is a folder; name the data files in it (files: [{file.rstrip('/')}/part-1.jsonl, ...])"
-    if not path.is_file():
-        return f"no such file '{file}' (relative to {base_dir})"
+    try:
+        if path.is_dir():
+            return f"'{file}' is a folder; name the data files in it (files: [{file.rstrip('/')}/part-1.jsonl, ...])"
+        if not path.is_file():
+            return f"no such file '{file}' (relative to {base_dir})"
+    except (OSError, ValueError) as err:  # too long for a path, or a NUL in it
+        return f"'{file[:60]}' cannot name a file ({getattr(err, 'strerror', None) or err})"
     return None
 
 

@@ -103,16 +103,13 @@ def _validate(data: dict[str, Any], lines: Lines, base_dir: Path, file: Path | N
         issues.extend(issues_from(err, PipelineFile, top, (), lines))
 
     passes = _validate_passes(passes_raw, registry, lines, issues)
+    sections = [(getattr(spec, name), (name,)) for name in type(spec).model_fields if name != "passes"] if spec else []
+    sections += [(pc.params, ("passes", name)) for name, pc in passes.items()]  # passes: their validated Params
     if spec is not None:
         _check_references(spec, passes, lines, base_dir, issues)
-        issues.extend(lines.issue(path, f"{value} has no meaning here; give a finite number")
-                      for name in type(spec).model_fields if name != "passes"  # passes: their Params, below
-                      for path, value in _non_finite(getattr(spec, name), (name,)))
-    warnings: list[Issue] = []
-    for name, pc in passes.items():
-        issues.extend(lines.issue(path, f"{value} has no meaning here; give a finite number")
-                      for path, value in _non_finite(pc.params, ("passes", name)))
-        warnings.extend(_unusual(pc.params, ("passes", name), lines))
+    issues.extend(lines.issue(path, f"{value} has no meaning here; give a finite number")
+                  for section, where in sections for path, value in _non_finite(section, where))
+    warnings = [warning for name, pc in passes.items() for warning in _unusual(pc.params, ("passes", name), lines)]
     if issues:
         raise ConfigError(issues)
     assert spec is not None
@@ -229,11 +226,7 @@ def _check_references(spec: PipelineFile, passes: dict[str, PassConfig], lines: 
         from slimops.inputs import REGISTERED, locate
 
         text = spec.model.path
-        try:
-            found = locate(text, base_dir)
-        except (OSError, ValueError):  # too long for a path, or a NUL in it: no file has that name
-            found = None
-        if found is None:
+        if locate(text, base_dir) is None:
             close = difflib.get_close_matches(text, list(REGISTERED), n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
             issues.append(lines.issue(("model", "path") if ("model", "path") in lines.lines else ("model",),
@@ -255,10 +248,7 @@ def _check_references(spec: PipelineFile, passes: dict[str, PassConfig], lines: 
         if not data.files:
             issues.append(lines.issue(("data", data_name), f"a data set of type {data.type} needs 'files'"))
         for file in data.file_list():
-            try:
-                problem = path_problem(file, base_dir)
-            except (OSError, ValueError) as err:  # too long for a path, or a NUL in it
-                problem = f"'{file[:60]}' cannot name a file ({getattr(err, 'strerror', None) or err})"
+            problem = path_problem(file, base_dir)
             if problem:
                 issues.append(lines.issue(("data", data_name, "files"), problem))
 
