@@ -1,6 +1,6 @@
 """The baseline: the same LoRA job written the usual way, with transformers Trainer + peft.
 
-    python benchmarks/plain_finetune.py --model HF_FOLDER --data configs/data/tone.jsonl --steps 30
+    python benchmarks/plain_finetune.py --model HF_FOLDER --data configs/data/tone.jsonl [--epochs 1]
 
 Prints one JSON line: wall and train seconds, real (non-padding) tokens/s, peak RSS, losses.
 Batches are padded per batch (DataCollatorForSeq2Seq) in random order, as most scripts do.
@@ -13,15 +13,15 @@ import json
 import resource
 import time
 
-PROMPT = "<|im_start|>user\n{phrase}<|im_end|>\n<|im_start|>assistant\n"
+PROMPT = "<|im_start|>user\nWhat is the tone of: {phrase}<|im_end|>\n<|im_start|>assistant\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", required=True)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--out", default="/tmp/plain_finetune")
     args = parser.parse_args()
@@ -52,7 +52,7 @@ def main() -> None:
     trainer = Trainer(
         model=model,
         args=TrainingArguments(
-            output_dir=args.out, max_steps=args.steps, per_device_train_batch_size=args.batch, per_device_eval_batch_size=args.batch,
+            output_dir=args.out, num_train_epochs=args.epochs, per_device_train_batch_size=args.batch, per_device_eval_batch_size=args.batch,
             learning_rate=2e-4, lr_scheduler_type="cosine", warmup_steps=0.03, logging_steps=1, save_strategy="no",
             report_to=[], use_cpu=True, seed=42, include_num_input_tokens_seen="non_padding", disable_tqdm=True,
         ),

@@ -10,11 +10,14 @@
 - `classification_text(example, spec)`: the input text of one example for a classifier.
 - `tokenize_lm(examples, spec, tokenizer, max_seq_len)`: `{"input_ids", "labels"}` per example.
 - `pack(features, max_seq_len)`: causal-LM examples packed into rows, each example attending to itself only.
-- `tokenize_classification(...)`, `collate(features, pad_id)`: the classifier's side, and padding.
+- `tokenize_classification(...)`: the classifier's side.
+- `TokenBatches(lengths, budget, seed)`: length-grouped batches of about `budget` tokens each.
+- `collate(features, pad_id)`: padding, and the positions the loss reads.
 
-Causal-LM examples are packed into rows of `max_seq_len` tokens (`pack`), attention kept within each
-example; classification batches are grouped by length instead (the trainer's length-grouped
-sampler), so the padding left is the few tokens between similar lengths.
+Batches are grouped by length (`TokenBatches`, or the trainer's length-grouped sampler when a
+fixed batch size is asked for), so the padding left is the few tokens between similar lengths;
+causal-LM examples can also be packed into rows of `max_seq_len` tokens (`pack`), attention kept
+within each example.
 Every problem is a `DataError` that names the data set, the split and, where it applies, the
 example index, and is raised before training starts. Only `collate` imports torch.
 """
@@ -262,14 +265,68 @@ def pack(features: list[dict[str, list[int]]], max_seq_len: int) -> list[dict[st
     return rows
 
 
-def collate(features: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+class TokenBatches:
+    """A batch sampler of length-grouped batches that hold about `budget` tokens each, padding included.
+
+    Examples are sorted by length (ties broken at random) and cut into batches while
+    `count x longest <= budget` (one example at least, however long), then the batches are
+    shuffled: short examples make wide batches and long ones narrow, so every step does about
+    the same work and little of it is padding. The cut depends on the lengths alone, so the number
+    of batches is the same every epoch; which examples share a batch, and the order, change with
+    `set_epoch` (seeded: a resumed run sees what it would have seen).
+    """
+
+    def __init__(self, lengths: list[int], budget: int, seed: int) -> None:
+        self.lengths, self.budget, self.seed, self.epoch = lengths, budget, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        import random
+
+        rng = random.Random(self.seed * 100_003 + self.epoch)
+        order = sorted(range(len(self.lengths)), key=lambda i: (self.lengths[i], rng.random()))
+        batches: list[list[int]] = []
+        for index in order:  # ascending, so the newest example is the batch's longest
+            if batches and (len(batches[-1]) + 1) * self.lengths[index] <= self.budget:
+                batches[-1].append(index)
+            else:
+                batches.append([index])
+        rng.shuffle(batches)
+        return batches
+
+    def __iter__(self):
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return len(self.batches())
+
+
+def collate(features: list[dict[str, Any]], pad_id: int, targets_only: bool = False) -> dict[str, Any]:
     """Pad a batch to its longest example (batches hold similar lengths, so little is padding).
 
     Returns:
         input_ids, attention_mask: (batch, longest) int64; labels: (batch, longest) with -100
         on padding, or (batch,) class ids. Packed rows (from `pack`) get `position_ids` instead of
         an attention mask; their padding is a block of its own that no real token attends to.
+        With `targets_only` (token labels), also `logits_to_keep`, a (batch, longest) bool mask of
+        the positions whose next token has a label, and `shift_labels`, those next tokens in the
+        same order: the model then projects only those positions onto its vocabulary. The loss is
+        the same; a prompt-heavy batch skips most of the output head and its softmax.
     """
+    batch = _pad(features, pad_id)
+    if targets_only and batch["labels"].dim() == 2:
+        import torch
+
+        labels = batch["labels"]
+        wanted = labels[:, 1:] != -100
+        batch["logits_to_keep"] = torch.nn.functional.pad(wanted, (0, 1), value=False)
+        batch["shift_labels"] = labels[:, 1:][wanted]
+    return batch
+
+
+def _pad(features: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     import torch
 
     if "position_ids" in features[0]:

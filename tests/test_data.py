@@ -155,6 +155,32 @@ def test_collate_pads_to_the_longest_in_batch():
     assert batch["labels"].tolist() == [[-100, 6, 7], [5, -100, -100]]
 
 
+def test_token_batches_hold_about_the_budget_whatever_the_lengths():
+    import random
+
+    lengths = [random.Random(i).choice([6, 7, 30, 31, 200]) for i in range(300)]
+    sampler = datalib.TokenBatches(lengths, budget=256, seed=1)
+    epochs = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert sorted(i for b in batches for i in b) == list(range(300))  # every example once an epoch
+        assert all(len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 256 for b in batches)
+        assert len(batches) == len(sampler)
+        epochs.append(batches)
+    widths = {lengths[b[0]]: len(b) for b in epochs[0]}
+    assert widths[6] > widths[30] > widths[200] == 1  # short examples share a batch, long ones do not
+    assert epochs[0] != epochs[1] and len(epochs[0]) == len(epochs[1])  # reshuffled, same count
+    sampler.set_epoch(1)
+    assert list(sampler) == epochs[1]  # seeded: a resumed epoch sees the same batches
+
+
+def test_collate_can_keep_only_the_labelled_positions():
+    batch = datalib.collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5, 8], "labels": [-100, -100]}], 0, targets_only=True)
+    assert batch["logits_to_keep"].tolist() == [[True, True, False], [False, False, False]]
+    assert batch["shift_labels"].tolist() == [6, 7]
+
+
 # -- through the CLI: data problems stop the run before training, exit 2 ---------------------------
 
 

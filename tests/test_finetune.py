@@ -200,8 +200,9 @@ def test_settings_that_cannot_work_fail_at_plan_time(tmp_path, assets, params, m
         slimops.plan(path)
 
 
-def test_resume_after_kill_continues_the_step_count(tmp_path, assets):
-    path = pipeline(tmp_path, assets, "ft: {type: lora, data: tone, max_steps: 40, batch_size: 2, save_steps: 3, learning_rate: 0.01}\n")
+@pytest.mark.parametrize("batching", ["batch_size: 2", "batch_tokens: 40"], ids=["fixed", "token-batches"])
+def test_resume_after_kill_continues_the_step_count(tmp_path, assets, batching):
+    path = pipeline(tmp_path, assets, f"ft: {{type: lora, data: tone, max_steps: 40, {batching}, save_steps: 3, learning_rate: 0.01}}\n")
     work = tmp_path / ".slimops" / "cache" / "work"
     proc = subprocess.Popen([sys.executable, "-m", "slimops.cli", "run", "--config", str(path), "--quiet"],
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -225,6 +226,24 @@ def test_resume_after_kill_continues_the_step_count(tmp_path, assets):
     steps = [int(line.split("step ")[1].split(":")[0]) for line in log.splitlines() if " step " in line]
     assert steps[0] == saved + 1, f"the rerun trained from step {steps[0]}, not {saved + 1}"
     assert not work.exists() or not any(work.iterdir()), "the work dir goes once the node completes"
+
+
+def test_without_a_batch_size_a_step_holds_batch_tokens(tmp_path, assets):
+    """No batch_size: an epoch is as many steps as `TokenBatches` cuts, fewer for a larger budget."""
+    from transformers import AutoTokenizer
+
+    from slimops.config.spec import DataSpec
+    from slimops.passes import _data as datalib
+
+    tokenizer = AutoTokenizer.from_pretrained(assets["llama"])
+    train = datalib.tokenize_lm(tone_rows(48)[:40], DataSpec(prompt=PROMPT.replace("\\n", "\n"), response="{tone}"), tokenizer, 512)
+    steps = {}
+    for budget in (64, 256):
+        (tmp_path / str(budget)).mkdir()
+        ft = run(pipeline(tmp_path / str(budget), assets, f"ft: {{type: lora, data: tone, epochs: 1, batch_tokens: {budget}, learning_rate: 0.01}}\n"))["ft"]
+        steps[budget] = ft.metrics["steps"]
+        assert steps[budget] == len(datalib.TokenBatches([len(f["input_ids"]) for f in train], budget, 42))
+    assert steps[64] > steps[256] > 1
 
 
 def test_finetune_shortcut_emits_and_runs(tmp_path, assets, cli, monkeypatch):
@@ -372,3 +391,54 @@ def test_the_chosen_precision_is_in_the_cache_key(tmp_path, assets, monkeypatch)
         keys[frozenset(flags)] = plan.nodes["ft"].key
         assert plan.nodes["ft"].parts["machine"] == {"precision": "bf16" if "avx512_bf16" in flags else "fp32"}
     assert len(set(keys.values())) == 2
+
+
+def test_projecting_only_the_labelled_positions_keeps_the_loss(assets):
+    """`collate(..., targets_only=True)` makes the model project onto its vocabulary only the
+    positions whose next token has a label; the loss, padded rows or packed, is the one over every position."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from slimops.config.spec import DataSpec
+    from slimops.passes import _data as datalib
+    from slimops.passes.finetune import _slices_logits
+
+    tokenizer = AutoTokenizer.from_pretrained(assets["llama"])
+    model = AutoModelForCausalLM.from_pretrained(assets["llama"], dtype=torch.float32).eval()
+    assert _slices_logits(model)
+    features = datalib.tokenize_lm(tone_rows(5), DataSpec(prompt="{phrase} ->", response=" {tone}"), tokenizer, 64)
+    for batch in (features, datalib.pack(features, 64)):
+        full, kept = datalib.collate(batch, 0), datalib.collate(batch, 0, targets_only=True)
+        with torch.no_grad():
+            everywhere = model(**full, use_cache=False)
+            only = model(**kept, use_cache=False)
+        labelled = int((full["labels"][:, 1:] != -100).sum())
+        assert only.logits.shape[0] == labelled < everywhere.logits.shape[0] * everywhere.logits.shape[1]
+        assert float(only.loss) == pytest.approx(float(everywhere.loss), rel=1e-5)
+
+
+def test_a_bf16_base_feeds_the_adapter_bf16_activations_and_trains_fp32_weights(assets):
+    """precision bf16: the frozen base in bf16, the adapter's weights fp32; inside the pass's training
+    context peft no longer copies each adapted layer's input to fp32 (autocast runs the adapter's
+    matmuls in bf16), and the gradients still land on the fp32 weights."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from slimops.passes.finetune import _adapter_inputs_uncast
+
+    model = AutoModelForCausalLM.from_pretrained(assets["llama"], dtype=torch.bfloat16)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], lora_dropout=0.0))
+    for param in model.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+    layer = next(m for name, m in model.named_modules() if name.endswith("q_proj.lora_A.default"))
+    seen = []
+    layer.register_forward_hook(lambda module, args, out: seen.append(args[0].dtype))
+    ids = torch.tensor([[1, 5, 9, 13]])
+    for uncast in (False, True):
+        with _adapter_inputs_uncast(model, uncast), torch.autocast("cpu", dtype=torch.bfloat16):
+            model(input_ids=ids, labels=ids).loss.backward()
+    assert seen == [torch.float32, torch.bfloat16]
+    up = next(m for name, m in model.named_modules() if name.endswith("q_proj.lora_B.default"))  # A's gradient is 0 while B is
+    assert up.weight.dtype == up.weight.grad.dtype == layer.weight.dtype == torch.float32 and float(up.weight.grad.abs().sum()) > 0

@@ -56,7 +56,7 @@ def test_finetune_search_emits_rank_and_rate_over_eval_perplexity(tmp_path, asse
     _, config = emitted(tmp_path, cli, *finetune_flags(assets["hf"], assets["data"]), "--search")
     search = config.spec.search
     assert search.space["passes.finetune.r"] == [8, 16, 32]
-    assert search.space["passes.finetune.learning_rate"].log_uniform == (5e-5, 5e-4)
+    assert search.space["passes.finetune.learning_rate"].log_uniform == (2e-4, 3e-3)
     assert (search.strategy, search.trials) == ("tpe", 4)
     assert [(o.metric, o.resolved_direction) for o in search.objectives] == [("perplexity", "minimize")]
     evaluate = config.passes["eval"]
@@ -69,7 +69,7 @@ def test_finetune_search_flags_shape_the_space(tmp_path, assets, cli):
     _, config = emitted(tmp_path, cli, *flags, "--search", "--search_strategy", "grid", "--lora_r", "4")
     search = config.spec.search
     assert list(search.space) == ["passes.finetune.learning_rate"]  # --lora_r fixed the rank
-    assert search.space["passes.finetune.learning_rate"] == [5e-5, 1.6e-4, 5e-4] and search.trial_count() == 3
+    assert search.space["passes.finetune.learning_rate"] == [2e-4, 7.7e-4, 3e-3] and search.trial_count() == 3
     assert config.passes["finetune"].params.r == 4
 
     classify = ["finetune", "-m", assets["hf"], "--task", "text-classification", "--data_files", assets["data"],
@@ -143,7 +143,7 @@ def test_finetune_search_runs_names_the_best_and_reuses_the_cached_prefix(tmp_pa
     assert trials[0]["params"] != trials[1]["params"]
     for trial in trials:
         assert trial["params"]["passes.finetune.r"] in (8, 16, 32)
-        assert 5e-5 <= trial["params"]["passes.finetune.learning_rate"] <= 5e-4
+        assert 2e-4 <= trial["params"]["passes.finetune.learning_rate"] <= 3e-3
     # the input model's evaluation is the shared prefix: run by the first trial, a cache hit after
     runs = [json.loads((Path(t["output_dir"]) / "run.json").read_text())["nodes"] for t in trials]
     assert [r["eval.before"]["cached"] for r in runs] == [False, True]

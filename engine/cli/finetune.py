@@ -24,9 +24,9 @@ from slimops.errors import ConfigError
 
 METHODS = ("lora", "dora", "qlora", "loha", "lokr", "ia3", "full")
 RANKS = [8, 16, 32]
-# learning-rate range per method, around each pass's default (adapters 2e-4, ia3 3e-3, full 2e-5)
+# learning-rate range per method, around each pass's default (adapters 1e-3, ia3 3e-3, full 2e-5)
 LR_RANGES = {"ia3": (1e-3, 1e-2), "full": (5e-6, 5e-5)}
-LR_RANGE = (5e-5, 5e-4)
+LR_RANGE = (2e-4, 3e-3)
 
 
 def add_parser(sub) -> None:
@@ -50,7 +50,8 @@ def add_parser(sub) -> None:
     p.add_argument("--label_field", help="the label field, for --task text-classification")
     p.add_argument("--max_steps", type=int, help="optimizer steps; overrides --num_train_epochs")
     p.add_argument("--num_train_epochs", type=float, help="passes over the training split (default: the pass's)")
-    p.add_argument("--per_device_train_batch_size", type=int, help="examples per forward pass (default: the pass's)")
+    p.add_argument("--per_device_train_batch_size", type=int, help="examples per forward pass (default: as many as fit --batch_tokens)")
+    p.add_argument("--batch_tokens", type=int, help="tokens per forward pass, padding included, without --per_device_train_batch_size (default: the pass's)")
     p.add_argument("--gradient_accumulation_steps", type=int, help="forward passes per optimizer step (default: the pass's)")
     p.add_argument("--learning_rate", type=float, help="peak learning rate (default: the method's; see 'slimops passes')")
     p.add_argument("--max_seq_len", type=int, help="tokens per example; longer ones are cut (default: the pass's)")
@@ -135,7 +136,7 @@ def pipeline_for(args, absolute: bool = False) -> dict[str, Any]:
         adapter_flags = {"target_modules": adapter_flags["target_modules"]}
     training = {
         "max_steps": args.max_steps, "epochs": args.num_train_epochs, "batch_size": args.per_device_train_batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps, "learning_rate": args.learning_rate,
+        "batch_tokens": args.batch_tokens, "gradient_accumulation_steps": args.gradient_accumulation_steps, "learning_rate": args.learning_rate,
         "max_seq_len": args.max_seq_len, "eval_steps": args.eval_steps, "seed": args.seed, **adapter_flags,
     }
     step.update({key: value for key, value in training.items() if value is not None})
