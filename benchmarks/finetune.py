@@ -73,11 +73,14 @@ def adapter_in(folder: Path) -> Path:
 
 
 def run_slimops(model: Path, work: Path) -> dict:
-    out = work / "slimops"
-    shutil.rmtree(out, ignore_errors=True)
+    """`slimops finetune` from a fresh cache: its cache goes under the current directory, here `work/slimops-run`."""
+    run_dir = work / "slimops-run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir()
+    out = run_dir / "out"
     wall, rss, _ = timed([sys.executable, "-m", "slimops.cli", "finetune", "-m", str(model), "--data_files", str(DATA),
                           "--train_split", "[:90%]", "--eval_split", "[90%:]", "--prompt_template", PROMPT,
-                          "--response_template", "{tone}", "--no_merge", "--quiet", "-o", str(out)], ROOT)
+                          "--response_template", "{tone}", "--no_merge", "--quiet", "-o", str(out)], run_dir)
     metrics = json.loads((out / "run.json").read_text())["nodes"]["finetune"]["metrics"]
     return {"wall_s": wall, "train_s": metrics["train_seconds"], "tokens": metrics["tokens"], "peak_rss_mb": rss,
             "adapter": adapter_in(out)}
