@@ -50,16 +50,16 @@ OLIVE_TEMPLATE = PROMPT + "{tone}<|im_end|>"
 OLIVE_PACKAGES = ["olive-ai[finetune]==0.13.0", "datasets", "requests"]
 
 
-def timed(command: list[str], cwd: Path) -> tuple[float, float, str]:
-    """Run `command` under /usr/bin/time -v: (wall seconds, peak RSS in MB, its output)."""
+def timed(command: list[str], cwd: Path) -> tuple[float, float, str, str]:
+    """Run `command` under /usr/bin/time -v: (wall seconds, peak RSS in MB, all its output, its stdout)."""
     started = time.perf_counter()
     done = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True, cwd=cwd)
     wall = time.perf_counter() - started
     log = done.stdout + done.stderr
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command[:3])} failed:\n{log[-3000:]}")
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", log)
-    return wall, int(rss.group(1)) / 1024 if rss else math.nan, log
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
+    return wall, int(rss.group(1)) / 1024 if rss else math.nan, log, done.stdout
 
 
 def accuracy(model: Path, adapter: Path) -> float:
@@ -78,7 +78,7 @@ def run_slimops(model: Path, work: Path) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir()
     out = run_dir / "out"
-    wall, rss, _ = timed([sys.executable, "-m", "slimops.cli", "finetune", "-m", str(model), "--data_files", str(DATA),
+    wall, rss, _, _ = timed([sys.executable, "-m", "slimops.cli", "finetune", "-m", str(model), "--data_files", str(DATA),
                           "--train_split", "[:90%]", "--eval_split", "[90%:]", "--prompt_template", PROMPT,
                           "--response_template", "{tone}", "--no_merge", "--quiet", "-o", str(out)], run_dir)
     metrics = json.loads((out / "run.json").read_text())["nodes"]["finetune"]["metrics"]
@@ -89,9 +89,9 @@ def run_slimops(model: Path, work: Path) -> dict:
 def run_plain(model: Path, work: Path, epochs: float) -> dict:
     out = work / "plain"
     shutil.rmtree(out, ignore_errors=True)
-    wall, rss, log = timed([sys.executable, str(ROOT / "benchmarks" / "plain_finetune.py"), "--model", str(model), "--data", str(DATA),
+    wall, rss, _, stdout = timed([sys.executable, str(ROOT / "benchmarks" / "plain_finetune.py"), "--model", str(model), "--data", str(DATA),
                             "--epochs", str(epochs), "--out", str(out)], ROOT)
-    result = json.loads(log.strip().split("\n\tCommand being timed")[0].strip().splitlines()[-1])
+    result = json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
     return {"wall_s": wall, "train_s": result["train_s"], "tokens": result["tokens"], "peak_rss_mb": rss, "adapter": out}
 
 
@@ -125,7 +125,7 @@ def olive_tokens(model: Path, steps: int) -> int:
 def run_olive(olive: Path, model: Path, work: Path, steps: int) -> dict:
     out = work / "olive"
     shutil.rmtree(out, ignore_errors=True)
-    wall, rss, log = timed([str(olive), "finetune", "-m", str(model), "-d", "json", "--data_files", str(DATA),
+    wall, rss, log, _ = timed([str(olive), "finetune", "-m", str(model), "-d", "json", "--data_files", str(DATA),
                             "--train_split", "train[:90%]", "--eval_split", "train[90%:]", "--text_template", OLIVE_TEMPLATE,
                             "--lora_alpha", "128", "--max_steps", str(steps), "-o", str(out), "--disable_telemetry", "--log_level", "1"], work)
     runtime = re.findall(r"'train_runtime': '?([\d.]+)'?", log)
