@@ -125,11 +125,14 @@ def olive_tokens(model: Path, steps: int) -> int:
 def run_olive(olive: Path, model: Path, work: Path, steps: int) -> dict:
     out = work / "olive"
     shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(work / ".olive-cache", ignore_errors=True)  # Olive caches runs too: each one here trains afresh
     wall, rss, log, _ = timed([str(olive), "finetune", "-m", str(model), "-d", "json", "--data_files", str(DATA),
                             "--train_split", "train[:90%]", "--eval_split", "train[90%:]", "--text_template", OLIVE_TEMPLATE,
                             "--lora_alpha", "128", "--max_steps", str(steps), "-o", str(out), "--disable_telemetry", "--log_level", "1"], work)
     runtime = re.findall(r"'train_runtime': '?([\d.]+)'?", log)
-    return {"wall_s": wall, "train_s": float(runtime[-1]) if runtime else wall, "tokens": olive_tokens(model, steps),
+    if not runtime:
+        raise SystemExit(f"olive finetune reported no train_runtime (did it train?):\n{log[-2000:]}")
+    return {"wall_s": wall, "train_s": float(runtime[-1]), "tokens": olive_tokens(model, steps),
             "peak_rss_mb": rss, "adapter": adapter_in(out)}
 
 

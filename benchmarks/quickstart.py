@@ -64,7 +64,7 @@ def main() -> None:
     int4 = nodes["int4@laptop"]
     rows = [
         ("`model.from_gguf`", cold_nodes["model.from_gguf"]["seconds"], "SmolLM2-135M-Instruct as an fp32 HF folder"),
-        ("`finetune` (lora r 16, alpha 32, batch 8, 120 steps)", cold_nodes["finetune"]["seconds"],
+        (f"`finetune` (lora r 16, alpha 32, defaults otherwise: {ft['steps']} steps of ~1024 tokens)", cold_nodes["finetune"]["seconds"],
          f"eval loss {ft.get('eval_loss', float('nan')):.3f}, {ft.get('tokens_per_s', 0):.1f} real tokens/s"),
         ("`merge`", cold_nodes["merge"]["seconds"], "merged HF model (PyTorch)"),
         ("`eval.before` (input model, PyTorch fp32)", cold_nodes["eval.before"]["seconds"],
