@@ -119,7 +119,7 @@ class FullParams(TrainParams):
 class _FineTune(Pass):
     """The shared loop; subclasses set `name`, `method`, `Params` and what they produce."""
 
-    version = "2"  # precision: auto, packed rows
+    version = "3"  # token batches, the head at labelled positions only, bf16 adapter matmuls on a bf16 base
     consumes = ("hf-model",)
     produces = "hf-adapter"
     requires = ("torch", "transformers", "peft")
