@@ -278,6 +278,7 @@ class TokenBatches:
 
     def __init__(self, lengths: list[int], budget: int, seed: int) -> None:
         self.lengths, self.budget, self.seed, self.epoch = lengths, budget, seed, 0
+        self._count = len(self._cut(sorted(range(len(lengths)), key=lengths.__getitem__)))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -286,21 +287,24 @@ class TokenBatches:
         import random
 
         rng = random.Random(self.seed * 100_003 + self.epoch)
-        order = sorted(range(len(self.lengths)), key=lambda i: (self.lengths[i], rng.random()))
+        batches = self._cut(sorted(range(len(self.lengths)), key=lambda i: (self.lengths[i], rng.random())))
+        rng.shuffle(batches)
+        return batches
+
+    def _cut(self, order: list[int]) -> list[list[int]]:
         batches: list[list[int]] = []
         for index in order:  # ascending, so the newest example is the batch's longest
             if batches and (len(batches[-1]) + 1) * self.lengths[index] <= self.budget:
                 batches[-1].append(index)
             else:
                 batches.append([index])
-        rng.shuffle(batches)
         return batches
 
     def __iter__(self):
         return iter(self.batches())
 
     def __len__(self) -> int:
-        return len(self.batches())
+        return self._count
 
 
 def collate(features: list[dict[str, Any]], pad_id: int, targets_only: bool = False) -> dict[str, Any]:
