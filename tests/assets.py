@@ -6,7 +6,8 @@ data from here (no test module imports another).
 - a 2-layer llama with heads of 16 (the ONNX builder's minimum) fit to `CORPUS`, a BERT
   classifier, LoRA adapters, and the ONNX tests' pipeline helpers;
 - the evaluate tests' world (`EVAL_*`, `eval_llama`, `write_eval_project`, a hand-made ONNX LM);
-- a tiny llama GGUF written as llama.cpp writes one, and a llama on the GGUF Q4_1/Q8_0 grids.
+- a tiny GGUF of each family transformers reads (llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3), written as
+  llama.cpp's converter writes one, and a llama on the GGUF Q4_1/Q8_0 grids.
 """
 
 from __future__ import annotations
@@ -355,15 +356,36 @@ def tiny_onnx_lm(folder: Path, vocab: int, seed: int = 0) -> tuple[Path, "object
     return folder / "model.onnx", emb, out
 
 
-# -- a tiny llama GGUF, written the way llama.cpp's converter writes one ---------------------------------------
+# -- tiny GGUFs, each written the way llama.cpp's converter (convert_hf_to_gguf.py) writes its family --------
 
-GGUF_LAYERS, GGUF_HIDDEN, GGUF_HEADS, GGUF_KV_HEADS, GGUF_INTERMEDIATE = 2, 64, 4, 2, 128
 GGUF_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 GGUF_MERGES = ["h e", "Ġ t", "Ġt he", "a t", "c at"]
 
-GGUF_QUANTIZED = {  # HF name -> the ggml type it is stored in (gguf.GGMLQuantizationType)
-    "model.layers.0.self_attn.q_proj.weight": "Q8_0",
-    "model.layers.1.mlp.up_proj.weight": "Q4_1",
+# family -> (the `general.architecture` llama.cpp writes, fields beyond tests/families.py's row). The extra
+# fields move values a GGUF states off the config class's defaults, so that a converter that drops them
+# (or reads the default instead) changes the logits; they keep what llama.cpp can say about the family.
+GGUF_FAMILIES: dict[str, tuple[str, dict]] = {
+    "llama": ("llama", {}),
+    # llama.cpp converts MistralForCausalLM as a llama: only `general.name` says it is a Mistral
+    "mistral": ("llama", {}),
+    "qwen2": ("qwen2", {}),
+    "qwen3": ("qwen3", {}),
+    # short factors other than 1, so that they reach the logits of a short input
+    "phi3": ("phi3", {"rope_parameters": {
+        "rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0 + 0.5 * i for i in range(8)],
+        "long_factor": [1.5] * 8}}),
+    # a window shorter than the test input, and caps other than Gemma2Config's defaults
+    "gemma2": ("gemma2", {"sliding_window": 4, "final_logit_softcapping": 15.0, "attn_logit_softcapping": 25.0}),
+    # llama.cpp makes every sixth layer full attention (a pattern it does not store), so it takes six
+    # layers to have one; its rope scaled as Gemma 3 4B and up scale it
+    "gemma3": ("gemma3", {"num_hidden_layers": 6, "sliding_window": 4,
+                          "layer_types": ["sliding_attention"] * 5 + ["full_attention"],
+                          "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                              "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}}}),
+}
+GGUF_QUANTIZED = {  # HF name -> the ggml type it is stored in (gguf.GGMLQuantizationType); phi3 fuses these
+    "model.layers.0.self_attn.q_proj.weight": "Q8_0", "model.layers.0.self_attn.qkv_proj.weight": "Q8_0",
+    "model.layers.1.mlp.up_proj.weight": "Q4_1", "model.layers.1.mlp.gate_up_proj.weight": "Q4_1",
 }
 
 
@@ -375,63 +397,125 @@ def byte_level_vocab() -> list[str]:
     return [spelling[b] for b in range(256)] + [m.replace(" ", "") for m in GGUF_MERGES] + GGUF_SPECIALS
 
 
-def _gguf_name(hf_name: str) -> str:
-    outside_blocks = {
-        "model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight",
-    }
-    if hf_name in outside_blocks:
-        return outside_blocks[hf_name]
-    layer, rest = hf_name.removeprefix("model.layers.").split(".", 1)
-    blocks = {
-        "input_layernorm.weight": "attn_norm", "post_attention_layernorm.weight": "ffn_norm",
-        "self_attn.q_proj.weight": "attn_q", "self_attn.k_proj.weight": "attn_k", "self_attn.v_proj.weight": "attn_v",
-        "self_attn.o_proj.weight": "attn_output", "mlp.gate_proj.weight": "ffn_gate", "mlp.up_proj.weight": "ffn_up",
-        "mlp.down_proj.weight": "ffn_down",
-    }
-    return f"blk.{layer}.{blocks[rest]}.weight"
-
-
 def _rope_permute(weight, heads: int):
     """llama.cpp's Q/K row order (convert_hf_to_gguf.py `LlamaModel.permute`); transformers undoes it."""
     return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def write_tiny_llama_gguf(path: Path, tied: bool = True):
-    """Write a 2-layer llama (hidden 64, 4 heads of 16, 2 KV heads) to `path` as GGUF.
+def _llama3_rope_factors(rope: dict, head_dim: int) -> list[float]:
+    """The `rope_freqs` tensor llama.cpp writes for llama3 rope scaling (`LlamaModel.generate_extra_tensors`)."""
+    import math
+
+    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+    old = rope["original_max_position_embeddings"]
+    factors = []
+    for i in range(0, head_dim, 2):
+        wavelen = 2 * math.pi * rope["rope_theta"] ** (i / head_dim)
+        if wavelen < old / high:
+            factors.append(1.0)
+        elif wavelen > old / low:
+            factors.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return factors
+
+
+def _tiny_family_model(family: str, tied: bool | None):
+    """The random HF model of `family` (tests/families.py's row, plus GGUF_FAMILIES' fields), float32, eval mode."""
+    import torch
+    import transformers
+
+    from families import FAMILIES, HIDDEN, HEADS
+
+    config_class, model_class, fields = FAMILIES[family]
+    tokens = byte_level_vocab()
+    fields = {**fields, **GGUF_FAMILIES[family][1]}
+    if tied is not None:
+        fields["tie_word_embeddings"] = tied
+    shape = {"vocab_size": len(tokens), "hidden_size": HIDDEN, "intermediate_size": 2 * HIDDEN, "num_hidden_layers": 2,
+             "num_attention_heads": HEADS, "max_position_embeddings": 128, "rms_norm_eps": 1e-5,
+             "bos_token_id": tokens.index("<|im_start|>"), "eos_token_id": tokens.index("<|im_end|>"),
+             "pad_token_id": None}  # a GGUF states no pad token unless the model has one
+    config = getattr(transformers, config_class)(**{**shape, **fields})
+    torch.manual_seed(0)
+    model = getattr(transformers, model_class)(config).eval()
+    with torch.no_grad():
+        # Weights far from the default init, so that attention (and so the Q/K row order) moves the logits.
+        for param in model.parameters():
+            param.copy_(1 + 0.1 * torch.randn_like(param) if param.ndim == 1 else 0.3 * torch.randn_like(param))
+    return model
+
+
+def _write_family_metadata(writer, family: str, config) -> dict:
+    """The hyperparameters llama.cpp's converter writes for `family`; returns its extra tensors (GGUF name -> array)."""
+    import math
+
+    import gguf
+
+    head_dim = config.head_dim if getattr(config, "head_dim", None) else config.hidden_size // config.num_attention_heads
+    rope = config.rope_parameters.get("full_attention", config.rope_parameters)  # gemma3: the global layers'
+    writer.add_name(f"Tiny {family.capitalize()}")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_freq_base(rope["rope_theta"])
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    if family in ("qwen3", "gemma2", "gemma3"):  # their config.json states head_dim
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    extra = {}
+    if family in ("llama", "mistral"):
+        writer.add_vocab_size(config.vocab_size)
+        writer.add_rope_dimension_count(head_dim)
+        if rope.get("rope_type") == "llama3":
+            extra[gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"] = _llama3_rope_factors(rope, head_dim)
+    elif family == "phi3":
+        original = config.original_max_position_embeddings
+        writer.add_rope_dimension_count(head_dim)
+        writer.add_rope_scaling_orig_ctx_len(original)
+        writer.add_sliding_window(config.sliding_window or 0)  # 0: not a Phi-4
+        scale = config.max_position_embeddings / original
+        writer.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1 else 1.0)
+        extra[gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FACTORS_LONG] + ".weight"] = rope["long_factor"]
+        extra[gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT] + ".weight"] = rope["short_factor"]
+    elif family == "gemma2":
+        writer.add_attn_logit_softcapping(config.attn_logit_softcapping)
+        writer.add_final_logit_softcapping(config.final_logit_softcapping)
+        writer.add_sliding_window(config.sliding_window)
+    elif family == "gemma3":
+        writer.add_sliding_window(config.sliding_window)
+        if rope.get("rope_type") == "linear":
+            writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            writer.add_rope_scaling_factor(rope["factor"])
+    return extra
+
+
+def write_tiny_gguf(path: Path, family: str, tied: bool | None = None):
+    """Write a tiny model of `family` (a key of GGUF_FAMILIES) to `path` as llama.cpp's converter would.
+
+    The model is tests/families.py's row (2 layers, hidden 64, 4 heads of 16) with GGUF_FAMILIES' fields; the file
+    has llama.cpp's names, Q/K rows permuted for its rope layout where it permutes them (llama, mistral), gemma's
+    norms stored as `1 + w`, the two GGUF_QUANTIZED tensors in Q8_0 and Q4_1 (the rest F32), the extra tensors
+    llama.cpp derives from the rope scaling, and a byte-level BPE vocabulary with merges, control tokens and a
+    chat template. `tied=None` keeps the family's own tie.
 
     Returns:
         The HF model it describes (float32, eval mode): its quantized weights hold their
         dequantized values, so its logits are what a correct conversion reproduces.
     """
     import gguf
+    import numpy
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokens = byte_level_vocab()
-    config = LlamaConfig(
-        vocab_size=len(tokens), hidden_size=GGUF_HIDDEN, intermediate_size=GGUF_INTERMEDIATE, num_hidden_layers=GGUF_LAYERS,
-        num_attention_heads=GGUF_HEADS, num_key_value_heads=GGUF_KV_HEADS, max_position_embeddings=128, rms_norm_eps=1e-5,
-        rope_theta=10000.0, tie_word_embeddings=tied,
-        bos_token_id=tokens.index("<|im_start|>"), eos_token_id=tokens.index("<|im_end|>"),
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        # Weights far from the default init, so that attention (and so the Q/K row order) moves the logits.
-        for name, param in model.named_parameters():
-            param.copy_(1 + 0.1 * torch.randn_like(param) if param.ndim == 1 else 0.3 * torch.randn_like(param))
-
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name("tiny-llama")
-    writer.add_context_length(128)
-    writer.add_embedding_length(GGUF_HIDDEN)
-    writer.add_block_count(GGUF_LAYERS)
-    writer.add_feed_forward_length(GGUF_INTERMEDIATE)
-    writer.add_head_count(GGUF_HEADS)
-    writer.add_head_count_kv(GGUF_KV_HEADS)
-    writer.add_rope_dimension_count(GGUF_HIDDEN // GGUF_HEADS)
-    writer.add_rope_freq_base(10000.0)
-    writer.add_layer_norm_rms_eps(1e-5)
+    arch, _ = GGUF_FAMILIES[family]
+    model = _tiny_family_model(family, tied)
+    config, tokens = model.config, byte_level_vocab()
+    writer = gguf.GGUFWriter(str(path), arch)
+    extra = _write_family_metadata(writer, family, config)
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list(tokens)
     writer.add_token_types([3 if t in GGUF_SPECIALS else 1 for t in tokens])  # 3: control, 1: normal
@@ -440,29 +524,40 @@ def write_tiny_llama_gguf(path: Path, tied: bool = True):
     writer.add_bos_token_id(config.bos_token_id)
     writer.add_eos_token_id(config.eos_token_id)
     writer.add_chat_template(PLAIN_CHAT_TEMPLATE)
+    names = gguf.get_tensor_name_map(next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch), config.num_hidden_layers)
     with torch.no_grad():
         for name, param in model.state_dict().items():
-            if tied and name == "lm_head.weight":
-                continue
+            if config.tie_word_embeddings and name == "lm_head.weight":
+                continue  # llama.cpp writes no output.weight for a tied model
+            gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
+            assert gguf_name is not None, f"gguf has no name for {name} in {arch}"
             weight = param.numpy().astype("float32")
-            if ".q_proj." in name:
-                weight = _rope_permute(weight, GGUF_HEADS)
-            elif ".k_proj." in name:
-                weight = _rope_permute(weight, GGUF_KV_HEADS)
+            if arch == "llama" and ".q_proj." in name:
+                weight = _rope_permute(weight, config.num_attention_heads)
+            elif arch == "llama" and ".k_proj." in name:
+                weight = _rope_permute(weight, config.num_key_value_heads)
+            elif family.startswith("gemma") and name.endswith("norm.weight"):
+                weight = weight + 1  # gemma scales by (1 + w); llama.cpp stores the scale
             if name not in GGUF_QUANTIZED:
-                writer.add_tensor(_gguf_name(name), weight)
+                writer.add_tensor(gguf_name, weight)
                 continue
             qtype = gguf.GGMLQuantizationType[GGUF_QUANTIZED[name]]
-            packed = gguf.quants.quantize(weight, qtype)
-            writer.add_tensor(_gguf_name(name), packed, raw_dtype=qtype)
+            writer.add_tensor(gguf_name, gguf.quants.quantize(weight, qtype), raw_dtype=qtype)
             # Quantization blocks run along a row, so the row permutation commutes with it.
             unpacked = gguf.quants.dequantize(gguf.quants.quantize(param.numpy(), qtype), qtype)
             param.copy_(torch.from_numpy(unpacked))
+        for gguf_name, values in extra.items():
+            writer.add_tensor(gguf_name, numpy.asarray(values, dtype="float32"))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     return model
+
+
+def write_tiny_llama_gguf(path: Path, tied: bool = True):
+    """`write_tiny_gguf(path, "llama", tied)`: the 2-layer llama (2 KV heads, llama3 rope) the convert tests use."""
+    return write_tiny_gguf(path, "llama", tied)
 
 
 # -- a llama whose weights sit on the GGUF Q4_1/Q8_0 grids --------------------------------------------------

@@ -1,8 +1,10 @@
-"""The `from_gguf` conversion on a tiny llama GGUF (tests/assets.py writes it), so no real model is needed.
+"""The `from_gguf` conversion on tiny GGUFs of each family transformers reads (tests/assets.py writes them),
+so no real model is needed.
 
-The file is written the way llama.cpp's converter writes one: Q and K rows permuted for its rope
-layout, one tensor in Q8_0 and one in Q4_1 (the rest F32), and a byte-level BPE vocabulary with
-merges, control tokens and a chat template. The HF model it was written from, with the quantized
+Each file is written the way llama.cpp's converter writes one: its names, Q and K rows permuted for
+its rope layout where it permutes them, gemma's norms stored as `1 + w`, the rope scaling as the extra
+tensors it derives, one tensor in Q8_0 and one in Q4_1 (the rest F32), and a byte-level BPE vocabulary
+with merges, control tokens and a chat template. The HF model it was written from, with the quantized
 weights replaced by their dequantized values, is the reference the converted folder must match.
 """
 
@@ -19,7 +21,8 @@ from slimops.errors import ModelError
 
 import torch  # noqa: E402
 
-from assets import PLAIN_CHAT_TEMPLATE, write_tiny_llama_gguf
+from assets import GGUF_FAMILIES, PLAIN_CHAT_TEMPLATE, write_tiny_gguf, write_tiny_llama_gguf
+from families import FAMILIES
 
 IDS = [[262, 256, 258, 260, 72, 259, 263, 3]]  # specials, merged tokens and single bytes
 
@@ -72,9 +75,8 @@ def test_run_converts_gguf_into_a_folder_that_loads_without_it(project, tiny_ggu
         assert "lm_head.weight" not in weights.keys(), "tied embeddings are stored once"
 
     converted = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    direct = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32).eval()
-    torch.testing.assert_close(logits(converted), logits(direct), rtol=0, atol=1e-5)
-    # The model the file was written from: the Q/K rows are back in HF order and the Q8_0/Q4_1 weights unpacked.
+    # The model the file was written from: the Q/K rows are back in HF order, the Q8_0/Q4_1 weights unpacked and
+    # the llama3 rope scaling rebuilt from `rope_freqs` (transformers alone drops it, so its own load differs).
     torch.testing.assert_close(logits(converted), logits(reference), rtol=0, atol=1e-5)
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -113,3 +115,80 @@ def test_truncated_gguf_is_a_model_error_that_names_the_file(project, cli, tiny_
     assert code == ModelError.exit_code, err
     assert "pass 'model.from_gguf' failed: transformers cannot read" in err and str(broken) in err
     assert "Traceback" not in err
+
+
+# -- every family transformers reads from GGUF ------------------------------------------------------------------
+
+def convert_family(folder: Path, family: str, tied: bool | None = None):
+    """(the converted folder, the reference model) for a tiny `family` GGUF converted by `save_gguf_as_hf`."""
+    from slimops.passes.from_gguf import save_gguf_as_hf
+
+    source = folder / f"tiny-{family}.gguf"
+    reference = write_tiny_gguf(source, family, tied)
+    save_gguf_as_hf(source, folder / "hf")
+    return folder / "hf", reference
+
+
+def assert_matches_reference(folder: Path, family: str, reference) -> None:
+    """The folder loads without the GGUF as the family's class, ties as the reference does, and computes its logits."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    converted = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    assert type(converted).__name__ == FAMILIES[family][1]
+    assert converted.config.model_type == reference.config.model_type
+    tied = reference.config.tie_word_embeddings
+    assert converted.config.tie_word_embeddings is tied
+    with safe_open(folder / "model.safetensors", "pt") as weights:
+        assert ("lm_head.weight" in weights.keys()) is not tied, "a tied model stores lm_head once, as the embedding"
+    torch.testing.assert_close(logits(converted), logits(reference), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", sorted(GGUF_FAMILIES))
+def test_each_gguf_family_converts_to_its_own_class_with_the_same_logits(tmp_path, family):
+    """Class, tie, weights (renamed, un-permuted, un-offset, dequantized) and what transformers' reader drops:
+    llama3 rope (`rope_freqs`), phi3 longrope factors, qwen3's head_dim, gemma's soft-caps, attention scale and
+    gemma3's linear rope scaling, and a Mistral that llama.cpp writes as a llama."""
+    from transformers import AutoTokenizer
+
+    folder, reference = convert_family(tmp_path, family)
+    assert_matches_reference(folder, family, reference)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.convert_ids_to_tokens(tokenizer("the cat")["input_ids"]) == ["t", "he", "Ġ", "cat"]
+    assert tokenizer("<|im_start|>hi<|im_end|>")["input_ids"][::3] == [reference.config.bos_token_id, reference.config.eos_token_id]
+    assert tokenizer.chat_template == PLAIN_CHAT_TEMPLATE
+    assert tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == "<|im_start|>user\nhi<|im_end|>\n"
+
+
+@pytest.mark.parametrize("family, tied", [("qwen2", False), ("qwen3", False), ("phi3", True), ("mistral", True)])
+def test_a_family_converts_with_the_other_tie(tmp_path, family, tied):
+    """A file's tie comes from whether it has `output.weight`, not from the family's usual choice (gemma has
+    no `output.weight` in llama.cpp: always tied)."""
+    folder, reference = convert_family(tmp_path, family, tied)
+    assert reference.config.tie_word_embeddings is tied
+    assert_matches_reference(folder, family, reference)
+
+
+def test_a_pipeline_converts_a_gemma3_gguf(project, tmp_path):
+    """The planner's `model.from_gguf` on a non-llama family: the folder it leaves is the reference Gemma 3."""
+    source = tmp_path / "tiny-gemma3.gguf"
+    reference = write_tiny_gguf(source, "gemma3")
+    result = slimops.run(gguf_pipeline(project, str(source)), display=RunDisplay(quiet=True))
+    folder = Path(result["model.from_gguf"].path)
+    assert_matches_reference(folder, "gemma3", reference)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["sliding_window"] == 4 and config["layer_types"][-1] == "full_attention"
+    assert config["rope_parameters"]["full_attention"] == {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}
+
+
+def test_rope_freqs_that_no_llama3_scaling_gives_is_a_model_error(tmp_path, monkeypatch):
+    """Other divisors than Llama 3's constants give: transformers has no rope type for them, so the run stops."""
+    from slimops.passes.from_gguf import save_gguf_as_hf
+
+    rope = dict(FAMILIES["llama"][2]["rope_parameters"], high_freq_factor=2.0)
+    monkeypatch.setitem(GGUF_FAMILIES, "llama", ("llama", {"rope_parameters": rope}))
+    source = tmp_path / "odd-rope.gguf"
+    write_tiny_gguf(source, "llama")
+    with pytest.raises(ModelError, match="rope_freqs tensor is not llama3 rope scaling") as caught:
+        save_gguf_as_hf(source, tmp_path / "hf")
+    assert str(source) in str(caught.value)
