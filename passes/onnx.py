@@ -3,6 +3,9 @@
 - Decoder LLMs go through the onnxruntime-genai model builder, run as a subprocess so its
   memory and its prints stay out of slimops: out comes a genai-model folder (model.onnx and
   its external data, genai_config.json, tokenizer files, the chat template).
+- Decoders whose architecture the installed builder does not build (GPT-2, DialoGPT) go through
+  `torch.onnx.export` with a KV cache (`passes/_onnx/torch_decoder.py`): out comes an onnx-model
+  folder that evaluate and quantize read as they read any ONNX decoder.
 - Encoders (BERT, MiniLM; with or without a classification head) go through `torch.onnx.export`
   with dynamic batch and sequence axes: out comes an onnx-model folder (model.onnx, config.json,
   tokenizer files).
@@ -22,9 +25,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from slimops.kinds import CLASSIFIER, FEATURES, auto_model_class, has_classifier, is_encoder
-from slimops.passes._onnx.builder import (BUILDER_EP, BUILDER_PRECISIONS, builder_options, check_genai_loads, num_layers, run_builder,
-                                          set_runtime_threads)
+from slimops.passes._onnx.builder import (BUILDER_EP, BUILDER_PRECISIONS, builder_options, builder_supports, check_genai_loads, num_layers,
+                                          run_builder, set_runtime_threads)
 from slimops.passes._onnx.files import TOKENIZER_FILES, OnnxError, chat_template, copy_tokenizer
+from slimops.passes._onnx.torch_decoder import export_decoder
 from slimops.passes.parity import ParityParams, check
 from slimops.plugin import Artifact, Pass, PassContext
 from slimops.sizes import size_mb
@@ -56,9 +60,10 @@ class OnnxParams(BaseModel):
     extra_options: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="More model-builder options, passed as KEY=VALUE (see its --help).",
     )
-    opset: int = Field(17, ge=13, description="ONNX opset for encoders.")
+    opset: int = Field(17, ge=13, description="ONNX opset of torch.onnx exports (encoders, and decoders the builder does not build).")
     exporter: Literal["dynamo", "torchscript"] = Field(
-        "dynamo", description="torch.onnx exporter for encoders: dynamo (maintained) or torchscript (faster, legacy).",
+        "dynamo", description="torch.onnx exporter for encoders and for decoders the builder does not build (GPT-2): "
+        "dynamo (maintained) or torchscript (faster, legacy).",
     )
     parity: ParityParams = Field(default_factory=ParityParams, description="Check against the input model.")
 
@@ -101,8 +106,12 @@ class Onnx(Pass):
         precision = resolve_precision(params.precision, ctx.target, encoder)
         if encoder:
             artifact = export_encoder(source, ctx.output_dir, params, precision, ctx)
-        else:
+        elif builder_supports(config := json.loads((source / "config.json").read_text())):
             artifact = build_decoder(source, ctx.output_dir, params, precision, ctx)
+        else:
+            ctx.log.info("the installed model builder does not build %s: exporting it through torch.onnx with a KV cache, "
+                         "as an onnx-model", (config.get("architectures") or ["?"])[0])
+            artifact = export_decoder(source, ctx.output_dir, params, precision, ctx)
         artifact.meta = {**ctx.input.meta, **artifact.meta}
         template = chat_template(source)
         if template:
@@ -191,7 +200,17 @@ def build_affine_int4(source: Path, out: Path, params: OnnxParams, ctx: PassCont
     try:
         report = rewrite_file(fp32_dir / model_name, out / model_name, **options, lora_dir=adapter)
     except ValueError as err:
-        raise OnnxError(f"affine int4 failed: {err}; set int4_method: builder, or export the merged model at fp32 and quantize it") from None
+        if adapter is None:
+            raise OnnxError(f"affine int4 failed: {err}; set int4_method: builder, or export the model at fp32 and quantize it") from None
+        # the adapter cannot ride beside the base: the merged weights themselves go to int4 instead
+        ctx.log.warning("affine int4 cannot carry the adapter beside the base (%s): quantizing the merged model instead, "
+                        "which may round part of the fine-tuning away (export at fp32 or int8 to keep all of it)", err)
+        shutil.rmtree(fp32_dir, ignore_errors=True)
+        seconds += run_builder(source, fp32_dir, "fp32", "cpu", builder, ctx.work_dir / "builder-cache", ctx)
+        shutil.rmtree(ctx.work_dir / "builder-cache", ignore_errors=True)
+        for stale in out.glob(model_name + "*"):
+            stale.unlink()
+        report = rewrite_file(fp32_dir / model_name, out / model_name, **options, lora_dir=None)
     for item in fp32_dir.iterdir():
         if item.is_file() and not item.name.startswith(model_name):
             shutil.copy2(item, out / item.name)

@@ -7,6 +7,8 @@
 - For a genai-model on a CPU target, `check` also runs `slimops.passes._runtime.kvcheck`: the same
   prompts decoded by onnxruntime-genai (its KV cache, the folder's genai_config.json: what users
   deploy), checked against what the uncached recompute would have picked.
+  An onnx-model decoder (torch.onnx, `passes/_onnx/torch_decoder.py`) gets the same check on any
+  target, its cached tokens decoded by onnxruntime feeding the graph's present.* back as past_key_values.*.
 - The `parity` pass: the same check as a pipeline node that runs the model on the target
   itself (`executes_on_target`), for a machine that has the target's hardware.
 
@@ -28,7 +30,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from slimops.passes._runtime.errors import ParityError
-from slimops.passes._runtime.ort import OnnxCausalLM, missing_providers, target_providers
+from slimops.kinds import CAUSAL
+from slimops.passes._runtime.ort import OnnxCausalLM, OnnxRunner, missing_providers, target_providers
 from slimops.passes._runtime.runners import open_model
 from slimops.plugin import Artifact, Pass, PassContext
 
@@ -74,8 +77,9 @@ class ParityParams(BaseModel):
     )
     min_kv_agreement: float = Field(
         0.9, ge=0, le=1,
-        description="genai-model on a CPU target: least share of greedy tokens that onnxruntime-genai, decoding with its "
-        "KV cache, generates before the first one the model recomputed without a cache would not pick. A broken cache "
+        description="genai-model on a CPU target, or an onnx-model decoder: least share of greedy tokens that the model, "
+        "decoding with its KV cache (onnxruntime-genai for a genai-model), generates before the first one the model "
+        "recomputed without a cache would not pick. A broken cache "
         "path (past/present wiring, a genai_config.json that mismatches the graph) scores about 1/new_tokens.",
     )
     kv_near_tie: float = Field(
@@ -182,7 +186,7 @@ def check(reference: Artifact, candidate: Artifact, params: ParityParams, target
     Returns:
         metrics for the Artifact (`parity_top1`, or `parity_cosine` and `parity_cosine_min` for an encoder's
         vectors; `parity_agreement`, `parity_max_logit_diff`, and
-        `parity_kv_agreement` for a genai-model on a CPU target) and a `parity` entry for its meta
+        `parity_kv_agreement` for a genai-model on a CPU target and an onnx-model decoder) and a `parity` entry for its meta
         (providers used, thresholds, or why the check or its cached part was skipped).
 
     Raises:
@@ -200,7 +204,8 @@ def check(reference: Artifact, candidate: Artifact, params: ParityParams, target
             log.warning("parity check skipped: %s", why)
         return {"metrics": {}, "meta": {"parity": f"skipped: {why}"}}
     candidate_model = open_model(candidate, providers, candidate_adapter)
-    decoder = isinstance(candidate_model, OnnxCausalLM)
+    onnx_decoder = isinstance(candidate_model, OnnxRunner) and candidate_model.task == CAUSAL  # torch.onnx: its own cache
+    decoder = isinstance(candidate_model, OnnxCausalLM) or onnx_decoder
     reference_model = open_model(reference, ["CPUExecutionProvider"], reference_adapter)
     tokenizer_dir = Path(reference.path) if Path(reference.path).is_dir() else Path(candidate.path)
     token_lists = tokenize_prompts(tokenizer_dir, params.prompts)
@@ -209,7 +214,7 @@ def check(reference: Artifact, candidate: Artifact, params: ParityParams, target
     if decoder:
         from slimops.passes._runtime.kvcheck import kv_agreement, kv_skip_reason
 
-        skipped = kv_skip_reason(candidate, providers)
+        skipped = None if onnx_decoder else kv_skip_reason(candidate, providers)
         if skipped:
             kv["kv_cache"] = f"skipped: {skipped}"
             if log:
@@ -250,11 +255,14 @@ def check(reference: Artifact, candidate: Artifact, params: ParityParams, target
             f"Use a gentler setting ({gentler}) or relax `parity:`."
         )
     if result.kv_agreement is not None and result.kv_agreement < params.min_kv_agreement:
+        runner, wiring = (("onnxruntime, feeding the graph's present.* outputs back as its past_key_values.* inputs,",
+                           "the graph's past/present pairs") if onnx_decoder else
+                          ("onnxruntime-genai, decoding with its cache,", "the past/present names in genai_config.json against "
+                           "the graph's inputs and outputs"))
         failures.append(
-            f"KV-cache check failed: onnxruntime-genai, decoding with its cache, agrees with the same model recomputed "
+            f"KV-cache check failed: {runner} agrees with the same model recomputed "
             f"without a cache on {result.kv_agreement:.3f} of greedy tokens < min_kv_agreement {params.min_kv_agreement}. "
-            "The cache path is broken: check the past/present names in genai_config.json against the graph's inputs and "
-            "outputs, or relax `parity: {min_kv_agreement: ...}`."
+            f"The cache path is broken: check {wiring}, or relax `parity: {{min_kv_agreement: ...}}`."
         )
     if failures:
         raise ParityError(" ".join(failures))

@@ -121,7 +121,8 @@ def block_sum_matrix(k: int, block: int) -> np.ndarray:
 
 # -- LoRA adapters onto the builder's MatMuls --------------------------------------------------------------
 
-_HF_LINEAR = re.compile(r"(?:.*\.)?layers\.(\d+)\.(self_attn|mlp)\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$")
+_HF_LINEAR = re.compile(
+    r"(?:.*\.)?layers\.(\d+)\.(self_attn|mlp)\.(q_proj|k_proj|v_proj|qkv_proj|o_proj|gate_proj|up_proj|gate_up_proj|down_proj)$")
 
 
 def lora_parts(adapter_dir: Path, weights: dict[str, tuple[int, int]]) -> dict[str, list[LoraPart]]:
@@ -152,8 +153,14 @@ def lora_parts(adapter_dir: Path, weights: dict[str, tuple[int, int]]) -> dict[s
         if not match:
             raise ValueError(f"no MatMul in the graph for adapted module {module}")
         layer, group, proj = match.groups()
-        target, offset = _onnx_weight(int(layer), group, proj, weights, b.shape[0])
-        parts.setdefault(target, []).append(LoraPart(a=(a.T * scale).astype(np.float32), b=b.T.astype(np.float32), offset=offset))
+        if proj == "gate_up_proj":  # Phi-3's fused MLP input: the builder splits it, gate rows first (as HF's chunk(2))
+            half = b.shape[0] // 2
+            pieces = [("gate_proj", b[:half]), ("up_proj", b[half:])]
+        else:
+            pieces = [(proj, b)]
+        for piece, rows in pieces:
+            target, offset = _onnx_weight(int(layer), group, piece, weights, rows.shape[0])
+            parts.setdefault(target, []).append(LoraPart(a=(a.T * scale).astype(np.float32), b=rows.T.astype(np.float32), offset=offset))
     return parts
 
 

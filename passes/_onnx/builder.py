@@ -7,10 +7,12 @@
 - `BUILDER_MODULE`, `LAUNCHER`, `run_builder(...)`: the launch, with its progress read from its output.
 - `set_runtime_threads(folder, target)`, `check_genai_loads(folder)`: the genai_config.json it
   writes, tuned for the target and checked to load.
+- `builder_supports(config)`: whether the installed builder makes a model of this architecture.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -57,9 +59,12 @@ BUILDER_MODULE = "onnxruntime_genai.models.builder"
 # would. When it returns, its files are closed: the exit handlers run, the streams flush and the
 # process leaves without tearing the interpreter down, which takes the builder about 1.5 s once
 # torch and transformers are loaded (SmolLM2-135M here: 1.72 s against 0.18 s, the same files).
-# A module that raises or calls sys.exit exits the usual way, with its own status.
+# A module that raises or calls sys.exit exits the usual way, with its own status. `install` first
+# hands the builder the config fields it reads where transformers 5 writes them otherwise.
 LAUNCHER = """\
 import atexit, os, runpy, sys
+from slimops.passes._onnx.builder_config import install
+install()
 module = sys.argv.pop(1)
 runpy.run_module(module, run_name="__main__", alter_sys=True)
 atexit._run_exitfuncs()
@@ -80,6 +85,7 @@ def run_builder(hf_dir: Path, out_dir: Path, precision: str, ep: str, options: d
     """
     import time
 
+    options = {**window_options(hf_dir), **options}
     args = [
         "-i", str(hf_dir), "-o", str(out_dir), "-p", precision, "-e", ep, "-c", str(cache_dir),
         "--extra_options", *(f"{k}={v}" for k, v in options.items()),
@@ -122,6 +128,25 @@ def run_builder(hf_dir: Path, out_dir: Path, precision: str, ep: str, options: d
     return time.perf_counter() - t0
 
 
+def window_options(hf_dir: Path) -> dict[str, str]:
+    """`windowed_kv_cache=false` for a model whose sliding window is no shorter than its context.
+
+    The builder gives sliding-window layers a ring buffer of the window's size; onnxruntime-genai
+    sizes it no larger than the context, and the attention kernel refuses a buffer smaller than the
+    window, so such a model cannot run at all. A window that long never slides: the plain cache
+    computes the same attention.
+    """
+    try:
+        config = json.loads((hf_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    config = config.get("text_config", config)
+    window, context = config.get("sliding_window"), config.get("max_position_embeddings")
+    if isinstance(window, int) and isinstance(context, int) and window >= context:
+        return {"windowed_kv_cache": "false"}
+    return {}
+
+
 def set_runtime_threads(folder: Path, target: TargetProfile) -> None:
     """Write the target's intra-op thread count into genai_config.json.
 
@@ -154,6 +179,33 @@ def check_genai_loads(folder: Path) -> None:
         og.Model(config)
     except Exception as err:  # the message of onnxruntime-genai is the useful part
         raise OnnxError(f"onnxruntime-genai cannot load the built model: {err}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def builder_architectures() -> frozenset[str]:
+    """The `architectures[0]` values the installed builder's `create_model` dispatches on.
+
+    Read from its source rather than copied here, so that a newer onnxruntime-genai brings its new
+    families with it; importing the module would load torch and onnx-ir, and it is run as a
+    subprocess anyway. Empty when the source cannot be read or no longer has that shape.
+    """
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(BUILDER_MODULE)
+        source = Path(spec.origin).read_text() if spec and spec.origin else ""
+    except (ImportError, OSError, ValueError):
+        return frozenset()
+    body = source.partition("\ndef create_model(")[2].partition("\ndef ")[0]
+    return frozenset(re.findall(r"architectures\[0\]\s*==\s*[\"'](\w+)[\"']", body))
+
+
+def builder_supports(config: dict[str, Any]) -> bool:
+    """Whether the builder makes a model from this config.json (a dict); True when its list cannot be read,
+    so that the builder itself says what it lacks."""
+    known = builder_architectures()
+    architectures = config.get("architectures") or []
+    return not known or bool(architectures) and architectures[0] in known
 
 
 def num_layers(hf_dir: Path) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 
 from slimops.errors import ModelError
 from slimops.kinds import CAUSAL
-from slimops.passes._runtime.common import has_tokenizer, read_json
+from slimops.passes._runtime.common import genai_max_length, has_tokenizer, read_json
 
 
 class GenaiRunner:
@@ -34,6 +34,7 @@ class GenaiRunner:
             self.hf_tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
         self.tokenizer = self.hf_tokenizer or og.Tokenizer(self.model)
         config = read_json(folder / "genai_config.json").get("model", {})
+        self._config = config
         eos = config.get("eos_token_id", [])
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.max_length = max_length
@@ -51,7 +52,7 @@ class GenaiRunner:
 
     def _new(self, length: int) -> None:
         params = self.og.GeneratorParams(self.model)
-        params.set_search_options(max_length=length, do_sample=False, batch_size=1)
+        params.set_search_options(max_length=genai_max_length(self._config, length), do_sample=False, batch_size=1)
         self._generator = self.og.Generator(self.model, params)
 
     def _append(self, ids: list[int]) -> Any:

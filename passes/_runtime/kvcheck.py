@@ -29,6 +29,9 @@ def genai_greedy(folder: Path, token_lists: list[list[int]], new_tokens: int, ad
     import numpy as np
     import onnxruntime_genai as og
 
+    from slimops.passes._runtime.common import genai_max_length
+
+    config = json.loads((folder / "genai_config.json").read_text())["model"]
     model = og.Model(str(folder))
     adapters = None
     if adapter is not None:
@@ -39,13 +42,13 @@ def genai_greedy(folder: Path, token_lists: list[list[int]], new_tokens: int, ad
         params = og.GeneratorParams(model)
         # plain argmax, whatever the folder's `search` section says: the uncached side has no
         # minimum length (which masks EOS) and no repetition penalties
-        params.set_search_options(max_length=len(ids) + new_tokens, min_length=0, do_sample=False, num_beams=1,
-                                  repetition_penalty=1.0, no_repeat_ngram_size=0)
+        params.set_search_options(max_length=genai_max_length(config, len(ids) + new_tokens), min_length=0, do_sample=False,
+                                  num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0)
         generator = og.Generator(model, params)
         if adapters is not None:
             generator.set_active_adapter(adapters, "parity")
         generator.append_tokens(np.asarray([ids], dtype=np.int32))
-        while not generator.is_done():
+        while not generator.is_done() and len(generator.get_sequence(0)) < len(ids) + new_tokens:
             generator.generate_next_token()
         tokens = [int(t) for t in generator.get_sequence(0)[len(ids):]]
         if len(tokens) < new_tokens:  # it stopped at EOS, which the sequence leaves out
@@ -74,12 +77,15 @@ def kv_agreement(candidate, folder: Path, token_lists: list[list[int]], uncached
     Raises:
         ParityError: onnxruntime-genai failed to load or run the folder.
     """
-    eos = json.loads((folder / "genai_config.json").read_text())["model"].get("eos_token_id", [])
-    eos = set(eos if isinstance(eos, list) else [eos])
-    try:
-        cached_tokens = genai_greedy(folder, token_lists, new_tokens, adapter)
-    except Exception as err:  # the message of onnxruntime-genai is the useful part
-        raise ParityError(f"onnxruntime-genai cannot decode the model with its cache: {err}") from None
+    if hasattr(candidate, "cached_greedy"):  # an onnx-model decoder (OnnxRunner) feeds its own past/present back
+        eos, cached_tokens = candidate.eos_ids, candidate.cached_greedy(token_lists, new_tokens)
+    else:
+        eos = json.loads((folder / "genai_config.json").read_text())["model"].get("eos_token_id", [])
+        eos = set(eos if isinstance(eos, list) else [eos])
+        try:
+            cached_tokens = genai_greedy(folder, token_lists, new_tokens, adapter)
+        except Exception as err:  # the message of onnxruntime-genai is the useful part
+            raise ParityError(f"onnxruntime-genai cannot decode the model with its cache: {err}") from None
 
     def share(kept: int, cached: list[int]) -> float:
         done = kept == len(cached) and (kept == new_tokens or bool(cached) and cached[-1] in eos)

@@ -4,6 +4,8 @@
   an InferenceSession that refuses to fall back to the CPU silently.
 - `OnnxRunner`: the `evaluate` interface over an ONNX causal LM, classifier or encoder; uses the KV
   cache when the graph has `past_key_values.*` inputs, and recomputes the whole sequence when it has none.
+  Over a decoder it is also the `parity` model of an onnx-model (`logits(ids)` from an empty cache,
+  `cached_greedy` for the KV check).
 - `OnnxCausalLM`, `OnnxEncoder`: the `parity` interface (`logits(ids)`); the causal LM recomputes
   the whole sequence each call (an empty KV cache), which is exact.
 """
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from slimops.kinds import CAUSAL, CLASSIFIER, ENCODER_TYPES, FEATURES
-from slimops.passes._runtime.common import empty_past, eos_ids, read_json
+from slimops.passes._runtime.common import empty_past, eos_ids, read_json, window_capacities
 from slimops.passes._runtime.errors import ParityError
 
 
@@ -67,6 +69,7 @@ class OnnxRunner:
         self.outputs = [o.name for o in self.session.get_outputs()]
         config = read_json((config_dir or tokenizer_dir) / "config.json")
         decoder = read_json(model_file.parent / "genai_config.json").get("model", {}).get("decoder", {})
+        self._windows = window_capacities(decoder)
         if decoder and "num_attention_heads" not in config:  # a genai folder read as plain ONNX
             config = {"num_key_value_heads": decoder.get("num_key_value_heads"), "num_attention_heads": decoder.get("num_attention_heads"),
                       "head_dim": decoder.get("head_size"), **config}
@@ -87,6 +90,7 @@ class OnnxRunner:
         self._config = config
         self._ids: list[int] = []
         self._past: dict[str, Any] = {}
+        self.providers = self.session.get_providers()
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]
@@ -99,7 +103,7 @@ class OnnxRunner:
         head_dim = self._config.get("head_dim") or (
             self._config["hidden_size"] // self._config["num_attention_heads"] if "hidden_size" in self._config else None
         )
-        return empty_past(self.inputs, self.past_names, heads, head_dim)
+        return empty_past(self.inputs, self.past_names, heads, head_dim, self._windows)
 
     def _feed(self, new_ids: list[int], total: int, past: dict[str, Any]) -> dict[str, Any]:
         np = self.np
@@ -144,6 +148,33 @@ class OnnxRunner:
     def step(self, token: int) -> Any:
         return self._run([token])[0, -1]
 
+    def logits(self, ids: list[int]) -> Any:
+        """The `parity` interface: logits (len(ids), vocab) in fp32, recomputed from an empty cache."""
+        self._ids, self._past = [], {}
+        return self._run(list(ids))[0].astype(self.np.float32)
+
+    def cached_greedy(self, token_lists: list[list[int]], new_tokens: int) -> list[list[int]]:
+        """Greedy tokens decoded through the graph's own KV cache (the prompt, then one cached step per token),
+        for the parity's KV check; a prompt's list ends early with the EOS token it stopped at.
+
+        Raises:
+            ParityError: onnxruntime failed on a cached step (a past input the graph does not take, say).
+        """
+        generated = []
+        for ids in token_lists:
+            tokens: list[int] = []
+            try:
+                row = self.start(list(ids))
+                while len(tokens) < new_tokens:
+                    tokens.append(int(row.argmax()))
+                    if tokens[-1] in self.eos_ids or len(tokens) == new_tokens:
+                        break
+                    row = self.step(tokens[-1])
+            except Exception as err:  # onnxruntime's message names the input or node
+                raise ParityError(f"onnxruntime cannot decode the model with its KV cache: {err}") from None
+            generated.append(tokens)
+        return generated
+
     def classify(self, text: str) -> str:
         """The label of `text`; for an encoder without a head, only the forward pass (latency) and ""."""
         encoded = self.tokenizer(text, truncation=True)
@@ -174,6 +205,7 @@ class OnnxCausalLM:
             self.run_options.add_active_adapter(self.adapter)
         config = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
         self.head_size = int(config["head_size"])
+        self.windows = window_capacities(config)
         self.session = open_session(folder / config.get("filename", "model.onnx"), providers)
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.providers = self.session.get_providers()
@@ -186,7 +218,7 @@ class OnnxCausalLM:
             feed["attention_mask"] = np.ones_like(x)
         if "position_ids" in self.inputs:
             feed["position_ids"] = np.arange(len(ids), dtype=np.int64)[None]
-        feed.update(empty_past(self.inputs, [n for n in self.inputs if n.startswith("past_key_values")], 1, self.head_size))
+        feed.update(empty_past(self.inputs, [n for n in self.inputs if n.startswith("past_key_values")], 1, self.head_size, self.windows))
         out = self.session.run(["logits"], feed, self.run_options)[0]
         return out[0].astype(np.float32)
 

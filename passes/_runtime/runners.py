@@ -2,7 +2,8 @@
 
 - `open_runner(artifact, ...)`: the `evaluate` runner for an artifact (`HFRunner`, `OnnxRunner`,
   `GenaiRunner`), or a `ModelError` saying why not.
-- `open_model(artifact, providers)`: the `parity` model (`logits(ids)`) for an artifact.
+- `open_model(artifact, providers)`: the `parity` model (`logits(ids)`) for an artifact; an onnx-model
+  decoder (one with `past_key_values.*` inputs) gets an `OnnxRunner`.
 - `probe_memory(...)`: peak memory of a fresh process that loads the model and generates, so
   that what an earlier model left in this process's allocator does not hide the cost.
 
@@ -78,10 +79,21 @@ def open_model(artifact: Any, providers: list[str], adapter: Path | None = None)
         model_file = path if path.is_file() else path / "model.onnx"
         if path.is_dir() and (path / "genai_config.json").exists():
             return OnnxCausalLM(path, providers)
+        if _has_kv_inputs(model_file):  # a decoder exported by torch.onnx (passes/_onnx/torch_decoder.py)
+            if not has_tokenizer(model_file.parent):
+                raise ParityError(f"the ONNX decoder at {path} has no tokenizer files beside it")
+            return OnnxRunner(model_file, model_file.parent, providers)
         return OnnxEncoder(model_file, providers)
     if artifact.kind == "hf-model":
         return TorchModel(path, encoder=is_encoder(path), adapter=adapter)
     raise ParityError(f"parity cannot read a {artifact.kind} artifact")
+
+
+def _has_kv_inputs(model_file: Path) -> bool:
+    import onnx
+
+    graph = onnx.load(str(model_file), load_external_data=False).graph
+    return any(i.name.startswith("past_key_values") for i in graph.input)
 
 
 def probe_memory(artifact: Any, base: Any, providers: list[str], device: str, max_new_tokens: int, prompt: str, timeout: float = 600) -> float:
