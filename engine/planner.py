@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import networkx as nx
@@ -20,6 +21,7 @@ from slimops.cache import Cache
 from slimops.config import MODEL_INPUT, PassConfig, PipelineConfig
 from slimops.config.data import data_issues
 from slimops.errors import ConfigError, ModelError, PlanError
+from slimops.families import family_issue
 from slimops.keys import canonical, node_key
 from slimops.inputs import DETECTED_KINDS, resolve_model
 from slimops.needs import install_line, installed
@@ -135,6 +137,7 @@ def build_plan(config: PipelineConfig, cache: Cache | None = None, keys: bool = 
     graph = nx.DiGraph()
     expanded: dict[str, dict[str | None, str]] = {}  # pass name -> {target name or None: node id}
 
+    family_warnings: list[str] = []
     if spec.model is not None:
         _check_model_kind(config)
         try:
@@ -142,6 +145,7 @@ def build_plan(config: PipelineConfig, cache: Cache | None = None, keys: bool = 
         except ModelError as err:
             raise ModelError(f"{config.where('model')}: {err}") from None
         source.meta["task"] = spec.model.task
+        family_warnings = _check_family(config, source)
         node = Node(MODEL_INPUT, MODEL_INPUT, None, None, first_target, [], source.kind, source=source)
         nodes[node.id] = node
         graph.add_node(node.id)
@@ -199,6 +203,7 @@ def build_plan(config: PipelineConfig, cache: Cache | None = None, keys: bool = 
     errors, warnings = data_issues(config)
     if errors:
         raise ConfigError(errors)
+    warnings = [*warnings, *family_warnings]
     plan = Plan(config, graph, nodes, cache, [str(w) for w in [*config.warnings, *warnings]])
     if keys:
         for node in plan.order():
@@ -229,6 +234,18 @@ def _check_model_kind(config: PipelineConfig) -> None:
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise PlanError(f"{config.where('model', 'kind')}: unknown kind '{kind}'; {hint}"
                         f"kinds: {', '.join(known)} (or leave it out: slimops detects it from the files)")
+
+
+def _check_family(config: PipelineConfig, source: Artifact) -> list[str]:
+    """A model no built-in pass can serve is a plan error; one outside the tested families, a warning."""
+    issue = family_issue(Path(source.path), source.kind)
+    if issue is None:
+        return []
+    severity, message = issue
+    builtin = any(pc.cls.__module__.startswith("slimops.passes.") for pc in config.passes.values())
+    if severity == "error" and builtin:
+        raise PlanError(f"{config.where('model')}: {message}")
+    return [f"{config.where('model')}: {message}"]
 
 
 def _pass_order(config: PipelineConfig) -> list[str]:

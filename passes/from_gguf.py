@@ -18,7 +18,7 @@ class FromGguf(Pass):
     """Dequantizes a GGUF file into an HF folder that every HF-reading pass can load."""
 
     name = "from_gguf"
-    version = "1"
+    version = "2"  # 2: the fields transformers' GGUF reader drops are restored
     consumes = ("gguf",)
     produces = "hf-model"
     converts = True
