@@ -66,7 +66,8 @@ def save_gguf_as_hf(gguf_file: Path, out_dir: Path, log=None) -> None:
         _restore_dropped_fields(config, reader, gguf_file)
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    except (ValueError, KeyError, OSError, NotImplementedError, struct.error) as err:  # struct.error: cut short in its metadata
+    # struct.error: cut short in its metadata; RuntimeError: tensors whose shapes the config it read does not fit
+    except (ValueError, KeyError, OSError, NotImplementedError, RuntimeError, struct.error) as err:
         raise ModelError(f"transformers cannot read {gguf_file}: {err} (an architecture or quantization type transformers "
                          "does not convert, or a file cut short: check it is complete)") from None
     config = copy.deepcopy(loaded.config)  # reading it from the file again costs seconds
@@ -150,6 +151,13 @@ def _restore_dropped_fields(config, reader, gguf_file: Path) -> None:
         # llama.cpp stores no query_pre_attn_scalar: it scales by head_dim, or by hidden / heads at 27B (46 / 62 layers).
         is_27b = config.num_hidden_layers == {"gemma2": 46, "gemma3": 62}[arch]
         config.query_pre_attn_scalar = config.hidden_size // config.num_attention_heads if is_27b else config.head_dim
+    if arch == "gpt2":
+        # The reader puts context_length in `n_ctx`, which GPT2Config no longer has: n_positions (the size of the
+        # learned position table) stays at 1024, and the file's position_embd does not fit it.
+        config.n_positions = _field(reader, f"{arch}.context_length")
+        # And feed_forward_length in an attribute GPT2Config does not read; its n_inner=None means 4 * n_embd.
+        if (ffn := _field(reader, f"{arch}.feed_forward_length")) is not None and ffn != 4 * config.n_embd:
+            config.n_inner = ffn
     if arch == "gemma3" and _field(reader, f"{arch}.rope.scaling.type") == "linear":  # on the global layers only
         config.rope_parameters["full_attention"] = {
             "rope_type": "linear", "rope_theta": theta, "factor": _field(reader, f"{arch}.rope.scaling.factor")}

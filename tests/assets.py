@@ -6,7 +6,7 @@ data from here (no test module imports another).
 - a 2-layer llama with heads of 16 (the ONNX builder's minimum) fit to `CORPUS`, a BERT
   classifier, LoRA adapters, and the ONNX tests' pipeline helpers;
 - the evaluate tests' world (`EVAL_*`, `eval_llama`, `write_eval_project`, a hand-made ONNX LM);
-- a tiny GGUF of each family transformers reads (llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3), written as
+- a tiny GGUF of each family transformers reads (llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3, gpt2), written as
   llama.cpp's converter writes one, and a llama on the GGUF Q4_1/Q8_0 grids.
 """
 
@@ -382,11 +382,16 @@ GGUF_FAMILIES: dict[str, tuple[str, dict]] = {
                           "layer_types": ["sliding_attention"] * 5 + ["full_attention"],
                           "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                                               "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}}}),
+    # a LayerNorm epsilon other than GPT2Config's default; n_positions (128, not 1024) is already off it
+    "gpt2": ("gpt2", {"layer_norm_epsilon": 1e-3}),
 }
 GGUF_QUANTIZED = {  # HF name -> the ggml type it is stored in (gguf.GGMLQuantizationType); phi3 fuses these
     "model.layers.0.self_attn.q_proj.weight": "Q8_0", "model.layers.0.self_attn.qkv_proj.weight": "Q8_0",
     "model.layers.1.mlp.up_proj.weight": "Q4_1", "model.layers.1.mlp.gate_up_proj.weight": "Q4_1",
+    "transformer.h.0.attn.c_attn.weight": "Q8_0", "transformer.h.1.mlp.c_fc.weight": "Q4_1",  # gpt2
 }
+# GPT-2's Conv1D weights, stored (in, out) in HF; llama.cpp writes them transposed, (out, in) as a linear's
+GGUF_CONV1D = (".c_attn.weight", ".c_proj.weight", ".c_fc.weight")
 
 
 def byte_level_vocab() -> list[str]:
@@ -426,18 +431,21 @@ def _tiny_family_model(family: str, tied: bool | None):
     import torch
     import transformers
 
-    from families import FAMILIES, HIDDEN, HEADS
+    from families import FAMILIES, HIDDEN, HEADS, family_config
 
     config_class, model_class, fields = FAMILIES[family]
     tokens = byte_level_vocab()
     fields = {**fields, **GGUF_FAMILIES[family][1]}
     if tied is not None:
         fields["tie_word_embeddings"] = tied
-    shape = {"vocab_size": len(tokens), "hidden_size": HIDDEN, "intermediate_size": 2 * HIDDEN, "num_hidden_layers": 2,
-             "num_attention_heads": HEADS, "max_position_embeddings": 128, "rms_norm_eps": 1e-5,
-             "bos_token_id": tokens.index("<|im_start|>"), "eos_token_id": tokens.index("<|im_end|>"),
-             "pad_token_id": None}  # a GGUF states no pad token unless the model has one
-    config = getattr(transformers, config_class)(**{**shape, **fields})
+    # a GGUF states no pad token unless the model has one
+    specials = {"bos_token_id": tokens.index("<|im_start|>"), "eos_token_id": tokens.index("<|im_end|>"), "pad_token_id": None}
+    if family == "gpt2":  # its config names the shape n_embd, n_layer, n_head, n_positions: tests/families.py's builder
+        config = family_config(family, len(tokens), specials, **fields)
+    else:
+        shape = {"vocab_size": len(tokens), "hidden_size": HIDDEN, "intermediate_size": 2 * HIDDEN, "num_hidden_layers": 2,
+                 "num_attention_heads": HEADS, "max_position_embeddings": 128, "rms_norm_eps": 1e-5, **specials}
+        config = getattr(transformers, config_class)(**{**shape, **fields})
     torch.manual_seed(0)
     model = getattr(transformers, model_class)(config).eval()
     with torch.no_grad():
@@ -453,6 +461,15 @@ def _write_family_metadata(writer, family: str, config) -> dict:
 
     import gguf
 
+    if family == "gpt2":  # GPT2Model.set_gguf_parameters: LayerNorm, no rope, n_ff fixed at 4 * n_embd
+        writer.add_name(f"Tiny {family.upper()}")
+        writer.add_block_count(config.n_layer)
+        writer.add_context_length(config.n_positions)  # n_ctx in the config.json of OpenAI's checkpoints
+        writer.add_embedding_length(config.n_embd)
+        writer.add_feed_forward_length(4 * config.n_embd)
+        writer.add_head_count(config.n_head)
+        writer.add_layer_norm_eps(config.layer_norm_epsilon)
+        return {}
     head_dim = config.head_dim if getattr(config, "head_dim", None) else config.hidden_size // config.num_attention_heads
     rope = config.rope_parameters.get("full_attention", config.rope_parameters)  # gemma3: the global layers'
     writer.add_name(f"Tiny {family.capitalize()}")
@@ -499,7 +516,7 @@ def write_tiny_gguf(path: Path, family: str, tied: bool | None = None):
 
     The model is tests/families.py's row (2 layers, hidden 64, 4 heads of 16) with GGUF_FAMILIES' fields; the file
     has llama.cpp's names, Q/K rows permuted for its rope layout where it permutes them (llama, mistral), gemma's
-    norms stored as `1 + w`, the two GGUF_QUANTIZED tensors in Q8_0 and Q4_1 (the rest F32), the extra tensors
+    norms stored as `1 + w`, GPT-2's Conv1D weights transposed, the two GGUF_QUANTIZED tensors in Q8_0 and Q4_1 (the rest F32), the extra tensors
     llama.cpp derives from the rope scaling, and a byte-level BPE vocabulary with merges, control tokens and a
     chat template. `tied=None` keeps the family's own tie.
 
@@ -538,13 +555,17 @@ def write_tiny_gguf(path: Path, family: str, tied: bool | None = None):
                 weight = _rope_permute(weight, config.num_key_value_heads)
             elif family.startswith("gemma") and name.endswith("norm.weight"):
                 weight = weight + 1  # gemma scales by (1 + w); llama.cpp stores the scale
+            elif arch == "gpt2" and name.endswith(GGUF_CONV1D):
+                weight = numpy.ascontiguousarray(weight.T)
             if name not in GGUF_QUANTIZED:
                 writer.add_tensor(gguf_name, weight)
                 continue
             qtype = gguf.GGMLQuantizationType[GGUF_QUANTIZED[name]]
             writer.add_tensor(gguf_name, gguf.quants.quantize(weight, qtype), raw_dtype=qtype)
-            # Quantization blocks run along a row, so the row permutation commutes with it.
-            unpacked = gguf.quants.dequantize(gguf.quants.quantize(param.numpy(), qtype), qtype)
+            if arch == "gpt2":  # blocks run along the stored (transposed) row: unpack that, then transpose back
+                unpacked = gguf.quants.dequantize(gguf.quants.quantize(weight, qtype), qtype).T.copy()
+            else:  # Quantization blocks run along a row, so the row permutation commutes with it.
+                unpacked = gguf.quants.dequantize(gguf.quants.quantize(param.numpy(), qtype), qtype)
             param.copy_(torch.from_numpy(unpacked))
         for gguf_name, values in extra.items():
             writer.add_tensor(gguf_name, numpy.asarray(values, dtype="float32"))

@@ -2,10 +2,11 @@
 so no real model is needed.
 
 Each file is written the way llama.cpp's converter writes one: its names, Q and K rows permuted for
-its rope layout where it permutes them, gemma's norms stored as `1 + w`, the rope scaling as the extra
-tensors it derives, one tensor in Q8_0 and one in Q4_1 (the rest F32), and a byte-level BPE vocabulary
-with merges, control tokens and a chat template. The HF model it was written from, with the quantized
-weights replaced by their dequantized values, is the reference the converted folder must match.
+its rope layout where it permutes them, gemma's norms stored as `1 + w`, GPT-2's Conv1D weights
+transposed, the rope scaling as the extra tensors it derives, one tensor in Q8_0 and one in Q4_1 (the
+rest F32), and a byte-level BPE vocabulary with merges, control tokens and a chat template. The HF model
+it was written from, with the quantized weights replaced by their dequantized values, is the reference
+the converted folder must match.
 """
 
 from __future__ import annotations
@@ -146,9 +147,9 @@ def assert_matches_reference(folder: Path, family: str, reference) -> None:
 
 @pytest.mark.parametrize("family", sorted(GGUF_FAMILIES))
 def test_each_gguf_family_converts_to_its_own_class_with_the_same_logits(tmp_path, family):
-    """Class, tie, weights (renamed, un-permuted, un-offset, dequantized) and what transformers' reader drops:
-    llama3 rope (`rope_freqs`), phi3 longrope factors, qwen3's head_dim, gemma's soft-caps, attention scale and
-    gemma3's linear rope scaling, and a Mistral that llama.cpp writes as a llama."""
+    """Class, tie, weights (renamed, un-permuted, un-offset, un-transposed, dequantized) and what transformers'
+    reader drops: llama3 rope (`rope_freqs`), phi3 longrope factors, qwen3's head_dim, gemma's soft-caps, attention
+    scale and gemma3's linear rope scaling, GPT-2's n_positions, and a Mistral that llama.cpp writes as a llama."""
     from transformers import AutoTokenizer
 
     folder, reference = convert_family(tmp_path, family)
@@ -160,10 +161,10 @@ def test_each_gguf_family_converts_to_its_own_class_with_the_same_logits(tmp_pat
     assert tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == "<|im_start|>user\nhi<|im_end|>\n"
 
 
-@pytest.mark.parametrize("family, tied", [("qwen2", False), ("qwen3", False), ("phi3", True), ("mistral", True)])
+@pytest.mark.parametrize("family, tied", [("qwen2", False), ("qwen3", False), ("phi3", True), ("mistral", True), ("gpt2", False)])
 def test_a_family_converts_with_the_other_tie(tmp_path, family, tied):
     """A file's tie comes from whether it has `output.weight`, not from the family's usual choice (gemma has
-    no `output.weight` in llama.cpp: always tied)."""
+    no `output.weight` in llama.cpp: always tied; transformers' GPT-2 reader takes `output.weight` aside)."""
     folder, reference = convert_family(tmp_path, family, tied)
     assert reference.config.tie_word_embeddings is tied
     assert_matches_reference(folder, family, reference)

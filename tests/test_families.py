@@ -1,7 +1,8 @@
 """Every supported family end to end, from a table (tests/families.py): a tiny model built from the
 family's published config shape goes through lora -> merge_adapter -> onnx at each CPU precision
 (fp32, int8, the int4 default) with its parity and KV-cache checks -> quantize -> evaluate on
-PyTorch and on onnxruntime-genai; qlora, dora and generate_adapter run for llama, qwen2 and phi3.
+PyTorch and on onnxruntime-genai, and through full fine-tuning; dora and qlora run for every
+family, generate_adapter (with dora and qlora merged and exported) for llama, qwen2 and phi3.
 
 A family is supported when its row passes here; docs/families.md lists the same rows.
 """
@@ -73,13 +74,17 @@ def test_family_goes_through_every_cpu_pass(family, world, tmp_path):
 
     path = pipeline(world, family, tmp_path, "{cpu: cpu, int8: cpu-int8, laptop: cpu-int4}", """\
         ft: {type: lora, data: tone, max_steps: 2, batch_size: 4}
-        merge: {type: merge_adapter}
+        full: {type: full, data: tone, max_steps: 2, batch_size: 4, inputs: [model]}
+        merge: {type: merge_adapter, inputs: [ft]}
         eval_pt: {type: evaluate, data: text, metrics: [perplexity], inputs: [merge]}
         export: {type: onnx, inputs: [merge]}
         quant: {type: quantize, inputs: [export], targets: [cpu], method: rtn, bits: 4, block_size: 32, parity: {min_top1: 0.5}}
         eval_onnx: {type: evaluate, data: text, metrics: [perplexity], inputs: [export]}
         """)
     result = slimops.run(path, display=quiet())
+    config = json.loads((Path(model_of(world, family)) / "config.json").read_text())
+    tuned = json.loads((Path(result["full"].path) / "config.json").read_text())
+    assert tuned["model_type"] == config["model_type"] and result["full"].metrics["steps"] == 2
     if family in ADAPTED:
         assert ADAPTED[family] <= adapted_modules(Path(result["ft"].path))
     reference = result["eval_pt"].metrics["after"]["perplexity"]
@@ -152,6 +157,21 @@ def test_a_sliding_window_no_shorter_than_the_context_exports_and_decodes(world,
     export = slimops.run(path, display=quiet())["export@cpu"]
     assert "sliding_window" not in json.loads((Path(export.path) / "genai_config.json").read_text())["model"]["decoder"]
     assert export.metrics["parity_top1"] == 1.0 and export.metrics["parity_kv_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("family", sorted(set(FAMILIES) - set(ADAPTER_FAMILIES)))
+def test_the_other_families_take_dora_and_qlora(family, world, tmp_path):
+    ft = "data: tone, max_steps: 2, batch_size: 4"
+    path = pipeline(world, family, tmp_path, "{cpu: cpu}", f"""\
+        dora: {{type: dora, {ft}}}
+        qlora: {{type: qlora, {ft}, inputs: [model]}}
+        merge: {{type: merge_adapter, inputs: [qlora]}}
+        export: {{type: onnx, inputs: [merge]}}
+        """)
+    result = slimops.run(path, display=quiet())
+    assert json.loads((Path(result["dora"].path) / "adapter_config.json").read_text())["use_dora"] is True
+    assert result["qlora"].metrics["steps"] == 2
+    assert result["export@cpu"].metrics["parity_top1"] >= 0.8
 
 
 def test_the_docs_and_the_planner_list_the_families_the_table_tests():
