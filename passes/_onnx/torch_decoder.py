@@ -271,11 +271,12 @@ def _quantize(fp32_file: Path, out_file: Path, params: Any, precision: str, targ
         options = options_for(params, settings)
         try:
             report = rewrite_file(fp32_file, out_file, **options)
-        except ValueError as err:
-            raise OnnxError(f"affine int4 failed: {err}; set int4_method: builder (round-to-nearest int4)") from None
-        log.info("affine int4: %d MatMuls int4, lm_head int8: %s, embedding shared: %s", report.quantized,
-                 report.lm_head is not None, report.shared_embedding)
-        return {**report.as_meta(), "block_size": options["block"], "accuracy_level": options["accuracy_level"]}
+        except ValueError as err:  # round-to-nearest int4 takes any MatMul graph
+            log.warning("affine int4 cannot rewrite this graph (%s): round-to-nearest int4 instead", err)
+        else:
+            log.info("affine int4: %d MatMuls int4, lm_head int8: %s, embedding shared: %s", report.quantized,
+                     report.lm_head is not None, report.shared_embedding)
+            return {**report.as_meta(), "block_size": options["block"], "accuracy_level": options["accuracy_level"]}
     from slimops.passes._onnx.weight_only import weight_only, weight_only_options
 
     options = weight_only_options(params, target, 4 if precision == "int4" else 8)
