@@ -116,11 +116,10 @@ CORPUS = [
 PLAIN_CHAT_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
 
 
-def tiny_trained_llama(folder: Path) -> Path:
-    """A 2-layer llama (hidden 64, 4 heads of 16) with a byte-level BPE tokenizer, fit to CORPUS."""
-    import torch
+def corpus_tokenizer():
+    """A byte-level BPE tokenizer trained on CORPUS, with the plain chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -131,6 +130,33 @@ def tiny_trained_llama(folder: Path) -> Path:
     ))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+    return tokenizer
+
+
+def fit_to_corpus(model, tokenizer, steps: int = 40):
+    """`steps` of AdamW on CORPUS (padded, loss on real tokens), so that next-token predictions are confident."""
+    import torch
+
+    rows = [tokenizer(text)["input_ids"] for text in CORPUS]
+    length = max(map(len, rows))
+    ids = torch.tensor([row + [tokenizer.pad_token_id] * (length - len(row)) for row in rows])
+    mask = (torch.arange(length)[None] < torch.tensor([len(row) for row in rows])[:, None]).long()
+    labels = ids.masked_fill(mask == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model
+
+
+def tiny_trained_llama(folder: Path) -> Path:
+    """A 2-layer llama (hidden 64, 4 heads of 16) with a byte-level BPE tokenizer, fit to CORPUS."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = corpus_tokenizer()
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -138,18 +164,7 @@ def tiny_trained_llama(folder: Path) -> Path:
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     assert config.vocab_size not in (64, 128)
-    model = LlamaForCausalLM(config)
-    rows = [tokenizer(text)["input_ids"] for text in CORPUS]
-    length = max(map(len, rows))
-    ids = torch.tensor([row + [tokenizer.pad_token_id] * (length - len(row)) for row in rows])
-    mask = (torch.arange(length)[None] < torch.tensor([len(row) for row in rows])[:, None]).long()
-    labels = ids.masked_fill(mask == 0, -100)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(40):
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    model = fit_to_corpus(LlamaForCausalLM(config), tokenizer)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from assets import CORPUS, PLAIN_CHAT_TEMPLATE
+from assets import corpus_tokenizer, fit_to_corpus
 
 HIDDEN, HEADS, HEAD_DIM = 64, 4, 16
 
@@ -83,33 +83,12 @@ def tiny_family(family: str, folder: Path, steps: int = 40, **overrides) -> Path
     """
     import torch
     import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    core.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    ))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+    tokenizer = corpus_tokenizer()
     special_ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
     torch.manual_seed(0)
     config = family_config(family, len(tokenizer), special_ids, **overrides)
-    model = getattr(transformers, FAMILIES[family][1])(config)
-    rows = [tokenizer(text)["input_ids"] for text in CORPUS]
-    length = max(map(len, rows))
-    ids = torch.tensor([row + [tokenizer.pad_token_id] * (length - len(row)) for row in rows])
-    mask = (torch.arange(length)[None] < torch.tensor([len(row) for row in rows])[:, None]).long()
-    labels = ids.masked_fill(mask == 0, -100)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    model = fit_to_corpus(getattr(transformers, FAMILIES[family][1])(config), tokenizer, steps)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -216,7 +216,7 @@ def constant_matmuls(model) -> int:
             readers[name] = readers.get(name, 0) + 1
     producer = {output: node for node in graph.node for output in node.output}
     changed, head = 0, []
-    for index, node in enumerate(list(graph.node)):
+    for node in list(graph.node):
         if node.op_type == "Gemm" and len(node.input) >= 2 and node.input[1] in inits and len(inits[node.input[1]].dims) == 2:
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0):
