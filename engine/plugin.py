@@ -174,6 +174,13 @@ class Pass:
         type must read it; the planner reports a pipeline without one. Default: None."""
         return None
 
+    def resources(self, params: Any, target: Any) -> dict[str, float]:
+        """What one run takes from a machine, for the Ray executor: {"CPU": n, "GPU": n} (and "memory", bytes).
+
+        Default: one CPU, and one GPU when the target's device is CUDA.
+        """
+        return {"CPU": 1.0, "GPU": 1.0 if getattr(target, "device", None) == "cuda" else 0.0}
+
     def goals(self, params: Any, artifact: Artifact) -> list[dict[str, Any]]:
         """Goals checked on the finished artifact, fresh or cached (default: none).
 

@@ -57,6 +57,8 @@ class SearchSpec(BaseModel):
     trials: int | None = Field(None, ge=1, description="How many trials; default: the grid's size, or 10.")
     objectives: list[Objective] = Field(min_length=1, description="Metrics to optimise; several give a Pareto front.")
     seed: int = Field(0, description="Sampler seed, so a search repeats.")
+    parallel: int = Field(1, ge=1, description="Trials run at once, each as its own Ray task (engine.executor: ray); "
+                          "they share one study and every cached prefix.")
 
     @field_validator("space")
     @classmethod

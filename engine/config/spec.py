@@ -82,12 +82,23 @@ class DataSpec(BaseModel):
 
 
 class EngineSettings(BaseModel):
-    """Where the engine keeps its cache and writes its outputs."""
+    """Where the engine keeps its cache and writes its outputs, and what runs the nodes (docs/scale.md)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    cache_dir: str = Field(".slimops/cache", description="Cache folder, relative to the pipeline file.")
+    cache_dir: str = Field(".slimops/cache", description="Cache folder, relative to the pipeline file; or an fsspec URL "
+                           "(s3://bucket/prefix, gs://..., file:///shared/path) for a cache shared between machines.")
     output_dir: str = Field("out", description="Output folder, relative to the pipeline file.")
+    executor: Literal["local", "ray"] = Field("local", description="local: nodes run one after another in this process; "
+                                              "ray: every ready node runs as a Ray task (pip install slimops[cluster]).")
+    ray_address: str | None = Field(None, description="The Ray cluster to join (auto, or ray://host:10001); default: "
+                                    "join the one RAY_ADDRESS names, else start a local one.")
+    local_cache_dir: str | None = Field(None, description="With a cache URL: the folder on each machine that holds local "
+                                        "copies of the entries passes read; default ~/.cache/slimops/copies/<hash of the URL>.")
+    local_cache_gb: float = Field(20.0, gt=0, description="With a cache URL: the local copies' size bound; the least "
+                                  "recently used go first.")
+    lock_lease_s: float = Field(60.0, ge=1, description="With a cache URL: how long a builder's lock on a node outlives "
+                                "its last heartbeat (a lost machine's node is rebuilt after this).")
 
 
 class PipelineFile(BaseModel):
