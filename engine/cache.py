@@ -60,6 +60,10 @@ class Cache:
     # -- reading ------------------------------------------------------------------------------
 
     def get(self, key: str) -> Entry | None:
+        return self._read(key)
+
+    def _read(self, key: str) -> Entry | None:
+        """The entry in this folder (a remote cache's local copy; `get` may fetch, this never does)."""
         directory = self.entries_dir / key
         try:
             manifest = json.loads((directory / MANIFEST).read_text())
@@ -69,13 +73,20 @@ class Cache:
             raise CacheError(f"cache entry {key[:12]} is unreadable ({err}); run 'slimops cache verify'") from None
         return Entry(key, directory, manifest)
 
+    def has(self, key: str) -> bool:
+        """Whether an entry for `key` exists (nothing is read or fetched; `get` checks it)."""
+        return (self.entries_dir / key / MANIFEST).is_file()
+
     def entries(self) -> list[Entry]:
+        return self._folder_entries()
+
+    def _folder_entries(self) -> list[Entry]:
         found = []
         if not self.entries_dir.is_dir():
             return found
         for directory in sorted(self.entries_dir.iterdir()):
             try:
-                entry = self.get(directory.name)
+                entry = self._read(directory.name)
             except CacheError:
                 continue
             if entry is not None:
@@ -91,17 +102,28 @@ class Cache:
         if not prefix or any(c not in "0123456789abcdef" for c in prefix.lower()):
             raise CacheError(f"'{prefix}' is not a key prefix: keys are hex digits (0-9, a-f); copy one from 'slimops cache ls'")
         prefix = prefix.lower()
-        names = sorted(d.name for d in self.entries_dir.iterdir()) if self.entries_dir.is_dir() else []
-        matches = [name for name in names if name.startswith(prefix)]
+        matches = [name for name in self._keys() if name.startswith(prefix)]
         if len(matches) > 1:
             raise CacheError(f"{len(matches)} cache entries start with '{prefix}' ({', '.join(m[:12] for m in matches[:4])}"
                              f"{', ...' if len(matches) > 4 else ''}); give more of the key")
         if not matches:
-            raise CacheError(f"no cache entry starts with '{prefix}' in {self.root}; see 'slimops cache ls' (or pass --config or --cache-dir)")
-        entry = self.get(matches[0])
+            raise CacheError(f"no cache entry starts with '{prefix}' in {self.location}; see 'slimops cache ls' (or pass --config or --cache-dir)")
+        entry = self._peek(matches[0])
         if entry is None:
             raise CacheError(f"cache entry {prefix} has no manifest; run 'slimops cache gc'")
         return entry
+
+    def _keys(self) -> list[str]:
+        return sorted(d.name for d in self.entries_dir.iterdir()) if self.entries_dir.is_dir() else []
+
+    def _peek(self, key: str) -> Entry | None:
+        """The entry's manifest, for showing it (a remote cache downloads nothing else)."""
+        return self.get(key)
+
+    @property
+    def location(self) -> str:
+        """Where the cache is, for messages: its folder (a remote cache: its URL)."""
+        return str(self.root)
 
     def touch(self, entry: Entry) -> None:
         try:
@@ -269,7 +291,7 @@ class Cache:
             return problems
         for directory in sorted(self.entries_dir.iterdir()):
             try:
-                entry = self.get(directory.name)
+                entry = self._read(directory.name)
             except CacheError as err:
                 problems.append(f"{err}; gc removes it")
                 continue
@@ -295,7 +317,7 @@ class Cache:
         if self.entries_dir.is_dir():  # broken entries go too: gc leaves only what a run would use
             for directory in list(self.entries_dir.iterdir()):
                 try:
-                    entry = self.get(directory.name)
+                    entry = self._read(directory.name)
                 except CacheError:
                     entry = None
                 if entry is None or self.check(entry):
@@ -320,7 +342,7 @@ class Cache:
                     lock.release()
         if older_than_days is not None:
             cutoff = time.time() - older_than_days * 86400
-            for entry in self.entries():
+            for entry in self._folder_entries():
                 if (entry.dir / MANIFEST).stat().st_mtime >= cutoff:
                     continue
                 lock = self.lock(entry.key)
@@ -367,7 +389,7 @@ class Cache:
             CacheError: the folder is not a slimops cache.
         """
         self._check_owned("clear")
-        count = len(self.entries())
+        count = len(self._folder_entries())
         for folder in ("entries", "tmp", "work", "logs", "damaged"):
             self._delete(self.root / folder)
         for trash in self.root.glob(f"{TRASH}*"):

@@ -18,6 +18,7 @@ from typing import Any
 import networkx as nx
 
 from slimops.cache import Cache
+from slimops.storage import cache_of
 from slimops.config import MODEL_INPUT, PassConfig, PipelineConfig
 from slimops.config.data import data_issues
 from slimops.errors import ConfigError, ModelError, PlanError
@@ -74,7 +75,7 @@ class Plan:
         return f"{list(self.nodes).index(node_id):06d}"
 
     def cached(self, node: Node) -> bool:
-        return node.source is not None or self.cache.get(node.key) is not None
+        return node.source is not None or self.cache.has(node.key)
 
     def explain(self, node: Node) -> str:
         """Why `node` is not cached: the fields that differ from its nearest cached entry."""
@@ -124,7 +125,7 @@ def build_plan(config: PipelineConfig, cache: Cache | None = None, keys: bool = 
         ModelError: the input model cannot be found.
         ConfigError: a data set does not fit the passes that read it.
     """
-    cache = cache or Cache(config.cache_dir)
+    cache = cache or cache_of(config)
     spec = config.spec
     targets = dict(spec.targets) or {DEFAULT_TARGET: builtin(DEFAULT_TARGET)}
     first_target = next(iter(targets.values()))
@@ -132,6 +133,9 @@ def build_plan(config: PipelineConfig, cache: Cache | None = None, keys: bool = 
     instances = {name: pc.cls() for name, pc in passes.items()}
 
     _check_cycles(config)
+    if spec.engine.executor == "ray" and installed(("ray",))["ray"] is None:
+        raise PlanError(f"{config.where('engine', 'executor')} engine.executor: ray needs the ray package; "
+                        "pip install 'slimops[cluster]' (or use executor: local)")
 
     nodes: dict[str, Node] = {}
     graph = nx.DiGraph()

@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "and unused files; clear: remove every entry")
     p.add_argument("key", nargs="?", help="key prefix (hex digits, as 'cache ls' shows them), for show")
     p.add_argument("--config", "-c", help="take the cache folder from this pipeline file")
-    p.add_argument("--cache-dir", help="the cache folder (default .slimops/cache)")
+    p.add_argument("--cache-dir", help="the cache folder (default .slimops/cache), or its URL: s3://bucket/prefix, file:///shared/folder")
     p.add_argument("--older-than", type=float, metavar="DAYS", help="gc: also drop entries unused this long")
     p.add_argument("--yes", action="store_true", help="clear: do not ask")
     p.add_argument("--json", action="store_true", help="ls: print the entries as JSON, for scripts")

@@ -91,15 +91,16 @@ def cmd_report(args) -> int:
 
 
 def _cache_for(args):
-    from slimops.cache import Cache
+    """The cache `--cache-dir` names (a folder or a URL), else the pipeline's, else ./.slimops/cache."""
+    from slimops.storage import cache_of, is_url, open_cache
 
     if args.cache_dir:
-        return Cache(Path(args.cache_dir).resolve())
+        return open_cache(args.cache_dir if is_url(args.cache_dir) else Path(args.cache_dir).resolve())
     if args.config:
         from slimops.config import load_config
 
-        return Cache(load_config(args.config).cache_dir)
-    return Cache(Path(".slimops/cache").resolve())
+        return cache_of(load_config(args.config))
+    return open_cache(Path(".slimops/cache").resolve())
 
 
 def cmd_cache(args) -> int:
@@ -112,7 +113,7 @@ def cmd_cache(args) -> int:
     elif args.action == "ls":
         from rich.table import Table
 
-        table = Table(title=f"cache: {cache.root}", box=None, header_style="bold")
+        table = Table(title=f"cache: {cache.location}", box=None, header_style="bold")
         for column in ("key", "node", "pass", "kind", "size", "seconds", "created"):
             table.add_column(column)
         total = 0
@@ -140,10 +141,10 @@ def cmd_cache(args) -> int:
     elif args.action == "clear":
         if not args.yes:
             if not sys.stdin.isatty():
-                print(f"error: cache clear removes every entry under {cache.root}; without a terminal to ask, "
+                print(f"error: cache clear removes every entry under {cache.location}; without a terminal to ask, "
                       "pass --yes", file=sys.stderr)
                 return 2
-            answer = input(f"remove every entry under {cache.root}? [y/N] ")
+            answer = input(f"remove every entry under {cache.location}? [y/N] ")
             if answer.strip().lower() not in ("y", "yes"):
                 print("nothing removed")
                 return 0
@@ -235,7 +236,9 @@ def cmd_doctor(args) -> int:
     from slimops.doctor import FAIL, diagnose, report
 
     if args.cache_dir:
-        cache_dir = Path(args.cache_dir)
+        from slimops.storage import default_local_dir, is_url
+
+        cache_dir = default_local_dir(args.cache_dir) if is_url(args.cache_dir) else Path(args.cache_dir)
     elif args.config:
         from slimops.config import load_config
 

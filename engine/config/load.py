@@ -23,6 +23,7 @@ from slimops.config.spec import MODEL_INPUT, RESERVED_PASS_KEYS, PipelineFile
 from slimops.errors import ConfigError, Issue
 from slimops.plugin import Pass
 from slimops.registry import PassNotFound, Registry
+from slimops.storage import default_local_dir, is_url, url_problem
 
 
 @dataclass
@@ -56,8 +57,22 @@ class PipelineConfig:
         return self.spec.name
 
     @property
+    def cache_location(self) -> str | Path:
+        """`engine.cache_dir`: a URL as given (s3://...), else the folder, resolved against the pipeline file."""
+        value = self.spec.engine.cache_dir
+        return value if is_url(value) else (self.base_dir / Path(value).expanduser()).resolve()
+
+    @property
+    def local_cache_dir(self) -> Path | None:
+        """`engine.local_cache_dir` resolved against the pipeline file; None for the default."""
+        value = self.spec.engine.local_cache_dir
+        return (self.base_dir / Path(value).expanduser()).resolve() if value else None
+
+    @property
     def cache_dir(self) -> Path:
-        return (self.base_dir / self.spec.engine.cache_dir).resolve()
+        """The cache folder on this machine: the cache itself, or with a cache URL, its local copies."""
+        location = self.cache_location
+        return location if isinstance(location, Path) else (self.local_cache_dir or default_local_dir(location))
 
     @property
     def output_dir(self) -> Path:
@@ -199,7 +214,16 @@ def _check_references(spec: PipelineFile, passes: dict[str, PassConfig], lines: 
                        f"{spec.engine.output_dir}/{target_name}/: rename one")
         if problem:
             issues.append(lines.issue(("targets", target_name), problem))
-    for key, value in (("cache_dir", spec.engine.cache_dir), ("output_dir", spec.engine.output_dir)):
+    for key, value in (("cache_dir", spec.engine.cache_dir), ("output_dir", spec.engine.output_dir),
+                       ("local_cache_dir", spec.engine.local_cache_dir)):
+        if value is None:
+            continue
+        if is_url(value):
+            problem = url_problem(value) if key == "cache_dir" else (
+                f"'{value}' is a URL; {key} is a folder on this machine (only cache_dir may be a URL)")
+            if problem:
+                issues.append(lines.issue(("engine", key), problem))
+            continue
         folder = (base_dir / Path(value).expanduser()).resolve()
         if folder in (Path(folder.anchor), Path.home().resolve()):
             issues.append(lines.issue(("engine", key), f"'{value}' is {folder}: slimops writes and deletes there, "
