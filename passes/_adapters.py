@@ -5,10 +5,14 @@ LoRA, DoRA, LoHa, LoKr, IA3; nothing for full fine-tuning).
 - `unquantizable_layers(base, task, labels)`: what qlora keeps in float, read from a weightless skeleton.
 - `load_model(base, task, method, params, labels, float_modules)`: the base model for the method.
 - `wrap(model, method, params, task)`: the model with the method's trainable parts.
+- `inputs_uncast(model, active)`: a context in which peft's layers take bf16 inputs as they come.
+- `slices_logits(model)`: whether the model can project only the labelled positions.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +103,23 @@ def wrap(model, method: str, params: Any, task: str):
         raise ModelError(f"peft cannot apply {method} to this model: {err}; set target_modules to module names it has") from None
 
 
+def inputs_uncast(model, active: bool):
+    """While active, peft's adapter layers take their inputs as they come (bf16) instead of copying
+    them to the adapter weights' fp32; autocast then runs the adapter's matmuls in bf16."""
+    if not active:
+        return contextlib.nullcontext()
+    from peft.helpers import disable_input_dtype_casting
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if not all(hasattr(m, "cast_input_dtype_enabled") for m in model.modules() if isinstance(m, BaseTunerLayer)):
+        return contextlib.nullcontext()  # ia3's layers cast nothing
+
+    return disable_input_dtype_casting(model)
+
+
+def slices_logits(model) -> bool:
+    """Whether the model projects only chosen positions onto its vocabulary (`logits_to_keep` as a
+    boolean mask, with `shift_labels`): transformers' causal LMs whose module uses its slicing
+    helper. A custom loss sees full logits, so it never gets here."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return hasattr(sys.modules.get(type(base).__module__), "slice_logits_to_keep")

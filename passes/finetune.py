@@ -9,6 +9,7 @@ how the model is wrapped (`_wrap`). What the loop adds around the Trainer:
 - checkpoints in `ctx.work_dir`, so a killed run resumes where it stopped (the step count goes on);
 - progress (`loss 1.234  812 tok/s`), a loss-curve PNG, and metrics: train/eval loss, tokens/s;
 - a causal LM by default, or a classifier when `model.task: text-classification`.
+- `processes: N`: the same loop on N ranks under torchrun, rank 0 writing the output (`_ddp`).
 
 An adapter pass writes the adapter alone (no copy of the base); `merge_adapter` folds it in.
 torch, transformers and peft are imported inside functions only.
@@ -16,7 +17,6 @@ torch, transformers and peft are imported inside functions only.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import json
@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from slimops.errors import DataError, SlimopsError
 from slimops.plugin import Artifact, Pass, PassContext
-from slimops.passes import _adapters
+from slimops.passes import _adapters, _ddp
 from slimops.passes import _data as datalib
 from slimops.passes import _training_log as training_log
 
@@ -77,6 +77,9 @@ class TrainParams(BaseModel):
     save_steps: int | None = Field(None, ge=1, description="Checkpoint every N steps, for resuming (default: about ten per run).")
     logging_steps: int = Field(1, ge=1, description="Record the training loss every N steps.")
     loss: str | None = Field(None, description="Custom loss, `module:function(outputs, labels, num_items_in_batch)`; module relative to the pipeline file.")
+    processes: int = Field(1, ge=1, description="Training processes (torchrun, DDP): each takes its share of every batch, so a step's batch and the loss curve stay those of one process; in the cache key (sums round differently). See docs/finetune.md.")
+    fsdp: str | dict[str, Any] | None = Field(None, description="With processes > 1: FSDP, passed to transformers: a string is TrainingArguments' `fsdp` ('full_shard auto_wrap'), a mapping its `fsdp_config`.")
+    deepspeed: str | dict[str, Any] | None = Field(None, description="With processes > 1: a DeepSpeed config, a JSON file relative to the pipeline file or an inline mapping (then its content is in the cache key).")
     report_to: Literal["none", "tensorboard"] = Field("none", description="tensorboard writes event files into the output's `tensorboard/` folder.")
 
     @field_validator("loss")
@@ -131,13 +134,20 @@ class _FineTune(Pass):
             return "report_to: tensorboard needs the tensorboard package (pip install tensorboard)"
         if params.early_stopping_patience and not params.eval_steps:
             return "early_stopping_patience needs eval_steps (how often to evaluate)"
-        return None
+        return _ddp.check(params)
+
+    def resources(self, params: Any, target: Any) -> dict[str, float]:
+        from slimops.targets import machine_has_cuda
+
+        # training uses CUDA wherever it runs on one: ask for GPUs when the target is CUDA, or the planning machine has one
+        gpus = getattr(target, "device", None) == "cuda" or machine_has_cuda()
+        return {"CPU": float(params.processes), "GPU": float(params.processes) if gpus else 0.0}
 
     def choices(self, params: Any) -> dict[str, Any]:
         return {"precision": precision_for(params)[0]}
 
     def run(self, ctx: PassContext) -> Artifact:
-        return train(ctx, self.method)
+        return _ddp.launch(ctx, train, self.method) if ctx.params.processes > 1 else train(ctx, self.method)
 
 
 def precision_for(params: Any) -> tuple[str, str]:
@@ -269,7 +279,7 @@ def train(ctx: PassContext, method: str) -> Artifact:
         ctx.log.info("resuming from %s", checkpoint)
     # without a cache, transformers reads packed rows' restarting position ids as separate sequences
     use_cache, model.config.use_cache = model.config.use_cache, False
-    with _adapter_inputs_uncast(model, bf16_base):
+    with _adapters.inputs_uncast(model, bf16_base):
         started = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=checkpoint)
         seconds = time.perf_counter() - started
@@ -277,9 +287,10 @@ def train(ctx: PassContext, method: str) -> Artifact:
 
     model.config.use_cache = use_cache  # a saved full model generates with its cache again
     metrics = training_log.run_metrics(trainer, result, eval_metrics, seconds, trainable, checkpoint)
-    _save(model, tokenizer, method, ctx.output_dir)
-    training_log.plot_loss(trainer.state.log_history, ctx.output_dir / "loss.png", f"{ctx.node} ({method})")
-    (ctx.output_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    if trainer.is_world_process_zero():  # under torchrun only rank 0 writes the output
+        _save(model, tokenizer, method, ctx.output_dir)
+        training_log.plot_loss(trainer.state.log_history, ctx.output_dir / "loss.png", f"{ctx.node} ({method})")
+        (ctx.output_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     meta = {
         "method": method,
         "task": task,
@@ -381,9 +392,10 @@ def _trainer(ctx: PassContext, model, tokenizer, params: Any, train_set, eval_se
         dataloader_num_workers=0,
         disable_tqdm=True,
         save_only_model=False,
+        **_ddp.training_args(params, ctx.config_dir, _has_cuda()),
     )
     callbacks = [training_log.progress_callback(ctx)]
-    if tensorboard:
+    if tensorboard and args.process_index == 0:  # one writer, on rank 0
         from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations import TensorBoardCallback
 
@@ -391,8 +403,8 @@ def _trainer(ctx: PassContext, model, tokenizer, params: Any, train_set, eval_se
     if params.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=params.early_stopping_patience))
     pad_id = tokenizer.pad_token_id
-    targets_only = task != "text-classification" and not params.loss and _slices_logits(model)
-    trainer = _trainer_class(Trainer, batches)(
+    targets_only = task != "text-classification" and not params.loss and _adapters.slices_logits(model)
+    trainer = _trainer_class(Trainer, batches, task == "text-classification")(
         model=model,
         args=args,
         train_dataset=train_set,
@@ -407,7 +419,7 @@ def _trainer(ctx: PassContext, model, tokenizer, params: Any, train_set, eval_se
     return trainer
 
 
-def _trainer_class(trainer, batches):
+def _trainer_class(trainer, batches, classifier: bool = False):
     """The Trainer, or one whose training loader takes its batches from `batches` (a batch sampler)."""
     if batches is None:
         return trainer
@@ -416,7 +428,8 @@ def _trainer_class(trainer, batches):
         def get_train_dataloader(self):
             from torch.utils.data import DataLoader
 
-            loader = DataLoader(self.train_dataset, batch_sampler=batches, collate_fn=self.data_collator, num_workers=0)
+            sampler, rows = _ddp.share(batches, self.train_dataset, self.accelerator.num_processes, classifier)
+            loader = DataLoader(rows, batch_sampler=sampler, collate_fn=self.data_collator, num_workers=0)
             return self.accelerator.prepare(loader)
 
     return TokenBatchTrainer
@@ -435,28 +448,6 @@ def _final_eval(trainer, params) -> dict[str, float]:
     if last is not None and last.get("step") == trainer.state.global_step and not params.early_stopping_patience:
         return {key: value for key, value in last.items() if key.startswith("eval_")}
     return trainer.evaluate()
-
-
-def _adapter_inputs_uncast(model, active: bool):
-    """While active, peft's adapter layers take their inputs as they come (bf16) instead of copying
-    them to the adapter weights' fp32; autocast then runs the adapter's matmuls in bf16."""
-    if not active:
-        return contextlib.nullcontext()
-    from peft.helpers import disable_input_dtype_casting
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    if not all(hasattr(m, "cast_input_dtype_enabled") for m in model.modules() if isinstance(m, BaseTunerLayer)):
-        return contextlib.nullcontext()  # ia3's layers cast nothing
-
-    return disable_input_dtype_casting(model)
-
-
-def _slices_logits(model) -> bool:
-    """Whether the model projects only chosen positions onto its vocabulary (`logits_to_keep` as a
-    boolean mask, with `shift_labels`): transformers' causal LMs whose module uses its slicing
-    helper. A custom loss sees full logits, so it never gets here."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return hasattr(sys.modules.get(type(base).__module__), "slice_logits_to_keep")
 
 
 def _has_cuda() -> bool:

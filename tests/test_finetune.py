@@ -401,7 +401,7 @@ def test_projecting_only_the_labelled_positions_keeps_the_loss(assets):
 
     from slimops.config.spec import DataSpec
     from slimops.passes import _data as datalib
-    from slimops.passes.finetune import _slices_logits
+    from slimops.passes._adapters import slices_logits as _slices_logits
 
     tokenizer = AutoTokenizer.from_pretrained(assets["llama"])
     model = AutoModelForCausalLM.from_pretrained(assets["llama"], dtype=torch.float32).eval()
@@ -425,7 +425,7 @@ def test_a_bf16_base_feeds_the_adapter_bf16_activations_and_trains_fp32_weights(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from slimops.passes.finetune import _adapter_inputs_uncast
+    from slimops.passes._adapters import inputs_uncast as _adapter_inputs_uncast
 
     model = AutoModelForCausalLM.from_pretrained(assets["llama"], dtype=torch.bfloat16)
     model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], lora_dropout=0.0))
