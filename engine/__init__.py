@@ -21,7 +21,13 @@ What lives where (`slimops.X`):
     keys        cache keys: file hashes (memoised), data fingerprints, node keys
     planner     the DAG of nodes x targets, with each node's cache key
     cache       content-addressed entries, published atomically, checked before use
-    scheduler   runs a plan node by node against the cache
+    storage     where the cache lives: a folder, or an fsspec URL (open_cache)
+    remote      the cache at a URL, shared by machines, with local copies on each
+    lease       a lock shared by machines: a lease object, renewed while held
+    build       building one node: its entry from the cache, else its pass under the key's lock
+    scheduler   runs a plan: hits and the output folder on the driver, misses by the executor
+    executor    engine.executor: ray, every ready node as a Ray task with its pass's resources
+    trials      search trials at once as Ray tasks (search.parallel)
     outputs     the output folder's marker: slimops replaces only what it wrote there
     search      trials over pass params (Optuna)
     report      run.json to Markdown/HTML with charts

@@ -118,7 +118,7 @@ class RunDisplay:
     def _render(self):
         from rich.table import Table
 
-        styles = {"pending": "dim", "waiting": "yellow", "running": "cyan", "done": "green", "cached": "blue", "failed": "bold red"}
+        styles = {"pending": "dim", "queued": "yellow", "waiting": "yellow", "running": "cyan", "done": "green", "cached": "blue", "failed": "bold red"}
         table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
         for column in ("node", "pass", "key", "status", "time", "progress"):
             table.add_column(column)

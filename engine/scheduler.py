@@ -1,34 +1,31 @@
-"""Running a plan: each node in topological order, from the cache when it can, else by its pass.
+"""Running a plan: each node from the cache when it can, else by its pass (`slimops.build`).
 
-A node that runs writes into a temporary cache folder that is renamed into place only when the
-pass returns; a lock per key makes a second concurrent run wait and then reuse the entry.
-Finished artifacts are copied into the output folder (not hard-linked: onnx refuses external data
-with more than one link), and `run.json` records every node.
+The local executor builds the nodes one after another in topological order; `engine.executor: ray`
+hands the misses to `slimops.executor`, which runs every ready node as a Ray task. Either way the
+driver keeps the input model, the cache hits and the output folder: finished artifacts are copied
+there (not hard-linked: onnx refuses external data with more than one link), and `run.json`
+records every node.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from filelock import Timeout
-
-from slimops.cache import ARTIFACT, Cache, Entry
-from slimops.config import DataSpec, PipelineConfig
-from slimops.display import RunDisplay
-from slimops.errors import GoalError, PassError, SlimopsError
+from slimops.build import artifact_of, job_for, obtain
+from slimops.cache import ARTIFACT, Entry
+from slimops.config import PipelineConfig
+from slimops.display import NodeProgress, RunDisplay
+from slimops.errors import GoalError, SlimopsError
 from slimops.outputs import RUN_JSON, OutputFolder
 from slimops.planner import Node, Plan
-from slimops.plugin import Artifact, PassContext
-
+from slimops.plugin import Artifact
 
 
 @dataclass
@@ -88,54 +85,49 @@ def execute(plan: Plan, display: RunDisplay | None = None) -> RunResult:
     results: dict[str, NodeResult] = {}
     order = plan.order()
     lines = {node.id: display.add(node.id, node.pass_name, node.key) for node in order}
-    failure: SlimopsError | None = None
+    failure: SlimopsError | None = None  # the first error; nodes finished before it stay cached
     with display:
-        for node in order:
+        def finish(node: Node, entry: Entry, cached: bool, t0: float) -> None:
+            """Materialise a node's entry into the output folder and record it (raises SlimopsError)."""
             line = lines[node.id]
-            t0 = time.perf_counter()
-            if node.source is not None:
-                artifacts[node.id] = node.source
-                results[node.id] = NodeResult(node.id, "model", None, node.key, True, str(node.source.path), node.kind, 0.0, meta=node.source.meta)
-                display.set(line, "cached", "input model")
-                continue
-            entry = _checked_hit(cache, node, display)
-            cached = entry is not None
-            if entry is None:
-                lock = cache.lock(node.key)
-                try:
-                    lock.acquire(timeout=0)
-                except Timeout:
-                    display.set(line, "waiting", "another run is building this node")
-                    lock.acquire()
-                try:
-                    entry = _checked_hit(cache, node, display)
-                    cached = entry is not None
-                    if entry is None:
-                        display.set(line, "running")
-                        try:
-                            entry = _build(plan, node, artifacts, display, line)
-                        except SlimopsError as err:
-                            display.set(line, "failed", str(err).splitlines()[0])
-                            failure = err
-                            break
-                finally:
-                    lock.release()
-            else:
-                cache.touch(entry)
-            artifact = _artifact_of(entry)
+            artifact = artifact_of(entry)
             artifacts[node.id] = artifact
             try:
                 path = _materialize(entry, artifact, _out_path(out_dir, node), previous.get(node.id) == node.key, outputs)
             except SlimopsError as err:
                 display.set(line, "failed", str(err).splitlines()[0])
-                failure = err
-                break
+                raise
             results[node.id] = NodeResult(
                 node.id, node.pass_name, node.target_name, node.key, cached, str(path), artifact.kind,
                 round(time.perf_counter() - t0, 3), artifact.metrics, artifact.meta, list(node.inputs),
                 node.config.cls().goals(node.config.params, artifact) if node.config else [],
             )
             display.set(line, "cached" if cached else "done")
+
+        for node in order:  # the input model and cache hits are the driver's own, whatever the executor
+            if node.source is not None:
+                artifacts[node.id] = node.source
+                results[node.id] = NodeResult(node.id, "model", None, node.key, True, str(node.source.path), node.kind, 0.0, meta=node.source.meta)
+                display.set(lines[node.id], "cached", "input model")
+        if config.spec.engine.executor == "ray":
+            from slimops.executor import run_on_ray
+
+            failure = run_on_ray(plan, display, lines, artifacts, finish)
+        else:
+            for node in order:
+                if node.source is not None:
+                    continue
+                t0 = time.perf_counter()
+                line = lines[node.id]
+                try:
+                    entry, cached = obtain(cache, job_for(plan, node, artifacts), NodeProgress(display, line), display.warn,
+                                           lambda status, detail="", line=line: display.set(line, status, detail))
+                    finish(node, entry, cached, t0)
+                except SlimopsError as err:
+                    if line.status != "failed":
+                        display.set(line, "failed", str(err).splitlines()[0])
+                    failure = err
+                    break
     result = RunResult(config.name, out_dir, results, round(time.perf_counter() - started, 3))
     misses = [{"node": n.id, **goal} for n in results.values() for goal in n.goals if not goal.get("ok") and goal.get("fatal", True)]
     if failure is None and misses:
@@ -146,197 +138,6 @@ def execute(plan: Plan, display: RunDisplay | None = None) -> RunResult:
     if failure is not None:
         raise failure
     return result
-
-
-def _build(plan: Plan, node: Node, artifacts: dict[str, Artifact], display: RunDisplay, line) -> Entry:
-    from slimops.display import NodeProgress
-
-    config = plan.config
-    cache = plan.cache
-    pc = node.config
-    assert pc is not None
-    tmp = cache.begin(node.key)
-    log_path = tmp / "log.txt"
-    logger = logging.getLogger(f"slimops.node.{node.id}.{os.getpid()}")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    handler = logging.FileHandler(log_path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logger.addHandler(handler)
-    ctx = PassContext(
-        node=node.id,
-        params=pc.params,
-        inputs={plan.nodes[i].name: artifacts[i] for i in node.inputs},
-        target=node.target,
-        output_dir=tmp / ARTIFACT,
-        work_dir=cache.work_dir(node.key),
-        data=_resolved_data(config),
-        config_dir=config.base_dir,
-        source=artifacts.get("model"),
-        ancestors=_ancestors(plan, node, artifacts),
-        progress=NodeProgress(display, line),
-        log=logger,
-    )
-    t0 = time.perf_counter()
-    try:
-        with _library_output_to(handler):
-            artifact = pc.cls().run(ctx)
-        if not isinstance(artifact, Artifact):
-            raise TypeError(f"run() returned {type(artifact).__name__}, not slimops.Artifact")
-        rel = Path(ARTIFACT) / Path(artifact.path).resolve().relative_to((tmp / ARTIFACT).resolve())
-        json.dumps([artifact.meta, artifact.metrics], default=str)
-        _check_links(tmp / ARTIFACT)
-    except BaseException as err:
-        logger.error("".join(traceback.format_exception(err)))
-        handler.close()
-        logger.removeHandler(handler)
-        if isinstance(err, KeyboardInterrupt):
-            cache.abandon(tmp, work=ctx.work_dir)
-            raise
-        kept = _keep_log(cache, node, log_path)
-        cache.abandon(tmp, work=ctx.work_dir)
-        if isinstance(err, ValueError) and "is not in the subpath" in str(err):
-            message = "the returned Artifact's path is outside ctx.output_dir; write outputs there"
-        else:
-            message = str(err) if isinstance(err, SlimopsError) else f"{type(err).__name__}: {err}"
-        failure = PassError(node.id, message, kept)
-        if isinstance(err, SlimopsError):
-            failure.exit_code = err.exit_code
-        raise failure from None
-    seconds = time.perf_counter() - t0
-    logger.info("finished in %.2f s", seconds)
-    handler.close()
-    logger.removeHandler(handler)
-    manifest = {
-        "key": node.key,
-        "node": node.id,
-        "pass": pc.type,
-        "version": pc.cls.version,
-        "params": pc.params.model_dump(mode="json"),
-        "inputs": {plan.nodes[i].name: plan.nodes[i].key for i in node.inputs},
-        "data": node.parts.get("data", {}),
-        "target": node.parts.get("target"),
-        "libraries": node.parts.get("libraries", {}),
-        "parts": node.parts,
-        "seconds": round(seconds, 3),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "artifact": {"path": rel.as_posix(), "kind": artifact.kind, "meta": artifact.meta, "metrics": artifact.metrics},
-    }
-    try:
-        return cache.publish(node.key, tmp, manifest)
-    except BaseException:  # a full disk or a kill at publish: the staged copy goes, the checkpoints stay
-        cache.abandon(tmp, work=ctx.work_dir)
-        raise
-
-
-# Libraries' own progress bars, prints and warnings would tear the live table and flood CI logs: a
-# pass reports through ctx.progress, and everything else it writes goes to the node's log.
-_QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
-
-
-@contextlib.contextmanager
-def _library_output_to(handler: logging.FileHandler):
-    saved = {name: os.environ.get(name) for name in _QUIET_ENV}
-    for name, value in _QUIET_ENV.items():
-        os.environ.setdefault(name, value)
-    warnings_logger = logging.getLogger("py.warnings")
-    logging.captureWarnings(True)
-    warnings_logger.addHandler(handler)
-    propagate, warnings_logger.propagate = warnings_logger.propagate, False
-    try:
-        with contextlib.redirect_stdout(handler.stream), contextlib.redirect_stderr(handler.stream):
-            yield
-    finally:
-        warnings_logger.removeHandler(handler)
-        warnings_logger.propagate = propagate
-        logging.captureWarnings(False)
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def _ancestors(plan: Plan, node: Node, artifacts: dict[str, Artifact]) -> dict[str, Artifact]:
-    """Upstream artifacts, breadth-first from the node's inputs."""
-    found: dict[str, Artifact] = {}
-    queue = list(node.inputs)
-    while queue:
-        node_id = queue.pop(0)
-        if node_id in found:
-            continue
-        found[node_id] = artifacts[node_id]
-        queue.extend(plan.nodes[node_id].inputs)
-    return found
-
-
-def _keep_log(cache: Cache, node: Node, log_path: Path) -> Path | None:
-    logs = cache.root / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    kept = logs / f"{node.id.replace('@', '-at-')}-{node.short}.log"
-    try:
-        shutil.copyfile(log_path, kept)
-    except OSError:
-        return None
-    return kept
-
-
-def _resolved_data(config: PipelineConfig) -> dict[str, DataSpec]:
-    resolved = {}
-    for name, spec in config.spec.data.items():
-        files = spec.files
-        base = config.base_dir
-        if isinstance(files, str):
-            files = str(base / files)
-        elif isinstance(files, list):
-            files = [str(base / f) for f in files]
-        elif isinstance(files, dict):
-            files = {k: (str(base / v) if isinstance(v, str) else [str(base / f) for f in v]) for k, v in files.items()}
-        resolved[name] = spec.model_copy(update={"files": files})
-    return resolved
-
-
-def _check_links(folder: Path) -> None:
-    """A pass's output may hold symbolic links only to its own files: a link out of it would be
-    followed by the checksums and the copy to the output folder, and a loop never ends.
-
-    Raises:
-        SlimopsError: a link that leaves the folder, dangles, or loops.
-    """
-    root = folder.resolve()
-    for path in folder.rglob("*"):
-        if not path.is_symlink():
-            continue
-        try:
-            target = path.resolve(strict=True)
-        except (OSError, RuntimeError):
-            raise SlimopsError(f"the pass's output holds a link that loops or dangles ({path.relative_to(folder)} -> "
-                               f"{os.readlink(path)}); write the file itself, or a link to a file inside the output") from None
-        if not target.is_relative_to(root):
-            raise SlimopsError(f"the pass's output holds a link out of it ({path.relative_to(folder)} -> {target}); "
-                               "copy the file into ctx.output_dir instead, so the cache holds what it ships")
-        if os.path.isabs(os.readlink(path)):  # it would dangle once the entry is renamed into place
-            raise SlimopsError(f"the pass's output holds an absolute link ({path.relative_to(folder)} -> "
-                               f"{os.readlink(path)}); make it relative to its folder")
-
-
-def _checked_hit(cache: Cache, node: Node, display: RunDisplay) -> Entry | None:
-    """The node's cache entry if it is whole; a damaged one is set aside (and rebuilt by the caller)."""
-    try:
-        entry = cache.get(node.key)
-        problem = cache.check(entry) if entry is not None else None
-    except SlimopsError as err:  # an unreadable manifest: the entry cannot be trusted
-        entry, problem = Entry(node.key, cache.entries_dir / node.key, {}), str(err)
-    if entry is None or problem is None:
-        return entry
-    aside = cache.set_aside(entry)
-    display.warn(f"cache entry {node.key[:12]} of {node.id} is damaged: {problem}; moved to {aside}, rebuilding it")
-    return None
-
-
-def _artifact_of(entry: Entry) -> Artifact:
-    info = entry.manifest["artifact"]
-    return Artifact(path=entry.dir / info["path"], kind=info["kind"], meta=info.get("meta", {}), metrics=info.get("metrics", {}))
 
 
 def _out_path(out_dir: Path, node: Node) -> Path:

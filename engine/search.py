@@ -181,7 +181,10 @@ def run_search(config, overrides: list[str] | None = None, display=None, echo=pr
     if unknown and not first and not later:
         echo("no cost estimate yet: none of these nodes has run with this cache; the first trial's timings will give one")
     else:
-        cost = f"estimated {first:.0f} s for the first trial, {later:.0f} s for each later one, ~{first + later * (count - 1):.0f} s in all"
+        lanes = spec.parallel if spec.parallel > 1 and config.spec.engine.executor == "ray" else 1
+        total = first + later * (count - 1) / lanes
+        cost = (f"estimated {first:.0f} s for the first trial, {later:.0f} s for each later one, ~{total:.0f} s in all"
+                + (f" with {lanes} at once" if lanes > 1 else ""))
         echo(cost + (f" (no timing yet for: {', '.join(unknown)})" if unknown else ""))
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -194,20 +197,10 @@ def run_search(config, overrides: list[str] | None = None, display=None, echo=pr
             study.enqueue_trial(dict(zip(paths, point)))
     out_root = config.output_dir
     trials: list[TrialResult] = []
-    for number in range(count):
-        trial = study.ask()
-        params = {path: _suggest(trial, path, choice) for path, choice in spec.space.items()}
-        trial_dir = out_root / "trials" / f"{number:03d}"
-        trial_overrides = [*overrides, *(_override(p, v) for p, v in params.items()), f"engine.output_dir={trial_dir}"]
-        t0 = time.perf_counter()
-        result, error, missed = None, None, []
-        try:
-            result = execute(build_plan(load_config(config.file, trial_overrides)), display)
-        except GoalError as err:
-            result, missed = err.result, err.misses
-        except SlimopsError as err:
-            error = str(err).splitlines()[0]
-        seconds = round(time.perf_counter() - t0, 2)
+    asked: dict[int, tuple[Any, dict[str, Any], Path]] = {}
+
+    def record(number: int, result, error: str | None, missed: list, seconds: float) -> None:
+        trial, params, trial_dir = asked.pop(number)
         values = _objective_values(result, spec.objectives) if result is not None else [None] * len(spec.objectives)
         if result is None or any(v is None for v in values):
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -221,6 +214,36 @@ def run_search(config, overrides: list[str] | None = None, display=None, echo=pr
         trials.append(TrialResult(number, params, values, status, seconds, ran, hits, str(trial_dir), error, goals_missed=missed))
         shown = ", ".join(f"{p.split('.', 2)[2]}={_fmt(v)}" for p, v in params.items())
         echo(f"trial {number}: {shown} -> {', '.join(_fmt(v) for v in values)} [{status}; {ran} ran, {hits} from cache, {seconds:.1f} s]")
+
+    pool = _pool(config, spec, echo)
+    try:
+        for number in range(count):
+            if pool is not None and pool.full():
+                record(*_outcome(pool.wait()))
+            trial = study.ask()
+            params = {path: _suggest(trial, path, choice) for path, choice in spec.space.items()}
+            trial_dir = out_root / "trials" / f"{number:03d}"
+            trial_overrides = [*overrides, *(_override(p, v) for p, v in params.items()), f"engine.output_dir={trial_dir}"]
+            asked[number] = (trial, params, trial_dir)
+            if pool is not None:
+                pool.submit(number, trial_overrides)
+                continue
+            t0 = time.perf_counter()
+            result, error, missed = None, None, []
+            try:
+                result = execute(build_plan(load_config(config.file, trial_overrides)), display)
+            except GoalError as err:
+                result, missed = err.result, err.misses
+            except SlimopsError as err:
+                error = str(err).splitlines()[0]
+            record(number, result, error, missed, round(time.perf_counter() - t0, 2))
+        while pool is not None and pool.pending:
+            record(*_outcome(pool.wait()))
+    except BaseException:
+        if pool is not None:
+            pool.cancel()
+        raise
+    trials.sort(key=lambda t: t.number)
 
     # trials that met every goal come first; only when none did is the front drawn from the rest
     met = [t for t in trials if t.status == "ok"]
@@ -238,6 +261,23 @@ def run_search(config, overrides: list[str] | None = None, display=None, echo=pr
     except GoalError as err:
         result = err.result
     return trials, result
+
+
+def _pool(config, spec: SearchSpec, echo):
+    """Ray tasks for the trials when the search runs `parallel` at once, else None (one after another)."""
+    if spec.parallel == 1:
+        return None
+    if config.spec.engine.executor != "ray":
+        echo(f"search.parallel is {spec.parallel}, but trials run at once only with engine.executor: ray; running them one at a time")
+        return None
+    from slimops.trials import TrialPool
+
+    return TrialPool(config, spec.parallel)
+
+
+def _outcome(finished: tuple[int, dict, float]) -> tuple[int, Any, str | None, list, float]:
+    number, outcome, seconds = finished
+    return number, outcome.get("result"), outcome.get("error"), outcome.get("missed", []), seconds
 
 
 def _write_trials(out_root: Path, spec: SearchSpec, trials: list[TrialResult], front: list[int]) -> None:
