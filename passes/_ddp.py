@@ -35,6 +35,7 @@ from typing import Any
 
 from slimops import errors
 from slimops.errors import DataError, SlimopsError
+from slimops.passes import _ddp_nodes as _cluster
 from slimops.plugin import Artifact, NullProgress, PassContext
 
 RUN_DIR = "ddp"
@@ -44,20 +45,23 @@ STALE_AFTER_S = 5.0  # a step running longer than this shows how long it has run
 
 
 def check(params: Any) -> str | None:
-    if params.processes == 1 and (params.fsdp or params.deepspeed):
+    if params.nodes > 1 and importlib.util.find_spec("ray") is None:
+        return "nodes: trains across the machines of a Ray cluster; pip install 'slimops[cluster]' and set engine.executor: ray"
+    if params.processes * params.nodes == 1 and (params.fsdp or params.deepspeed):
         return "fsdp and deepspeed shard training over several processes; set processes: 2 or more, or remove them"
     if params.fsdp and params.deepspeed:
         return "set fsdp or deepspeed, not both"
     if params.deepspeed and importlib.util.find_spec("deepspeed") is None:
         return "deepspeed: needs the deepspeed package (pip install deepspeed)"
-    if params.processes > 1 and params.batch_size and params.batch_size % params.processes:
-        return f"batch_size {params.batch_size} must be a multiple of processes ({params.processes}): each process takes an equal share of every batch"
+    world = params.processes * params.nodes
+    if world > 1 and params.batch_size and params.batch_size % world:
+        return f"batch_size {params.batch_size} must be a multiple of processes x nodes ({world}): each process takes an equal share of every batch"
     return None
 
 
 def training_args(params: Any, config_dir: Path, cuda: bool) -> dict[str, Any]:
     """TrainingArguments for `processes`, `fsdp` and `deepspeed` (none for a single process)."""
-    if params.processes == 1:
+    if params.processes * params.nodes == 1:
         return {}
     # a fixed batch is split across the ranks by accelerate; token batches are shared by `share`
     args: dict[str, Any] = {"ddp_backend": "nccl" if cuda else "gloo", "accelerator_config": {"split_batches": bool(params.batch_size)},
@@ -146,25 +150,37 @@ def launch(ctx: PassContext, train, method: str) -> Artifact:
         stale.unlink(missing_ok=True)
     spec = {"train": train, "method": method, **{name: getattr(ctx, name) for name in SPEC_FIELDS},
             "params": (_importable(type(params)), params.model_dump())}
-    (run_dir / "spec.pkl").write_bytes(pickle.dumps(spec))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={params.processes}",
-               "-m", "slimops.passes._ddp", str(run_dir / "spec.pkl")]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # torchrun would pin every rank to one thread; share the cores out instead, unless the user chose
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // params.processes)))
-    ctx.log.info("%s: %d processes under torchrun: %s", method, params.processes, " ".join(command))
+    blob = pickle.dumps(spec)
+    (run_dir / "spec.pkl").write_bytes(blob)
+    others = _cluster.start_nodes(ctx, blob) if params.nodes > 1 else None  # machines 1..nodes-1, under Ray
+    command = [sys.executable, "-m", "torch.distributed.run", *(others.rendezvous(0) if others else ["--standalone"]),
+               f"--nproc_per_node={params.processes}", "-m", "slimops.passes._ddp", str(run_dir / "spec.pkl")]
+    ctx.log.info("%s: %d processes under torchrun%s: %s", method, params.processes,
+                 f", node 0 of {params.nodes}" if others else "", " ".join(command))
     with open(_log_file(ctx, run_dir), "ab") as out:
-        proc = subprocess.Popen(command, cwd=ctx.config_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(command, cwd=ctx.config_dir, env=rank_env(params.processes), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=_cluster.die_with_parent)
         try:
-            _relay_progress(proc, run_dir / "progress.jsonl", ctx.progress, f"starting {params.processes} processes")
+            _relay_progress(proc, run_dir / "progress.jsonl", ctx.progress,
+                            f"starting {params.processes * params.nodes} processes" + (f" on {params.nodes} machines" if others else ""))
         except BaseException:  # Ctrl-C, SIGTERM: no rank outlives the pass
             _stop(proc)
+            if others:
+                others.cancel()
             raise
-    if proc.returncode != 0:
-        raise _rank_error(ctx, run_dir, proc.returncode)
+    if others:
+        others.collect(run_dir, ctx.log)  # their ranks' errors land beside this machine's
+    if proc.returncode != 0 or (others and others.failed):
+        raise _rank_error(ctx, run_dir, proc.returncode or 1)
     result = json.loads((run_dir / "result.json").read_text())
     return Artifact(path=ctx.output_dir / result["path"], kind=result["kind"], meta=result["meta"], metrics=result["metrics"])
+
+
+def rank_env(processes: int) -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # torchrun would pin every rank to one thread; share the cores out instead, unless the user chose
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    return env
 
 
 def _importable(cls: type) -> type:
@@ -219,15 +235,6 @@ def _stop(proc: subprocess.Popen) -> None:
             pass
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM this process when its parent dies, even by SIGKILL (elsewhere: nothing)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def _rank_error(ctx: PassContext, run_dir: Path, code: int) -> SlimopsError:
     """The first rank's error (the earliest written: the others fail when it leaves), as the
     slimops error class it raised or a plain SlimopsError."""
@@ -239,8 +246,8 @@ def _rank_error(ctx: PassContext, run_dir: Path, code: int) -> SlimopsError:
     line = (first["message"].splitlines() or [""])[0]
     cls = getattr(errors, first["type"], None) if first["module"] == errors.__name__ else None
     if isinstance(cls, type) and issubclass(cls, SlimopsError) and cls.__init__ is SlimopsError.__init__:
-        return cls(f"rank {first['rank']} of {ctx.params.processes}: {line}")
-    return SlimopsError(f"rank {first['rank']} of {ctx.params.processes} failed: {first['type']}: {line}")
+        return cls(f"rank {first['rank']} of {ctx.params.processes * ctx.params.nodes}: {line}")
+    return SlimopsError(f"rank {first['rank']} of {ctx.params.processes * ctx.params.nodes} failed: {first['type']}: {line}")
 
 
 # -- one rank --------------------------------------------------------------------------------------
@@ -260,7 +267,7 @@ class _FileProgress:
 def main(argv: list[str]) -> int:
     spec_path = Path(argv[0])
     rank = int(os.environ.get("RANK", "0"))
-    _die_with_parent()  # torchrun gone: so is this rank
+    _cluster.die_with_parent()  # torchrun gone: so is this rank
     spec = pickle.loads(spec_path.read_bytes())
     run_dir = spec_path.parent
     log = logging.getLogger(f"slimops.rank.{rank}")

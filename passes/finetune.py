@@ -78,6 +78,8 @@ class TrainParams(BaseModel):
     logging_steps: int = Field(1, ge=1, description="Record the training loss every N steps.")
     loss: str | None = Field(None, description="Custom loss, `module:function(outputs, labels, num_items_in_batch)`; module relative to the pipeline file.")
     processes: int = Field(1, ge=1, description="Training processes (torchrun, DDP): each takes its share of every batch, so a step's batch and the loss curve stay those of one process; in the cache key (sums round differently). See docs/finetune.md.")
+    nodes: int = Field(1, ge=1, description="Machines to train on, `processes` ranks each (engine.executor: ray; torchrun on each, "
+                       "rank 0 on the node's own machine); the inputs must be at the same paths on every machine. See docs/scale.md.")
     fsdp: str | dict[str, Any] | None = Field(None, description="With processes > 1: FSDP, passed to transformers: a string is TrainingArguments' `fsdp` ('full_shard auto_wrap'), a mapping its `fsdp_config`.")
     deepspeed: str | dict[str, Any] | None = Field(None, description="With processes > 1: a DeepSpeed config, a JSON file relative to the pipeline file or an inline mapping (then its content is in the cache key).")
     report_to: Literal["none", "tensorboard"] = Field("none", description="tensorboard writes event files into the output's `tensorboard/` folder.")
@@ -147,7 +149,7 @@ class _FineTune(Pass):
         return {"precision": precision_for(params)[0]}
 
     def run(self, ctx: PassContext) -> Artifact:
-        return _ddp.launch(ctx, train, self.method) if ctx.params.processes > 1 else train(ctx, self.method)
+        return _ddp.launch(ctx, train, self.method) if ctx.params.processes * ctx.params.nodes > 1 else train(ctx, self.method)
 
 
 def precision_for(params: Any) -> tuple[str, str]:

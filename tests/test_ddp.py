@@ -125,7 +125,7 @@ def test_a_data_error_on_a_rank_keeps_its_class_and_exit_code(tmp_path, assets, 
     "params, message",
     [({"processes": 2, "deepspeed": "ds.json"}, "pip install deepspeed"),
      ({"fsdp": "full_shard auto_wrap"}, "set processes: 2 or more"),
-     ({"processes": 2, "batch_size": 3}, "batch_size 3 must be a multiple of processes (2)")],
+     ({"processes": 2, "batch_size": 3}, "batch_size 3 must be a multiple of processes x nodes (2)")],
     ids=["deepspeed-missing", "fsdp-one-process", "batch-not-divisible"],
 )
 def test_launch_settings_that_cannot_work_fail_at_plan_time(tmp_path, assets, cli, params, message):

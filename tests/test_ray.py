@@ -169,3 +169,32 @@ def test_a_node_no_machine_can_hold_is_an_error_not_a_hang(tmp_path, cluster, cl
     code, _, err = cli("run", "--config", tmp_path / "pipeline.yaml", *_ray(cluster, str(tmp_path / "cache")))
     assert code == 1
     assert "needs 4 CPUs on one machine and the largest Ray node has 1" in err
+
+
+def test_fine_tuning_on_two_machines_trains_the_single_process_curve(tmp_path, cluster, cli):
+    """nodes: 2 on the two-node cluster: one rank per machine, one rendezvous, rank 0 where the node runs."""
+    from test_ddp import LOSS_TOLERANCE, losses, pipeline
+    from assets import tiny_llama, tone_rows, write_jsonl
+
+    write_jsonl(tmp_path / "tone.jsonl", tone_rows(48))
+    assets = {"llama": tiny_llama(tmp_path / "llama"), "data": tmp_path / "tone.jsonl"}
+    one = pipeline(tmp_path / "one", assets, {"max_steps": 6, "batch_tokens": 200})
+    code, _, err = cli("run", "--config", one, "--quiet")
+    assert code == 0, err
+    two = pipeline(tmp_path / "two", assets, {"max_steps": 6, "batch_tokens": 200, "nodes": 2})
+    code, _, err = cli("run", "--config", two, "--quiet", *_ray(cluster, str(tmp_path / "two" / "cache")))
+    assert code == 0, err
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(a) == len(b) == 6 and max(abs(x - y) for x, y in zip(a, b)) < LOSS_TOLERANCE, f"{a}\n{b}"
+    log = next((tmp_path / "two" / "cache" / "entries").rglob("log.txt")).read_text()
+    assert "node 0 of 2" in log and "machine 1 (" in log
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter = json.loads((tmp_path / "two" / "out" / "run.json").read_text())["nodes"]["ft"]["path"]
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(assets["llama"]), adapter)
+
+    # without Ray, nodes: 2 says what it needs
+    code, _, err = cli("run", "--config", two, "--quiet", "--set", "engine.cache_dir=cache-local")
+    assert code == 1 and "nodes: 2 trains across the machines of a Ray cluster; set engine.executor: ray" in err
