@@ -53,7 +53,11 @@ def connect(settings) -> None:
     try:
         ray.init(address=address, log_to_driver=False, include_dashboard=False, logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        raise SlimopsError(f"cannot join the Ray cluster at {address}: {str(err).splitlines()[0]}; start one "
+        # a head from `ray start` turns token auth on where ~/.ray/auth_token exists (ray-project/ray#64755)
+        auth = "auth" in str(err).lower() or ((Path.home() / ".ray" / "auth_token").exists() and "RAY_AUTH_MODE" not in os.environ)
+        hint = ("; the cluster wants Ray's auth token: set RAY_AUTH_MODE=token (the token is read from ~/.ray/auth_token, "
+                "or RAY_AUTH_TOKEN)" if auth else "")
+        raise SlimopsError(f"cannot join the Ray cluster at {address}: {str(err).splitlines()[0]}{hint}; start one "
                            "('ray start --head'), or set engine.ray_address (or leave it out to start a local Ray)") from None
 
 

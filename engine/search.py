@@ -32,6 +32,7 @@ import yaml
 from slimops.config.search import Objective, SearchSpec
 from slimops.errors import ConfigError, GoalError, SlimopsError
 from slimops.report import TRIALS_JSON, fmt as _fmt
+from slimops.trials import headline
 
 
 
@@ -235,7 +236,7 @@ def run_search(config, overrides: list[str] | None = None, display=None, echo=pr
             except GoalError as err:
                 result, missed = err.result, err.misses
             except SlimopsError as err:
-                error = str(err).splitlines()[0]
+                error = headline(err)
             record(number, result, error, missed, round(time.perf_counter() - t0, 2))
         while pool is not None and pool.pending:
             record(*_outcome(pool.wait()))

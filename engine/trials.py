@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from slimops.errors import SlimopsError
 from slimops.executor import RETRIES, connect, import_paths, ray_module
+
+
+def headline(err: Exception) -> str:
+    """An error's first line, and the next when the first only introduces it ("1 error in the pipeline config:")."""
+    lines = str(err).splitlines() or [""]
+    return " ".join(line.strip() for line in lines[:2]) if lines[0].endswith(":") else lines[0]
 
 
 def trial_task(file: str, overrides: list[str], paths: list[str]) -> dict[str, Any]:
@@ -31,7 +38,7 @@ def trial_task(file: str, overrides: list[str], paths: list[str]) -> dict[str, A
     except GoalError as err:
         return {"result": err.result, "missed": err.misses}
     except SlimopsError as err:
-        return {"error": str(err).splitlines()[0]}
+        return {"error": headline(err)}
     return {"result": result, "missed": []}
 
 
@@ -42,7 +49,7 @@ class TrialPool:
         self.ray = ray_module()
         connect(config.spec.engine)
         self.size = size
-        self.file = str(config.file)
+        self.file = str(Path(config.file).resolve())  # a worker's working folder is not the driver's
         self.paths = import_paths(config)
         self.task = self.ray.remote(trial_task).options(num_cpus=1, max_retries=RETRIES)
         self.pending: dict[Any, tuple[int, float]] = {}

@@ -70,14 +70,15 @@ search:
 """
 
 
-def test_four_trial_search_on_ray_matches_a_local_search(tmp_path, cluster, cli):
+def test_four_trial_search_on_ray_matches_a_local_search(tmp_path, cluster, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the config is named relative to here; the trials' workers run elsewhere
     llama = eval_llama(tmp_path / "llama")
     evaluate = "{type: evaluate, data: tone, metrics: [perplexity], max_samples: 2}"
     path = write_eval_project(tmp_path, llama, evaluate, "base: {type: plugin:Perturb, scale: 1.1}\nperturb: {type: plugin:Perturb}")
     path.write_text(path.read_text() + SEARCH)
     code, _, err = cli("run", "--config", path, "--quiet", "--set", "engine.output_dir=out-local")
     assert code == 0, err
-    code, _, err = cli("run", "--config", path, "--quiet", "--set", "engine.output_dir=out-ray",
+    code, _, err = cli("run", "--config", path.name, "--quiet", "--set", "engine.output_dir=out-ray",
                        *_ray(cluster, new_bucket(), "search.parallel=2", f"engine.local_cache_dir={tmp_path / 'copies'}"))
     assert code == 0, err
     assert "with 2 at once" in err or "no cost estimate yet" in err
