@@ -107,9 +107,18 @@ def _options(ray, node) -> dict[str, Any]:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         bundle = {"CPU": wanted["CPU"], **({"GPU": wanted["GPU"]} if wanted["GPU"] else {})}
-        group = placement_group([bundle], strategy="STRICT_PACK")
+        group = placement_group([bundle], strategy="STRICT_PACK")  # removed when the task ends (`_release`)
         options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0)
     return options
+
+
+def _release(ray, options: dict[str, Any]) -> None:
+    """Give back a finished task's placement group: it holds its bundle's CPUs and GPUs until removed."""
+    strategy = options.get("scheduling_strategy")
+    if strategy is not None:
+        from ray.util.placement_group import remove_placement_group
+
+        remove_placement_group(strategy.placement_group)
 
 
 def _relay_class(ray):
@@ -199,7 +208,7 @@ def run_on_ray(plan, display, lines, artifacts, finish: Callable) -> SlimopsErro
     progress = {node_id: NodeProgress(display, line) for node_id, line in lines.items()}
     done = {node.id for node in plan.order() if node.source is not None}
     todo = [node for node in plan.order() if node.source is None]
-    pending: dict[Any, tuple[Any, float]] = {}
+    pending: dict[Any, tuple[Any, float, dict[str, Any]]] = {}  # task -> (node, start, its options)
     failure: SlimopsError | None = None
     try:
         while todo or pending:
@@ -218,25 +227,28 @@ def run_on_ray(plan, display, lines, artifacts, finish: Callable) -> SlimopsErro
                             done.add(node.id)
                             continue
                         blob = ray.cloudpickle.dumps((job_for(plan, node, artifacts), location))
-                        ref = task.options(**_options(ray, node)).remote(blob, paths, relay)
+                        options = _options(ray, node)
+                        ref = task.options(**options).remote(blob, paths, relay)
                     except SlimopsError as err:
                         display.set(lines[node.id], "failed", str(err).splitlines()[0])
                         failure = err
                         break
-                    pending[ref] = (node, t0)
+                    pending[ref] = (node, t0, options)
                     display.set(lines[node.id], "queued", "waiting for a Ray worker")
             if not pending:
                 break
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             _show(ray, relay, display, lines, progress)
             for ref in ready:
-                node, t0 = pending.pop(ref)
+                node, t0, options = pending.pop(ref)
                 error = _collect(ray, ref, node, cache, display, lines, finish, t0)
+                _release(ray, options)
                 done.add(node.id)
                 failure = failure or error
     except BaseException:  # Ctrl-C or SIGTERM: the tasks go too; what they staged is a leftover the next run removes
-        for ref in pending:
+        for ref, (_, _, options) in pending.items():
             ray.cancel(ref, force=True)
+            _release(ray, options)
         raise
     return failure
 
