@@ -61,20 +61,6 @@ def connect(settings) -> None:
                            "('ray start --head'), or set engine.ray_address (or leave it out to start a local Ray)") from None
 
 
-def cache_location(config) -> tuple[Any, Path | None, float, float]:
-    """How a worker opens the run's cache: (folder or URL, local copies' folder or None for the
-    machine's default, their size bound in GB, the lock lease)."""
-    engine = config.spec.engine
-    return config.cache_location, config.local_cache_dir, engine.local_cache_gb, engine.lock_lease_s
-
-
-def open_location(location: tuple[Any, Path | None, float, float]):
-    from slimops.storage import open_cache
-
-    where, local, gb, lease = location
-    return open_cache(where, local_dir=local, local_gb=gb, lease_s=lease)
-
-
 def import_paths(config) -> list[str]:
     """Folders a worker puts on sys.path before it unpickles a job: the pipeline's own (plugins)."""
     return [str(config.base_dir)]
@@ -161,6 +147,7 @@ def build_task(blob: bytes, paths: list[str], relay) -> dict[str, Any]:
     import ray
 
     from slimops.build import obtain
+    from slimops.storage import open_cache
 
     job, location = ray.cloudpickle.loads(blob)
     node_id = job.node.id
@@ -171,7 +158,7 @@ def build_task(blob: bytes, paths: list[str], relay) -> dict[str, Any]:
         relay.put.remote(node_id, {"status": name, "detail": detail or f"on {where}"})
 
     try:
-        cache = open_location(location)
+        cache = open_cache(**location)
         job.relocate(cache)
         entry, cached = obtain(cache, job, _RelayProgress(relay, node_id), warnings.append, status)
     except SlimopsError as err:
@@ -197,11 +184,12 @@ def run_on_ray(plan, display, lines, artifacts, finish: Callable) -> SlimopsErro
     """
     from slimops.display import NodeProgress
     from slimops.build import checked_hit, job_for
+    from slimops.storage import cache_settings
 
     ray = ray_module()
     connect(plan.config.spec.engine)
     cache = plan.cache
-    location = cache_location(plan.config)
+    location = cache_settings(plan.config)
     paths = import_paths(plan.config)
     task = ray.remote(build_task)
     relay = _relay_class(ray).remote()
@@ -255,6 +243,8 @@ def run_on_ray(plan, display, lines, artifacts, finish: Callable) -> SlimopsErro
 
 def _collect(ray, ref, node, cache, display, lines, finish, t0) -> SlimopsError | None:
     """The outcome of one task: its entry materialised on the driver, or its error."""
+    from slimops.build import checked_hit
+
     line = lines[node.id]
     try:
         outcome = ray.get(ref)
@@ -272,10 +262,9 @@ def _collect(ray, ref, node, cache, display, lines, finish, t0) -> SlimopsError 
         display.set(line, "failed", str(failure).splitlines()[0])
         return failure
     try:
-        entry = cache.get(node.key)  # with a cache URL, this machine's copy is fetched now
-        problem = cache.check(entry) if entry is not None else "its entry is missing after the worker published it"
-        if problem:
-            raise SlimopsError(f"cache entry {node.key[:12]} of {node.id}: {problem}; run again")
+        entry = checked_hit(cache, node, display.warn)  # with a cache URL, this machine's copy is fetched now
+        if entry is None:
+            raise SlimopsError(f"cache entry {node.key[:12]} of {node.id} is missing or damaged after its worker published it; run again")
         if outcome["log"] is not None and not (entry.dir / "log.txt").exists():
             _keep(entry.dir / "log.txt", outcome["log"])
         finish(node, entry, outcome["cached"], t0)

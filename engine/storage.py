@@ -21,7 +21,7 @@ from slimops.cache import Cache
 from slimops.errors import CacheError
 from slimops.remote import RemoteCache
 
-__all__ = ["RemoteCache", "cache_of", "default_local_dir", "filesystem", "is_url", "open_cache", "url_problem"]
+__all__ = ["RemoteCache", "cache_of", "cache_settings", "default_local_dir", "filesystem", "is_url", "open_cache", "url_problem"]
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")  # two letters at least: C:// is a drive
 _PACKAGES = {"s3": "pip install 'slimops[cluster]' (it brings s3fs)", "s3a": "pip install 'slimops[cluster]' (it brings s3fs)",
              "gs": "pip install gcsfs", "gcs": "pip install gcsfs", "az": "pip install adlfs", "abfs": "pip install adlfs",
@@ -61,11 +61,16 @@ def open_cache(location: str | Path, *, local_dir: Path | None = None, local_gb:
     return RemoteCache(url, fs, path, Path(local_dir) if local_dir else default_local_dir(url), local_gb=local_gb, lease_s=lease_s)
 
 
+def cache_settings(config: Any) -> dict[str, Any]:
+    """`open_cache`'s arguments for a `PipelineConfig` (plain values: a Ray worker reopens the cache from them)."""
+    engine = config.spec.engine
+    return {"location": config.cache_location, "local_dir": config.local_cache_dir, "local_gb": engine.local_cache_gb,
+            "lease_s": engine.lock_lease_s}
+
+
 def cache_of(config: Any) -> Cache:
     """The cache a `PipelineConfig` names, with its `engine.local_cache_*` and `lock_lease_s` settings."""
-    engine = config.spec.engine
-    return open_cache(config.cache_location, local_dir=config.local_cache_dir, local_gb=engine.local_cache_gb,
-                      lease_s=engine.lock_lease_s)
+    return open_cache(**cache_settings(config))
 
 
 def filesystem(url: str) -> tuple[Any, str]:

@@ -181,14 +181,9 @@ def test_a_stopped_run_leaves_no_rank_and_resumes_from_its_checkpoint(tmp_path, 
     monkeypatch.chdir(tmp_path)
     path = pipeline(tmp_path, assets, {"max_steps": 40, "batch_size": 2, "save_steps": 3, "processes": 2})
     work = tmp_path / ".slimops" / "cache" / "work"
-    proc = subprocess.Popen([sys.executable, "-m", "slimops.cli", "run", "--config", str(path), "--quiet"],
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _start_run(path, tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        while not list(work.glob("*/checkpoints/checkpoint-*/trainer_state.json")):
-            assert proc.poll() is None, "training ended before any checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.2)
+        _wait_for(proc, lambda: list(work.glob("*/checkpoints/checkpoint-*/trainer_state.json")), "a checkpoint")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 143
     finally:
@@ -203,6 +198,20 @@ def test_a_stopped_run_leaves_no_rank_and_resumes_from_its_checkpoint(tmp_path, 
     metrics = run_json(tmp_path)["nodes"]["ft"]["metrics"]
     assert metrics["resumed_from_step"] == saved and metrics["steps"] == 40
     assert not work.exists() or not any(work.iterdir()), "the work dir goes once the node completes"
+
+
+def _start_run(path: Path, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "slimops.cli", "run", "--config", str(path), "--quiet"],
+                            cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _wait_for(proc: subprocess.Popen, ready, what: str, seconds: float = 120) -> None:
+    """Poll `ready()` while the run lives; fail if it ends first or `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    while not ready():
+        assert proc.poll() is None, f"the run ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {seconds:.0f} s"
+        time.sleep(0.2)
 
 
 def _processes_reading(folder: Path) -> list[int]:
@@ -241,12 +250,9 @@ def test_a_killed_parent_takes_its_ranks_with_it(tmp_path, assets):
     """SIGKILL gives the slimops process no chance to clean up: the parent-death signal does it."""
     path = pipeline(tmp_path, assets, {"max_steps": 100000, "batch_size": 2, "processes": 2, "save_steps": 100000})
     work = tmp_path / ".slimops" / "cache" / "work"
-    proc = subprocess.Popen([sys.executable, "-m", "slimops.cli", "run", "--config", str(path), "--quiet"],
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while not list(work.glob("*/ddp/progress.jsonl")) or len(_processes_reading(work)) < 3:  # torchrun and 2 ranks
-            assert proc.poll() is None and time.monotonic() < deadline, "the ranks did not start"
+    proc = _start_run(path, tmp_path)
+    try:  # torchrun and 2 ranks
+        _wait_for(proc, lambda: list(work.glob("*/ddp/progress.jsonl")) and len(_processes_reading(work)) >= 3, "the ranks")
         proc.kill()
         proc.wait()
         deadline = time.monotonic() + 15  # torchrun gives its ranks 5 s after its SIGTERM (training goes on for minutes)

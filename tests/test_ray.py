@@ -15,6 +15,7 @@ import pytest
 
 from assets import eval_llama, write_eval_project
 from cluster import moto_s3, new_bucket, ray_cluster
+from test_search import SEARCH  # the local search's grid, run here on the cluster
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -59,15 +60,6 @@ def test_demo_on_two_ray_nodes_matches_a_local_run(tmp_path, cluster, cli):
     code, _, err = cli("run", "--config", config, "--set", "engine.output_dir=out-ray", "--set", "passes.left.seconds=1",
                        *_ray(cluster, bucket, f"engine.local_cache_dir={tmp_path / 'copies-2'}"))  # another machine's copies
     assert code == 0 and all(v["cached"] for v in _nodes(tmp_path / "out-ray" / "run.json").values()), err
-
-
-SEARCH = """
-search:
-  space:
-    passes.perturb.scale: [1.0, 1.5, 3.0, 0.5]
-  strategy: grid
-  objectives: [{metric: perplexity}]
-"""
 
 
 def test_four_trial_search_on_ray_matches_a_local_search(tmp_path, cluster, cli, monkeypatch):
