@@ -55,9 +55,15 @@ GROUPS: dict[str, list[str]] = {
 LOWER_IS_BETTER: frozenset[str] = frozenset(name for name, metric in METRICS.items() if not metric.higher_is_better)
 
 
+# lm-evaluation-harness metrics (reported as TASK/METRIC) whose smaller value is better
+TASK_LOWER_IS_BETTER = frozenset({"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "ter"})
+
+
 def higher_is_better(name: str) -> bool:
-    """Whether a larger value of metric `name` is better (custom metrics: yes)."""
+    """Whether a larger value of metric `name` is better (custom metrics: yes; `TASK/METRIC`: as the harness's metric)."""
     metric = METRICS.get(name)
+    if metric is None and "/" in name:
+        return name.split("/", 1)[1].split(",", 1)[0] not in TASK_LOWER_IS_BETTER
     return metric.higher_is_better if metric is not None else True
 
 

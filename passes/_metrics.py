@@ -7,7 +7,8 @@
 - `rouge_l`, `bleu`: via rouge-score and sacrebleu (imported when called).
 - `percentile(values, q)`, `latency_summary(runs)`: time to first token, per-token p50/p90, tokens/s.
 - `METRICS`, `GROUPS`, `expand(names)`: from `slimops.metrics`, the engine's one table of them.
-- `Goal`, `check_goals(goals, before, after)`: absolute and relative goals, one row per goal.
+- `example_items(name, ...)`, `statistic(name)`: what each example contributes to a metric, and the
+  metric recomputed from any resample of those (the intervals and paired tests of `_stats`).
 
 Nothing here imports torch, so every function is testable with numbers worked out by hand.
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 import math
 import re
 import string
-from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 from slimops.metrics import GROUPS, METRICS, expand, higher_is_better  # noqa: F401  (the engine's table, used here and by evaluate)
@@ -76,13 +76,16 @@ def macro_f1(predictions: Sequence[str], labels: Sequence[str]) -> float:
     A class that is never predicted nor present does not exist; one with no true positives scores 0.
     """
     _same_length(predictions, labels)
-    gold = [normalize(l) for l in labels]
-    guessed = [_head(p, l) for p, l in zip(predictions, labels)]
+    return f1_of_pairs([(_head(p, l), normalize(l)) for p, l in zip(predictions, labels)])
+
+
+def f1_of_pairs(pairs: Sequence[Sequence[str]]) -> float:
+    """Macro F1 of (guessed, gold) pairs, both normalised: what `macro_f1` computes, on any resample."""
     scores = []
-    for cls in sorted(set(gold)):
-        tp = sum(g == cls and p == cls for g, p in zip(gold, guessed))
-        fp = sum(g != cls and p == cls for g, p in zip(gold, guessed))
-        fn = sum(g == cls and p != cls for g, p in zip(gold, guessed))
+    for cls in sorted({gold for _, gold in pairs}):
+        tp = sum(g == cls and p == cls for p, g in pairs)
+        fp = sum(g != cls and p == cls for p, g in pairs)
+        fn = sum(g == cls and p != cls for p, g in pairs)
         scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
     return sum(scores) / len(scores)
 
@@ -110,23 +113,81 @@ def perplexity(nll_sums: Sequence[float], token_counts: Sequence[int]) -> float:
 
 def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Mean ROUGE-L F-measure (rouge-score, with stemming) of each prediction against its reference."""
+    scores = rouge_l_scores(predictions, references)
+    return sum(scores) / len(scores)
+
+
+def rouge_l_scores(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """The ROUGE-L F-measure of each prediction against its reference."""
     _same_length(predictions, references)
     try:
         from rouge_score import rouge_scorer
     except ImportError:
         raise RuntimeError("metric rouge_l needs the rouge-score package: pip install rouge-score") from None
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return sum(scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)) / len(references)
+    return [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)]
 
 
 def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Corpus BLEU (sacrebleu's default 13a tokenizer), 0-100, one reference per prediction."""
     _same_length(predictions, references)
+    return bleu_of_stats(bleu_stats(predictions, references))
+
+
+def bleu_stats(predictions: Sequence[str], references: Sequence[str]) -> list[list[int]]:
+    """Each sentence's BLEU counts (hypothesis and reference lengths, n-gram matches and totals).
+
+    Corpus BLEU is a function of their sums, so a resample of sentences sums its rows: the
+    bootstrap never re-tokenises.
+    """
     try:
-        import sacrebleu
+        from sacrebleu.metrics import BLEU
     except ImportError:
         raise RuntimeError("metric bleu needs the sacrebleu package: pip install sacrebleu") from None
-    return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)
+    return [[int(x) for x in row] for row in BLEU()._extract_corpus_statistics(list(predictions), [list(references)])]
+
+
+def bleu_of_stats(stats: Sequence[Sequence[int]]) -> float:
+    """Corpus BLEU from per-sentence counts (`bleu_stats`)."""
+    from sacrebleu.metrics import BLEU
+
+    totals = [sum(column) for column in zip(*stats)]
+    return float(BLEU()._compute_score_from_stats(totals).score)
+
+
+# -- per example -----------------------------------------------------------------------------------
+
+
+def example_items(name: str, answers: Sequence[str], references: Sequence[str], labels: Sequence[str]) -> list[Any]:
+    """What each example contributes to metric `name`, JSON-friendly, for `statistic(name)`.
+
+    accuracy and exact_match: a bool each; f1: (guessed, gold); rouge_l: its score; bleu: its counts.
+    """
+    firsts = [answer_of(a) for a in answers]
+    if name == "accuracy":
+        return [_head(p, l) == normalize(l) for p, l in zip(firsts, labels)]
+    if name == "exact_match":
+        return [normalize(p) == normalize(l) for p, l in zip(firsts, labels)]
+    if name == "f1":
+        return [[_head(p, l), normalize(l)] for p, l in zip(firsts, labels)]
+    if name == "rouge_l":
+        return rouge_l_scores(answers, references)
+    if name == "bleu":
+        return bleu_stats(answers, references)
+    raise ValueError(f"metric {name} has no per-example items")
+
+
+def _mean(items: Sequence[Any]) -> float:
+    return sum(float(x) for x in items) / len(items)
+
+
+def _perplexity_of(items: Sequence[Sequence[float]]) -> float:
+    return perplexity([nll for nll, _ in items], [count for _, count in items])
+
+
+# the metric recomputed from a list of its per-example items; perplexity's are (nll sum, tokens)
+STATISTICS = {"accuracy": _mean, "exact_match": _mean, "f1": f1_of_pairs, "rouge_l": _mean, "bleu": bleu_of_stats,
+              "perplexity": _perplexity_of}
 
 
 # -- timing ----------------------------------------------------------------------------------------
@@ -165,96 +226,3 @@ def latency_summary(runs: Sequence[tuple[float, Sequence[float]]]) -> dict[str, 
         out["latency_p90_ms"] = percentile(steps, 90) * 1000
     out["tokens_per_s"] = total_tokens / total_time if total_time > 0 else float("inf")
     return out
-
-
-# -- goals -----------------------------------------------------------------------------------------
-
-
-@dataclass
-class GoalResult:
-    """One goal checked: which metric, the rule as written, the values, and whether it held."""
-
-    metric: str
-    rule: str
-    value: float | None
-    before: float | None
-    ok: bool
-    why: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def parse_amount(value: Any) -> tuple[float, bool]:
-    """Read a goal's amount: `"5%"` -> (0.05, True); `0.01` or `"0.01"` -> (0.01, False).
-
-    Returns:
-        (amount, relative): a percentage is a share of the before value; a plain number is in
-        the metric's own unit.
-
-    Raises:
-        ValueError: neither a number nor a percentage.
-    """
-    if isinstance(value, str):
-        text = value.strip()
-        if text.endswith("%"):
-            return float(text[:-1]) / 100, True
-        return float(text), False
-    return float(value), False
-
-
-GOAL_RULES = ("min", "max", "max_drop", "max_increase", "min_increase", "max_drop_from_reference", "max_increase_from_reference")
-REFERENCE_SUFFIX = "_from_reference"
-
-
-def check_goals(goals: dict[str, dict[str, Any]], before: dict[str, float], after: dict[str, float],
-                reference: dict[str, float] | None = None) -> list[GoalResult]:
-    """Check each goal of each metric against the after (and before, or reference) values.
-
-    Rules: `min` / `max` bound the after value; `max_drop` / `max_increase` bound the change
-    from the before value and `min_increase` asks for at least that much gain, each as a number
-    in the metric's unit (`0.01`) or a percent of the before value (`"5%"`). The same rules ending
-    in `_from_reference` compare with the `reference:` evaluation instead of the input model.
-    A metric that was not measured fails its goal.
-    """
-    results = []
-    for metric, rules in goals.items():
-        value = after.get(metric)
-        for rule, raw in rules.items():
-            text = f"{rule} {raw}"
-            versus = reference if rule.endswith(REFERENCE_SUFFIX) else before
-            old = (versus or {}).get(metric)
-            if value is None:
-                results.append(GoalResult(metric, text, None, old, False, "not measured; add it to metrics"))
-                continue
-            if rule == "min":
-                ok, why = value >= float(raw), f"{_num(value)} < {_num(float(raw))}"
-            elif rule == "max":
-                ok, why = value <= float(raw), f"{_num(value)} > {_num(float(raw))}"
-            else:
-                if old is None:
-                    where = "reference" if rule.endswith(REFERENCE_SUFFIX) else "before"
-                    results.append(GoalResult(metric, text, value, None, False, f"no {where} value to compare with"))
-                    continue
-                amount, relative = parse_amount(raw)
-                base_rule = rule.removesuffix(REFERENCE_SUFFIX)
-                limit = amount * abs(old) if relative else amount
-                if base_rule == "min_increase":
-                    change = value - old
-                    ok = change >= limit - 1e-12
-                    why = f"rose by {_num(change)}{_pct(change, old)}, needs {_num(limit)}"
-                else:
-                    change = value - old if base_rule == "max_increase" else old - value
-                    word = "rose" if base_rule == "max_increase" else "dropped"
-                    ok = change <= limit + 1e-12
-                    why = f"{word} by {_num(change)}{_pct(change, old)}, limit {_num(limit)}"
-            results.append(GoalResult(metric, text, value, old, ok, "" if ok else why))
-    return results
-
-
-def _num(value: float) -> str:
-    return f"{value:.4g}"
-
-
-def _pct(change: float, old: float) -> str:
-    return f" ({change / abs(old) * 100:.1f}%)" if old else ""

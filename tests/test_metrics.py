@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from slimops.passes import _goals as G
 from slimops.passes import _metrics as M
 
 
@@ -86,7 +87,7 @@ def _by_rule(results):
 
 
 def test_absolute_goals():
-    results = _by_rule(M.check_goals({"accuracy": {"min": 0.8}, "latency_p50_ms": {"max": 30}}, {}, {"accuracy": 0.75, "latency_p50_ms": 12.0}))
+    results = _by_rule(G.check_goals({"accuracy": {"min": 0.8}, "latency_p50_ms": {"max": 30}}, {}, {"accuracy": 0.75, "latency_p50_ms": 12.0}))
     assert not results[("accuracy", "min 0.8")].ok
     assert "0.75 < 0.8" in results[("accuracy", "min 0.8")].why
     assert results[("latency_p50_ms", "max 30")].ok
@@ -94,26 +95,34 @@ def test_absolute_goals():
 
 def test_relative_goals_percent_and_absolute():
     before = {"perplexity": 10.0, "accuracy": 0.80}
-    ok = _by_rule(M.check_goals({"perplexity": {"max_increase": "5%"}, "accuracy": {"max_drop": 0.01}}, before, {"perplexity": 10.4, "accuracy": 0.795}))
+    ok = _by_rule(G.check_goals({"perplexity": {"max_increase": "5%"}, "accuracy": {"max_drop": 0.01}}, before, {"perplexity": 10.4, "accuracy": 0.795}))
     assert all(r.ok for r in ok.values())
-    bad = _by_rule(M.check_goals({"perplexity": {"max_increase": "5%"}, "accuracy": {"max_drop": 0.01}}, before, {"perplexity": 10.6, "accuracy": 0.78}))
+    bad = _by_rule(G.check_goals({"perplexity": {"max_increase": "5%"}, "accuracy": {"max_drop": 0.01}}, before, {"perplexity": 10.6, "accuracy": 0.78}))
     assert not bad[("perplexity", "max_increase 5%")].ok and "(6.0%)" in bad[("perplexity", "max_increase 5%")].why
     assert not bad[("accuracy", "max_drop 0.01")].ok
 
 
 def test_a_goal_on_an_unmeasured_metric_fails():
-    (result,) = M.check_goals({"bleu": {"min": 1}}, {}, {"accuracy": 1.0})
+    (result,) = G.check_goals({"bleu": {"min": 1}}, {}, {"accuracy": 1.0})
     assert not result.ok and "not measured" in result.why
 
 
 def test_min_increase_and_goals_against_a_reference():
     before, reference = {"accuracy": 0.10}, {"accuracy": 0.90}
     goals = {"accuracy": {"min_increase": 0.40, "max_drop_from_reference": 0.03}}
-    ok = _by_rule(M.check_goals(goals, before, {"accuracy": 0.88}, reference))
+    ok = _by_rule(G.check_goals(goals, before, {"accuracy": 0.88}, reference))
     assert all(r.ok for r in ok.values())
     assert ok[("accuracy", "max_drop_from_reference 0.03")].before == 0.90  # the row shows what it compared with
-    bad = _by_rule(M.check_goals(goals, before, {"accuracy": 0.45}, reference))
+    bad = _by_rule(G.check_goals(goals, before, {"accuracy": 0.45}, reference))
     assert not bad[("accuracy", "min_increase 0.4")].ok and "needs 0.4" in bad[("accuracy", "min_increase 0.4")].why
     assert not bad[("accuracy", "max_drop_from_reference 0.03")].ok and "dropped by 0.45" in bad[("accuracy", "max_drop_from_reference 0.03")].why
-    (missing,) = M.check_goals({"accuracy": {"max_drop_from_reference": 0.03}}, before, {"accuracy": 0.5}, None)
+    (missing,) = G.check_goals({"accuracy": {"max_drop_from_reference": 0.03}}, before, {"accuracy": 0.5}, None)
     assert not missing.ok and "no reference value" in missing.why
+
+
+def test_directions_of_lm_eval_metrics_follow_the_harness():
+    from slimops.metrics import higher_is_better
+
+    assert higher_is_better("tone_choice/acc") and higher_is_better("tone_name/exact_match,strict-match")
+    assert not higher_is_better("wikitext/word_perplexity") and not higher_is_better("wikitext/bits_per_byte")
+    assert not higher_is_better("perplexity") and higher_is_better("my_metric")
