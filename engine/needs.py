@@ -15,6 +15,7 @@ import importlib.metadata
 INSTALL = {
     "torch": "pip install torch==2.13.0",  # the CPU build from PyPI's index; unpinned pulls a CUDA build of several GB
     "slimops": "pip install -e .",
+    "lm-eval": "pip install 'slimops[eval]'",  # the extra pins the version the tests pass with
 }
 
 # module to import -> (who imports it, the distributions it needs that its library does not declare)

@@ -347,7 +347,7 @@ def _check_needs(config: PipelineConfig, node: Node, inst: Pass) -> None:
     pc = node.config
     where = config.where("passes", pc.name) if pc.name in config.passes else f"pass '{node.id}'"
     alt = f"; use type: {inst.alternative} instead" if inst.alternative else ""
-    libraries = installed(inst.requires)
+    libraries = installed(inst.requirements(pc.params))
     missing = [dist for dist, version in libraries.items() if version is None]
     if missing:
         names = ", ".join(f"'{d}'" for d in missing)

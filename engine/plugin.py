@@ -162,6 +162,10 @@ class Pass:
         """
         return {}
 
+    def requirements(self, params: Any) -> tuple[str, ...]:
+        """The distributions these params need: `requires`, plus any a setting adds (evaluate's lm_eval tasks)."""
+        return self.requires
+
     def check(self, params: Any, target: Any) -> str | None:
         """Say why this pass cannot serve `target` with `params`, or None if it can.
 

@@ -186,6 +186,14 @@ def _previous_keys(run_json: Path) -> dict[str, str]:
         return {}
 
 
+def _status(failure: SlimopsError | None) -> str:
+    if failure is None:
+        return "ok"
+    if not isinstance(failure, GoalError):
+        return "failed"
+    return "goals missed" if any(m.get("status") != "undecided" for m in failure.misses) else "goals undecided"
+
+
 def _write_run_json(result: RunResult, plan: Plan, failure: SlimopsError | None) -> None:
     result.output_dir.mkdir(parents=True, exist_ok=True)
     body = {
@@ -193,7 +201,7 @@ def _write_run_json(result: RunResult, plan: Plan, failure: SlimopsError | None)
         "config": str(plan.config.file.resolve()) if plan.config.file else None,
         "overrides": _overrides(plan.config),
         "seconds": result.seconds,
-        "status": ("goals missed" if isinstance(failure, GoalError) else "failed") if failure else "ok",
+        "status": _status(failure),
         "error": str(failure) if failure else None,
         "nodes": {node_id: asdict(node) for node_id, node in result.nodes.items()},
     }

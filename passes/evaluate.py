@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import sys
-import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,11 +25,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from slimops.errors import DataError, ModelError
 from slimops.kinds import FEATURES
+from slimops.passes import _answers as A
+from slimops.passes import _goals as G
+from slimops.passes import _lm_eval as L
 from slimops.passes import _metrics as M
+from slimops.passes import _stats as S
 from slimops.plugin import BASELINE_SUFFIX, Artifact, Pass, PassContext
 from slimops.sizes import size_mb
 
-DEFAULT_PROMPT = "The quick brown fox"
+SCORES = "scores.json"  # what each example gave each metric, for the paired tests of the goals
+TASK_SAMPLES = "lm_eval_samples.jsonl"  # a few of each lm_eval task's examples, with the model's answers
 
 
 class CustomMetric(BaseModel):
@@ -45,6 +50,8 @@ class CustomMetric(BaseModel):
     def _has_colon(cls, value: str) -> str:
         if ":" not in value:
             raise ValueError("write a custom metric as 'module:function'")
+        if value.startswith(L.TASK_PREFIX):
+            raise ValueError(f"'{value}' is an lm-evaluation-harness task: list it under metrics as a plain string")
         return value
 
     @property
@@ -60,13 +67,13 @@ class Evaluate(Pass):
     """Measures a model on a data split and against the pipeline's input model."""
 
     name = "evaluate"
-    version = "2"
+    version = "3"  # 3: intervals, per-example scores (scores.json), predictions with their references
     consumes = ("hf-model", "hf-adapter", "onnx-model", "genai-model")
     produces = "metrics"
     baseline = True
     # goals are checked, not measured; `reference` reaches the key through its node's key, and the
     # input model's evaluation (`.before`) never reads it, so passes that differ only there share it
-    unkeyed = ("goals", "on_miss", "reference")
+    unkeyed = ("goals", "on_miss", "on_undecided", "reference")
     # per target (when its input is), it runs the model on the target's execution providers:
     # a target this machine cannot run is a plan error, not a silent CPU measurement
     executes_on_target = True
@@ -80,8 +87,9 @@ class Evaluate(Pass):
             None,
             description=(
                 "accuracy, exact_match, f1, perplexity, rouge_l, bleu, latency (ttft_ms, latency_p50_ms, "
-                "latency_p90_ms, tokens_per_s), peak_mb, size_mb, or 'module:function'. Default: perplexity "
-                "(accuracy and f1 for a classifier), latency and size_mb."
+                "latency_p90_ms, tokens_per_s), peak_mb, size_mb, 'lm_eval:TASK' (an lm-evaluation-harness task; its "
+                "metrics report as TASK/METRIC), or 'module:function'. Default: perplexity (accuracy and f1 for a "
+                "classifier), latency and size_mb."
             ),
         )
         max_samples: int | None = Field(100, ge=1, description="Examples to read from the split; null reads all.")
@@ -99,6 +107,12 @@ class Evaluate(Pass):
             "beside its int4 export's), for the *_from_reference goals. It runs first.",
         )
         on_miss: Literal["fail", "warn"] = Field("fail", description="What a missed goal does to the run.")
+        on_undecided: Literal["warn", "fail"] = Field(
+            "warn",
+            description="What a goal does to the run when its 95% interval holds the limit, so the examples cannot decide it "
+            "(the report says about how many would).",
+        )
+        lm_eval: L.LmEvalSettings | None = Field(None, description="Settings of the lm_eval:TASK metrics (few-shot, limit, task folder).")
 
         @field_validator("metrics")
         @classmethod
@@ -106,6 +120,9 @@ class Evaluate(Pass):
             if value is None:
                 return value
             M.expand([item for item in value if isinstance(item, str) and ":" not in item])
+            for item in value:
+                if isinstance(item, str) and item.startswith(L.TASK_PREFIX) and not item.removeprefix(L.TASK_PREFIX).strip():
+                    raise ValueError(f"'{item}' names no task: write lm_eval:TASK")
             return value
 
         @field_validator("goals")
@@ -114,7 +131,7 @@ class Evaluate(Pass):
             for metric, rules in value.items():
                 for rule, amount in rules.items():
                     try:
-                        _, relative = M.parse_amount(amount)
+                        _, relative = G.parse_amount(amount)
                     except ValueError:
                         raise ValueError(f"goal {metric}.{rule}: '{amount}' is not a number or a percentage like '5%'") from None
                     if relative and rule in ("min", "max"):
@@ -124,7 +141,7 @@ class Evaluate(Pass):
 
         @model_validator(mode="after")
         def _reference_goals(self):
-            uses = [f"{m}.{r}" for m, rules in self.goals.items() for r in rules if r.endswith(M.REFERENCE_SUFFIX)]
+            uses = [f"{m}.{r}" for m, rules in self.goals.items() for r in rules if r.endswith(G.REFERENCE_SUFFIX)]
             if uses and not self.reference:
                 raise ValueError(f"goal {uses[0]} compares with a reference: set reference to another evaluate pass")
             return self
@@ -133,20 +150,26 @@ class Evaluate(Pass):
         def _consistent(self):
             names = self.metric_names(None)
             if self.metrics is not None:
-                needs_data = [n for n in names if n in M.GENERATED or n == "perplexity" or n not in M.METRICS]
+                needs_data = [n for n in names if n in M.GENERATED or n == "perplexity" or (n not in M.METRICS and "/" not in n)]
                 if needs_data and self.data is None:
                     raise ValueError(f"metrics {', '.join(needs_data)} need a data set: set data")
                 for metric in self.goals:
-                    if metric not in names:
+                    if metric not in names and not self._from_task(metric):
                         raise ValueError(f"goal on '{metric}', which is not among the metrics measured ({', '.join(names)})")
             for metric in self.goals:
-                if metric not in M.METRICS and not any(isinstance(m, CustomMetric) and m.label == metric for m in self.metrics or []):
+                if metric in M.METRICS or self._from_task(metric):
+                    continue
+                if not any(isinstance(m, CustomMetric) and m.label == metric for m in self.metrics or []):
                     raise ValueError(f"goal on unknown metric '{metric}'; known: {', '.join(M.METRICS)}")
             return self
 
+        def _from_task(self, metric: str) -> bool:
+            """Whether `metric` (TASK/METRIC) comes from one of the lm_eval:TASK metrics asked for."""
+            return metric.split("/", 1)[0] in L.task_names(self.metrics or []) and "/" in metric
+
         def custom(self) -> list[CustomMetric]:
-            items = self.metrics or []
-            return [m if isinstance(m, CustomMetric) else CustomMetric(metric=m) for m in items if isinstance(m, CustomMetric) or ":" in m]
+            items = [m for m in self.metrics or [] if isinstance(m, CustomMetric) or (":" in m and not m.startswith(L.TASK_PREFIX))]
+            return [m if isinstance(m, CustomMetric) else CustomMetric(metric=m) for m in items]
 
         def metric_names(self, task: str | None) -> list[str]:
             """Built-in names measured (groups expanded), then custom names."""
@@ -157,19 +180,23 @@ class Evaluate(Pass):
                     quality = ["accuracy", "f1"] if task == "text-classification" else ["perplexity"]
                 return M.expand([*quality, "latency", "size_mb"])
             builtin = M.expand([m for m in self.metrics if isinstance(m, str) and ":" not in m])
-            return [*builtin, *(c.label for c in self.custom())]
+            return [*builtin, *(c.label for c in self.custom())]  # lm_eval's TASK/METRIC names are known once run
 
     extra_input_kind = "metrics"  # `reference` names another evaluation
 
     def extra_inputs(self, params: Any) -> list[str]:
         return [params.reference] if params.reference else []
 
+    def requirements(self, params: Any) -> tuple[str, ...]:
+        return (*self.requires, *L.REQUIRES) if L.task_names(params.metrics or []) else self.requires
+
     def goals(self, params: Any, artifact: Artifact) -> list[dict[str, Any]]:
         if not params.goals or artifact.meta.get("role") == "before":
             return []
-        results = M.check_goals(params.goals, artifact.metrics.get("before", {}), artifact.metrics.get("after", {}),
-                                artifact.metrics.get("reference"))
-        return [{**result.as_dict(), "fatal": params.on_miss == "fail"} for result in results]
+        results = G.check_goals(params.goals, artifact.metrics.get("before", {}), artifact.metrics.get("after", {}),
+                                artifact.metrics.get("reference"), _read_scores(Path(artifact.path)))
+        fatal = {"missed": params.on_miss == "fail", "undecided": params.on_undecided == "fail", "met": False}
+        return [{**result.as_dict(), "fatal": fatal[result.status]} for result in results]
 
     def run(self, ctx: PassContext) -> Artifact:
         params = ctx.params
@@ -178,36 +205,57 @@ class Evaluate(Pass):
         before_artifact = ctx.inputs.get(f"{base_name}{BASELINE_SUFFIX}")
         reference = {n: a for n, a in ctx.inputs.items() if params.reference and n.split("@", 1)[0] == params.reference}
         input_name, model = next((n, a) for n, a in ctx.inputs.items() if n != f"{base_name}{BASELINE_SUFFIX}" and n not in reference)
-        after, details = measure(ctx, model)
-        (ctx.output_dir / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in details.pop("rows")))
+        after, details, evidence = measure(ctx, model)
+        for name, rows in (("predictions.jsonl", details.pop("rows")), (TASK_SAMPLES, details.pop("task_rows"))):
+            if rows or name == "predictions.jsonl":
+                (ctx.output_dir / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+        scores = {"after": evidence}
         if is_before:
+            (ctx.output_dir / SCORES).write_text(json.dumps(scores))
             body = {"model": str(model.path), "kind": model.kind, "metrics": after, **details}
             (ctx.output_dir / "metrics.json").write_text(json.dumps(body, indent=2))
             return Artifact(path=ctx.output_dir, kind="metrics", meta={"role": "before", **details}, metrics=after)
         if before_artifact is not None:
             before = dict(before_artifact.metrics)
+            scores["before"] = _read_scores(Path(before_artifact.path)).get("after")
+            details["intervals"]["before"] = before_artifact.meta.get("intervals", {}).get("after", {})
         elif input_name == "model" or input_name.startswith("model."):
             before = dict(after)  # this pass reads the input model itself (maybe converted)
+            scores["before"], details["intervals"]["before"] = evidence, dict(details["intervals"]["after"])
         else:
             before = {}
         metrics = {"before": before, "after": after}
         for artifact in reference.values():
             metrics["reference"] = dict(artifact.metrics.get("after", {}))
             details["reference"] = params.reference
+            scores["reference"] = _read_scores(Path(artifact.path)).get("after")
+            details["intervals"]["reference"] = artifact.meta.get("intervals", {}).get("after", {})
+        (ctx.output_dir / SCORES).write_text(json.dumps({k: v for k, v in scores.items() if v}))
         body = {"model": str(model.path), "kind": model.kind, **metrics, **details}
         (ctx.output_dir / "metrics.json").write_text(json.dumps(body, indent=2))
         return Artifact(path=ctx.output_dir, kind="metrics", meta=details, metrics=metrics)
 
 
+def _read_scores(folder: Path) -> dict[str, Any]:
+    """An evaluation's scores.json; empty when it has none (written before there was one) or it is unreadable."""
+    try:
+        body = json.loads((folder / SCORES).read_text())
+    except (OSError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 # -- measuring -------------------------------------------------------------------------------------
 
 
-def measure(ctx: PassContext, model: Artifact) -> tuple[dict[str, float], dict[str, Any]]:
-    """Every metric the params ask for, on `model`.
+def measure(ctx: PassContext, model: Artifact) -> tuple[dict[str, float], dict[str, Any], dict[str, Any]]:
+    """Every metric the params ask for, on `model`, with a 95% interval for each one measured over examples.
 
     Returns:
-        (metrics, details): one number per metric name; details hold the task, the sample count
-        and `rows`, one record per example (prompt, answer, label) for predictions.jsonl.
+        (metrics, details, evidence): one number per metric name; details hold the task, the
+        sample count, the intervals and their methods, and `rows`, one record per example (index,
+        prompt, reference, label, answer, correct) for predictions.jsonl; evidence is what each
+        example contributed to each metric (scores.json), for the paired tests of the goals.
 
     Raises:
         DataError: the data set cannot give what a metric needs.
@@ -222,37 +270,43 @@ def measure(ctx: PassContext, model: Artifact) -> tuple[dict[str, float], dict[s
     ctx.progress.update(0, None, f"loading {model.kind}")
     base = upstream_model(ctx)
     runner = open_runner(model, base, providers, device, params.max_new_tokens)
+    out: dict[str, float] = {}
+    rows: list[dict[str, Any]] = []
+    task_rows: list[dict[str, Any]] = []  # lm_eval's examples, a few per task
+    items: dict[str, list] = {}  # metric -> what each example gave it
+    per_run: dict[str, list[float]] = {}
+    stderr: dict[str, float] = {}
+    counts: dict[str, int] = {}  # lm_eval metric -> its task's examples
     try:
         names = params.metric_names(runner.task)
         if runner.task == FEATURES:
             names = _measurable_on_vectors(names, ctx, model)
-        out: dict[str, float] = {}
-        rows: list[dict[str, Any]] = []
         examples = _examples(ctx, runner.task) if params.data else []
         spec = ctx.data.get(params.data) if params.data else None
-        prompts = [_prompt_of(e, spec, runner) for e in examples[: params.latency_runs]] or [DEFAULT_PROMPT]
+        prompts = [A.prompt_of(e, spec, runner) for e in examples[: params.latency_runs]] or [A.DEFAULT_PROMPT]
         if "perplexity" in names:
-            out["perplexity"] = _perplexity(runner, examples, spec, ctx)
+            items["perplexity"] = _perplexity_items(runner, examples, spec, ctx)
+            out["perplexity"] = M.STATISTICS["perplexity"](items["perplexity"])
         custom = params.custom()
         if any(n in M.GENERATED for n in names) or custom:
-            answers, references, labels, asked = _answers(runner, examples, spec, params, ctx)
-            rows = [{"prompt": p, "answer": a, "label": l} for p, a, l in zip(asked, answers, labels)]
-            firsts = [M.answer_of(a) for a in answers]
-            if "accuracy" in names:
-                out["accuracy"] = M.accuracy(firsts, labels)
-            if "exact_match" in names:
-                out["exact_match"] = M.exact_match(firsts, labels)
-            if "f1" in names:
-                out["f1"] = M.macro_f1(firsts, labels)
-            if "rouge_l" in names:
-                out["rouge_l"] = M.rouge_l(answers, references)
-            if "bleu" in names:
-                out["bleu"] = M.bleu(answers, references)
+            answers, references, labels, asked = A.answers(runner, examples, spec, params.max_new_tokens, ctx.progress)
+            correct = M.example_items("accuracy", answers, references, labels)
+            rows = [{"index": i, "prompt": p, "reference": r, "label": l, "answer": a, "correct": c}
+                    for i, (p, r, l, a, c) in enumerate(zip(asked, references, labels, answers, correct))]
+            for name in (n for n in names if n in M.GENERATED):
+                items[name] = M.example_items(name, answers, references, labels)
+                out[name] = M.STATISTICS[name](items[name])
             for item in custom:
                 out[item.label] = _call_custom(item, answers, references, examples, ctx.config_dir)
         if any(n in M.TIMED for n in names):
-            timed = _latency(runner, prompts, params, ctx)
+            timed, per_run = A.latency(runner, prompts, params.warmup, params.latency_runs, params.max_new_tokens, ctx.progress)
             out.update({k: v for k, v in timed.items() if k in names})
+        tasks = L.task_names(params.metrics or [])
+        if tasks:
+            values, stderr, counts, task_rows = L.run_tasks(runner, tasks, params.lm_eval or L.LmEvalSettings(), ctx.config_dir,
+                                                            ctx.progress)
+            out.update(values)
+            names = [*names, *values]
     finally:
         runner.close()
     if "peak_mb" in names:
@@ -263,7 +317,31 @@ def measure(ctx: PassContext, model: Artifact) -> tuple[dict[str, float], dict[s
     if "size_mb" in names:
         out["size_mb"] = size_mb(Path(model.path))
     ordered = {name: float(out[name]) for name in names if name in out}
-    return ordered, {"task": runner.task, "samples": len(examples), "split": params.split, "data": params.data, "rows": rows}
+    intervals, methods = _intervals(ordered, items, per_run, stderr)
+    details = {"task": runner.task, "samples": len(examples), "split": params.split, "data": params.data, "rows": rows, "task_rows": task_rows,
+               "intervals": {"after": intervals}, "interval_methods": methods}
+    evidence = {"data": params.data, "split": params.split, "n": len(examples), "index": list(range(len(examples))),
+                "items": items, "stderr": {k: v for k, v in stderr.items() if k in ordered}, "counts": counts, "values": ordered,
+                "intervals": intervals}
+    return ordered, details, evidence
+
+
+def _intervals(values: dict[str, float], items: dict[str, list], per_run: dict[str, list[float]], stderr: dict[str, float]):
+    """(metric -> [low, high], metric -> method): Wilson for shares, bootstrap over examples for the
+    rest, the spread of the runs for latency, and lm-eval's standard error for its tasks."""
+    intervals, methods = {}, {}
+    for name in values:
+        if name in items and items[name]:
+            if name in G.SHARES:
+                intervals[name], methods[name] = list(S.wilson(sum(map(bool, items[name])), len(items[name]))), "wilson"
+            else:
+                intervals[name], methods[name] = list(S.bootstrap(items[name], M.STATISTICS[name])), "bootstrap"
+        elif name in per_run and per_run[name]:
+            intervals[name], methods[name] = list(S.spread(per_run[name])), "runs"
+        elif name in stderr and stderr[name] is not None and math.isfinite(stderr[name]):
+            half = S.Z95 * stderr[name]
+            intervals[name], methods[name] = [values[name] - half, values[name] + half], "stderr"
+    return intervals, methods
 
 
 def upstream_model(ctx: PassContext) -> Artifact | None:
@@ -308,157 +386,19 @@ def _measurable_on_vectors(names: list[str], ctx: PassContext, model: Artifact) 
                      "cannot be measured; evaluate a fine-tuned classifier, or ask only for latency and size_mb")
 
 
-def _perplexity(runner: Any, examples: list[dict], spec: Any, ctx: PassContext) -> float:
+def _perplexity_items(runner: Any, examples: list[dict], spec: Any, ctx: PassContext) -> list[list[float]]:
+    """(negative log-likelihood sum, predicted tokens) per example; a text under two tokens gives (0, 0)."""
     from slimops.passes._data import render
 
     if runner.task != "text-generation":
         raise DataError("perplexity needs a causal language model; this one is a classifier (measure accuracy or f1)")
-    sums, counts = [], []
+    items = []
     for index, example in enumerate(examples):
         prompt, response = render(example, spec, getattr(runner, "tokenizer", None))
         ids = runner.encode(prompt + response)
-        if len(ids) >= 2:
-            nll, count = runner.nll(ids)
-            sums.append(nll)
-            counts.append(count)
+        items.append(list(runner.nll(ids)) if len(ids) >= 2 else [0.0, 0])
         ctx.progress.update(index + 1, len(examples), "perplexity")
-    return M.perplexity(sums, counts)
-
-
-def answer_template(spec: Any) -> tuple[str | None, str | None]:
-    """(label field, stop text) of the part of an example the model should generate.
-
-    The answer is the last `{field}` of `response` (or of `template`); the literal text after it
-    (`<|im_end|>`, say) is where a generated answer stops.
-    """
-    from slimops.passes._data import template_fields
-
-    text = spec.response if spec.prompt else spec.template
-    if not text:
-        return spec.label, None
-    fields = template_fields(text)
-    field = spec.label if spec.label and "{" + spec.label + "}" in text else (fields[-1] if fields else None)
-    if field is None:
-        return spec.label, None
-    tail = text.rsplit("{" + field + "}", 1)[1].split("{", 1)[0].strip()
-    return field, tail or None
-
-
-def prompt_and_reference(example: dict[str, Any], spec: Any, tokenizer: Any = None) -> tuple[str, str, str]:
-    """(prompt, reference, label) of one example for a generated answer.
-
-    Raises:
-        DataError: the formatting has no answer part to generate.
-    """
-    from slimops.passes._data import render
-
-    field, stop = answer_template(spec)
-    if spec.prompt or spec.messages:
-        prompt, response = render(example, spec, tokenizer)
-        reference = response.split(stop, 1)[0].strip() if stop else response.strip()
-    elif spec.template and field:
-        head = spec.template.rsplit("{" + field + "}", 1)[0]
-        prompt, reference = head.format_map(example), str(example[field])
-    else:
-        raise DataError(
-            "generated answers need a prompt and an answer: set 'template' ending in the label field, "
-            "or 'prompt' and 'response' (or 'messages')"
-        )
-    label = str(example[spec.label]) if spec.label and spec.label in example else reference
-    return prompt, reference, label
-
-
-def _prompt_of(example: dict[str, Any], spec: Any, runner: Any) -> str:
-    if runner.task in ("text-classification", FEATURES):
-        from slimops.passes._data import classification_text
-
-        return classification_text(example, spec)
-    try:
-        return prompt_and_reference(example, spec, getattr(runner, "tokenizer", None))[0] or DEFAULT_PROMPT
-    except DataError:
-        from slimops.passes._data import render
-
-        prompt, response = render(example, spec, getattr(runner, "tokenizer", None))
-        return prompt or response
-
-
-def _answers(runner: Any, examples: list[dict], spec: Any, params: Any, ctx: PassContext):
-    answers, references, labels, prompts = [], [], [], []
-    if runner.task == "text-classification":
-        from slimops.passes._data import classification_text
-
-        for index, example in enumerate(examples):
-            text = classification_text(example, spec)
-            prompts.append(text)
-            answers.append(runner.classify(text))
-            labels.append(str(example[spec.label]))
-            references.append(labels[-1])
-            ctx.progress.update(index + 1, len(examples), "classifying")
-        return answers, references, labels, prompts
-    _, stop = answer_template(spec)
-    for index, example in enumerate(examples):
-        prompt, reference, label = prompt_and_reference(example, spec, getattr(runner, "tokenizer", None))
-        text, _, _ = generate(runner, prompt, params.max_new_tokens, stop=stop)
-        answers.append(text.split(stop, 1)[0].strip() if stop else text.strip())
-        references.append(reference)
-        labels.append(label)
-        prompts.append(prompt)
-        ctx.progress.update(index + 1, len(examples), "generating answers")
-    return answers, references, labels, prompts
-
-
-def generate(runner: Any, prompt: str, max_new_tokens: int, stop: str | None = None, ignore_eos: bool = False) -> tuple[str, float, list[float]]:
-    """Greedy decoding, timed token by token.
-
-    Returns:
-        (text, seconds to the first token, [seconds of each later token]).
-    """
-    ids = runner.encode(prompt)
-    t0 = time.perf_counter()
-    logits = runner.start(ids)
-    token = int(logits.argmax())
-    first = time.perf_counter() - t0
-    generated, steps = [token], []
-    while len(generated) < max_new_tokens:
-        if not ignore_eos and token in runner.eos_ids:
-            break
-        if stop and len(generated) % 4 == 0 and stop in runner.decode(generated):
-            break
-        t0 = time.perf_counter()
-        token = int(runner.step(token).argmax())
-        steps.append(time.perf_counter() - t0)
-        generated.append(token)
-    if not ignore_eos and generated and generated[-1] in runner.eos_ids:
-        generated = generated[:-1]
-    return runner.decode(generated), first, steps
-
-
-def _latency(runner: Any, prompts: list[str], params: Any, ctx: PassContext) -> dict[str, float]:
-    total = params.warmup + params.latency_runs
-    if runner.task in ("text-classification", FEATURES):  # one forward pass per text
-        times = []
-        tokens = 0
-        for run in range(total):
-            text = prompts[run % len(prompts)]
-            t0 = time.perf_counter()
-            runner.classify(text)
-            if run >= params.warmup:
-                times.append(time.perf_counter() - t0)
-                tokens += len(runner.encode(text))
-            ctx.progress.update(run + 1, total, "latency")
-        return {
-            "ttft_ms": M.percentile(times, 50) * 1000,
-            "latency_p50_ms": M.percentile(times, 50) * 1000,
-            "latency_p90_ms": M.percentile(times, 90) * 1000,
-            "tokens_per_s": tokens / sum(times),
-        }
-    runs = []
-    for run in range(total):
-        _, first, steps = generate(runner, prompts[run % len(prompts)], params.max_new_tokens, ignore_eos=True)
-        if run >= params.warmup:
-            runs.append((first, steps))
-        ctx.progress.update(run + 1, total, "latency")
-    return M.latency_summary(runs)
+    return items
 
 
 def _call_custom(item: CustomMetric, predictions: list[str], references: list[str], examples: list[dict], search_dir: Path) -> float:

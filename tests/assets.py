@@ -635,3 +635,17 @@ def grid_llama(folder: Path) -> Path:
                 module.weight.copy_(torch.from_numpy(snap(module.weight.numpy())))
     model.save_pretrained(folder)
     return folder
+
+
+def hide_distribution(monkeypatch, name: str) -> None:
+    """Make `importlib.metadata.version(name)` say the distribution is not installed, as on a machine without it."""
+    import importlib.metadata
+
+    real = importlib.metadata.version
+
+    def version(dist):
+        if dist == name:
+            raise importlib.metadata.PackageNotFoundError(dist)
+        return real(dist)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)

@@ -18,7 +18,7 @@ import pytest
 
 import slimops
 from slimops.display import RunDisplay
-from assets import tiny_bert, tiny_llama, tone_rows, write_jsonl
+from assets import hide_distribution, tiny_bert, tiny_llama, tone_rows, write_jsonl
 
 PROMPT = "<|im_start|>user\\n{phrase}<|im_end|>\\n<|im_start|>assistant\\n"
 
@@ -172,16 +172,7 @@ def test_eval_steps_without_eval_split_is_a_data_error(tmp_path, assets):
 
 
 def test_qlora_without_bitsandbytes_suggests_lora(tmp_path, assets, monkeypatch):
-    import importlib.metadata
-
-    real = importlib.metadata.version
-
-    def version(dist):
-        if dist == "bitsandbytes":
-            raise importlib.metadata.PackageNotFoundError(dist)
-        return real(dist)
-
-    monkeypatch.setattr(importlib.metadata, "version", version)
+    hide_distribution(monkeypatch, "bitsandbytes")
     path = pipeline(tmp_path, assets, "ft: {type: qlora, data: tone, max_steps: 2}\n")
     with pytest.raises(slimops.PlanError, match=r"needs the package 'bitsandbytes'.*use type: lora instead"):
         slimops.plan(path)
