@@ -11,8 +11,9 @@
     ├── CacheError               the cache is unreadable, locked out, or an entry is corrupt (exit 1)
     ├── TemplateError            `slimops init` cannot copy: an unknown template, a destination that
     │                            is a file, or files in the way (exit 2)
-    └── GoalError                every node ran and is cached, but an evaluation missed a goal (exit 3);
-                                 carries `misses` (one dict per missed goal) and the `result`
+    └── GoalError                every node ran and is cached, but an evaluation missed a goal or
+                                 left one undecided (exit 3); carries `misses` (one dict per goal
+                                 that fails the run) and the `result`
 
 Each message says where (file, line, key path, node) and what to do next.
 """
@@ -104,14 +105,29 @@ class TemplateError(SlimopsError):
 
 
 class GoalError(SlimopsError):
-    """Every node completed (and is cached), but a goal set with `on_miss: fail` was missed."""
+    """Every node completed (and is cached), but a goal was missed (`on_miss: fail`) or left
+    undecided by too few examples (`on_undecided: fail`)."""
 
     exit_code = 3
 
     def __init__(self, misses: list[dict], result=None):
         self.misses = misses
         self.result = result
-        lines = [f"{len(misses)} goal{'s' if len(misses) != 1 else ''} missed (every node is cached; relax the goal or set on_miss: warn):"]
+        undecided = [m for m in misses if m.get("status") == "undecided"]
+        missed = len(misses) - len(undecided)
+        count = f"{len(misses)} goal{'s' if len(misses) != 1 else ''}"
+        if not undecided:
+            head = f"{count} missed (every node is cached; relax the goal or set on_miss: warn):"
+        elif not missed:
+            head = f"{count} undecided (every node is cached; set on_undecided: warn or evaluate more examples):"
+        else:
+            head = (f"{count} not met, {missed} missed and {len(undecided)} undecided (every node is cached; relax a missed "
+                    "goal or set on_miss: warn; set on_undecided: warn or evaluate more examples for an undecided one):")
+        lines = [head]
         for miss in misses:
-            lines.append(f"  {miss['node']}: {miss['metric']} {miss['rule']}: {miss['why']}")
+            line = f"  {miss['node']}: {miss['metric']} {miss['rule']}: {miss['why']}"
+            if miss.get("status") == "undecided":
+                needed = miss.get("needed")
+                line += f" (undecided with {miss.get('n')} examples; about {needed} would decide it)" if isinstance(needed, int) else " (undecided)"
+            lines.append(line)
         super().__init__("\n".join(lines))

@@ -1,8 +1,13 @@
 """The run report: `report.md` and `report.html` in the output folder, rendered from `run.json`.
 
 - `comparison(metrics)`: rows of (metric, before, after, change) from a node's before/after metrics.
-- `write_report(out_dir)`: the config summary, the plan with hits and misses, per-node timings,
-  before/after tables with bar charts, goals, and any PNG a pass left (loss curves).
+- `with_interval(value, interval)`, `interval_text(interval)`, `interval_legend(methods)`: a value
+  with its 95% interval, the interval alone, and the line that names how the intervals were
+  computed (the terminal's tables show them too).
+- `goal_status(goal)`, `goal_note(goal)`: met / missed / undecided, and what to read beside it.
+- `write_report(out_dir, samples)`: the config summary, the plan with hits and misses, per-node
+  timings, before/after tables with intervals and bar charts, goals with their tests, a chart of
+  every model's quality against latency, sample answers side by side, and any PNG a pass left.
 
 `slimops run` writes it after every run; `slimops report DIR` renders it again from `run.json`.
 matplotlib is imported only when there is something to draw.
@@ -21,10 +26,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from slimops.errors import SlimopsError
 from slimops.metrics import lower_is_better
+from slimops.report_chart import comparison_chart, metric_chart
+from slimops.report_samples import SAMPLES, SampleTable, model_label, node_folder, repeated_baselines, sample_tables
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
-CHART_DIR = "report"
 TRIALS_JSON = "trials.json"  # a search writes it beside the best trial's outputs
 # the order tables show metrics in (the cache stores them sorted); others follow by name
 ORDER = ["accuracy", "exact_match", "f1", "perplexity", "rouge_l", "bleu", "ttft_ms", "latency_p50_ms",
@@ -40,7 +46,7 @@ def comparison(metrics: dict[str, Any]) -> list[tuple[str, float | None, float |
     """(metric, before, after, change) per metric; change reads `+0.05 (+6.2%) better`."""
     before, after = metrics.get("before") or {}, metrics.get("after") or {}
     rows = []
-    names = sorted({*after, *before}, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    names = sorted({*after, *before}, key=_order)
     for name in names:
         old, new = before.get(name), after.get(name)
         rows.append((name, old, new, change_text(name, old, new)))
@@ -151,8 +157,12 @@ class RunRecord(BaseModel):
     error: str | None = None
 
 
-def write_report(out_dir: Path) -> tuple[Path, Path]:
+def write_report(out_dir: Path, samples: int = SAMPLES) -> tuple[Path, Path]:
     """Render report.md, report.html and their charts from `out_dir/run.json`.
+
+    Args:
+        out_dir: the output folder that holds run.json.
+        samples: examples the sample table shows per data set and split; 0 leaves it out.
 
     Returns:
         the paths of report.md and report.html.
@@ -161,16 +171,34 @@ def write_report(out_dir: Path) -> tuple[Path, Path]:
     run = load_run(out_dir)
     nodes: dict[str, dict[str, Any]] = run.get("nodes", {})
     evaluations = {nid: n for nid, n in nodes.items() if n.get("metrics") and is_comparison(n["metrics"])}
-    charts = {nid: _chart(out_dir, nid, n["metrics"]) for nid, n in evaluations.items()}
+    charts = {nid: metric_chart(out_dir, nid, [(m, b, a) for m, b, a, _ in comparison(n["metrics"]) if a is not None])
+              for nid, n in evaluations.items()}
+    overview = comparison_chart(out_dir, _models(nodes, evaluations))
+    tables = sample_tables(out_dir, nodes, samples)
     images = _pass_images(out_dir, nodes)
     config_text, config_hash = _config(run.get("config"))
 
-    md = _markdown(run, nodes, evaluations, charts, images, config_text, config_hash, out_dir)
-    page = _html(run, nodes, evaluations, charts, images, config_text, config_hash, out_dir)
+    md = _markdown(run, nodes, evaluations, charts, overview, tables, images, config_text, config_hash, out_dir)
+    page = _html(run, nodes, evaluations, charts, overview, tables, images, config_text, config_hash, out_dir)
     md_path, html_path = out_dir / REPORT_MD, out_dir / REPORT_HTML
     md_path.write_text(md)
     html_path.write_text(page)
     return md_path, html_path
+
+
+def _models(nodes: dict[str, dict], evaluations: dict[str, dict]) -> list[tuple[str, dict, dict]]:
+    """(label, metrics, intervals) of every evaluated model: the input model's and each evaluation's "after"."""
+    models = []
+    repeated = repeated_baselines(nodes)
+    for node_id, node in nodes.items():
+        intervals = (node.get("meta") or {}).get("intervals") or {}
+        if node_id in repeated:
+            continue
+        if node.get("meta", {}).get("role") == "before":
+            models.append((model_label(node_id, node), node.get("metrics") or {}, intervals.get("after") or {}))
+        elif node_id in evaluations:
+            models.append((node_id, node["metrics"]["after"], intervals.get("after") or {}))
+    return models
 
 
 def _trials(out_dir: Path) -> tuple[list[str], list[list[str]]] | None:
@@ -209,59 +237,13 @@ def _pass_images(out_dir: Path, nodes: dict[str, dict]) -> dict[str, list[str]]:
     """PNG files inside each node's output (loss curves from fine-tuning), relative to out_dir."""
     found: dict[str, list[str]] = {}
     for node_id, node in nodes.items():
-        path = Path(node.get("path", ""))
-        if node.get("pass_name") == "model" or not path.exists():
+        folder = node_folder(out_dir, node)  # never list files outside the output folder
+        if node.get("pass_name") == "model" or folder is None:
             continue
-        folder = path if path.is_dir() else path.parent
-        if not folder.resolve().is_relative_to(out_dir.resolve()):
-            continue  # never list files outside the output folder
         pngs = sorted(folder.rglob("*.png"))[:8]
         if pngs:
             found[node_id] = [os.path.relpath(p, out_dir) for p in pngs]
     return found
-
-
-def _chart(out_dir: Path, node_id: str, metrics: dict[str, Any]) -> str | None:
-    """One small bar chart per metric (before vs after), saved as a PNG; its path relative to out_dir."""
-    rows = [(name, old, new) for name, old, new, _ in comparison(metrics) if new is not None]
-    if not rows:
-        return None
-    folder = out_dir / CHART_DIR
-    path = folder / f"{node_id.replace('@', '-at-').replace('/', '-')}-metrics.png"
-    # the same numbers draw the same chart: a rerun from the cache keeps it (matplotlib costs seconds)
-    stamp = path.with_suffix(".json")
-    drawn = json.dumps([node_id, rows], sort_keys=True)
-    if path.exists() and stamp.exists() and stamp.read_text() == drawn:
-        return os.path.relpath(path, out_dir)
-    stamp.unlink(missing_ok=True)  # a draw killed half-way must not be kept by the next run
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    columns = min(4, len(rows))
-    lines = (len(rows) + columns - 1) // columns
-    fig, axes = plt.subplots(lines, columns, figsize=(2.6 * columns, 2.4 * lines), squeeze=False)
-    for ax in axes.flat[len(rows):]:
-        ax.axis("off")
-    for ax, (name, old, new) in zip(axes.flat, rows):
-        labels, values, colors = [], [], []
-        if old is not None:
-            labels.append("before"), values.append(old), colors.append("#9aa5b1")
-        labels.append("after"), values.append(new), colors.append("#2f6fdf")
-        bars = ax.bar(labels, values, color=colors)
-        ax.bar_label(bars, labels=[fmt(v) for v in values], fontsize=8)
-        arrow = "lower is better" if lower_is_better(name) else "higher is better"
-        ax.set_title(f"{name}\n({arrow})", fontsize=9)
-        ax.tick_params(labelsize=8)
-        ax.margins(y=0.2)
-    fig.suptitle(node_id, fontsize=10)
-    fig.tight_layout()
-    folder.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    stamp.write_text(drawn)
-    return os.path.relpath(path, out_dir)
 
 
 def _plan_rows(nodes: dict[str, dict]) -> list[list[str]]:
@@ -275,24 +257,75 @@ def _plan_rows(nodes: dict[str, dict]) -> list[list[str]]:
 
 PLAN_HEAD = ["node", "pass", "target", "inputs", "cache", "seconds", "key"]
 METRIC_HEAD = ["metric", "before", "after", "change"]
-GOAL_HEAD = ["metric", "goal", "before", "after", "result"]
+GOAL_HEAD = ["metric", "goal", "status", "n", "before", "after", "interval", "limit", "test", "note"]
+# how meta.interval_methods names the way each 95% interval was computed
+METHODS = {"wilson": "Wilson score", "bootstrap": "percentile bootstrap over examples",
+           "runs": "2.5th to 97.5th percentile over the latency runs", "stderr": "value ± 1.96 × lm-eval's standard error"}
 
 
-def metric_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """(head, rows) of an evaluation; a `reference` evaluation gets its own column."""
+def with_interval(value: Any, interval: Any = None) -> str:
+    """`0.917 [0.819, 0.964]`: a value and its 95% interval, or the value alone when there is none."""
+    span = interval_text(interval)
+    return f"{fmt(value)} {span}" if value is not None and span else fmt(value)
+
+
+def interval_text(interval: Any) -> str | None:
+    """`[lo, hi]` of a two-number list (as run.json holds intervals), else None."""
+    if isinstance(interval, (list, tuple)) and len(interval) == 2 and all(isinstance(v, (int, float)) for v in interval):
+        return f"[{fmt(interval[0])}, {fmt(interval[1])}]"
+    return None
+
+
+def interval_legend(methods: dict[str, str]) -> str:
+    """The line under a table that names each interval's method; "" when there are none."""
+    by_method: dict[str, list[str]] = {}
+    for name in sorted(methods, key=_order):
+        by_method.setdefault(methods[name], []).append(name)
+    if not by_method:
+        return ""
+    return "[lo, hi]: 95% intervals; " + "; ".join(f"{METHODS.get(m, m)} ({', '.join(names)})" for m, names in by_method.items())
+
+
+def metric_table(metrics: dict[str, Any], intervals: dict[str, Any] | None = None) -> tuple[list[str], list[list[str]]]:
+    """(head, rows) of an evaluation, each value with its interval from meta.intervals when it has one;
+    a `reference` evaluation gets its own column."""
+    spans = {part: (intervals or {}).get(part) or {} for part in ("before", "after", "reference")}
     reference = metrics.get("reference")
-    rows = [[m, fmt(b), fmt(a), c] for m, b, a, c in comparison(metrics)]
+    rows = [[m, with_interval(b, spans["before"].get(m)), with_interval(a, spans["after"].get(m)), c] for m, b, a, c in comparison(metrics)]
     if not isinstance(reference, dict):
         return METRIC_HEAD, rows
-    return [*METRIC_HEAD, "reference"], [row + [fmt(reference.get(row[0]))] for row in rows]
+    return [*METRIC_HEAD, "reference"], [row + [with_interval(reference.get(row[0]), spans["reference"].get(row[0]))] for row in rows]
+
+
+def goal_status(goal: dict[str, Any]) -> str:
+    """"met", "missed" or "undecided" (a goal from before statuses existed: met or missed)."""
+    status = goal.get("status")
+    return status if status in ("met", "missed", "undecided") else ("met" if goal.get("ok") else "missed")
+
+
+def goal_note(goal: dict[str, Any]) -> str:
+    """Why a goal is not met, and about how many examples would decide an undecided one."""
+    parts = [] if goal.get("ok") else [goal.get("why") or ""]
+    if goal_status(goal) == "undecided" and isinstance(goal.get("needed"), int):
+        parts.append(f"about {goal['needed']} examples would decide it")
+    return "; ".join(part for part in parts if part)
 
 
 def _goal_rows(node: dict) -> list[list[str]]:
     rows = []
     for goal in node.get("goals", []):
-        result = "met" if goal.get("ok") else ("MISSED: " if goal.get("fatal", True) else "missed (warn): ") + goal.get("why", "")
-        rows.append([goal["metric"], goal["rule"], fmt(goal.get("before")), fmt(goal.get("value")), result])
+        status = goal_status(goal)
+        shown = "MISSED" if status == "missed" else status
+        if status != "met" and not goal.get("fatal", True):
+            shown = f"{status} (warn)"
+        rows.append([goal["metric"], goal["rule"], shown, fmt(goal.get("n")), fmt(goal.get("before")), fmt(goal.get("value")),
+                     interval_text(goal.get("interval")) or "-", fmt(goal.get("limit")), goal.get("test") or "",
+                     goal_note(goal)])
     return rows
+
+
+def _order(name: str) -> tuple[int, str]:
+    return (ORDER.index(name) if name in ORDER else len(ORDER), name)
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -301,7 +334,7 @@ def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
     return out + [""]
 
 
-def _markdown(run, nodes, evaluations, charts, images, config_text, config_hash, out_dir) -> str:
+def _markdown(run, nodes, evaluations, charts, overview, tables, images, config_text, config_hash, out_dir) -> str:
     hits = sum(1 for n in nodes.values() if n.get("cached") and n.get("pass_name") != "model")
     ran = sum(1 for n in nodes.values() if not n.get("cached"))
     lines = [f"# slimops run: {run.get('name', '')}", ""]
@@ -317,11 +350,18 @@ def _markdown(run, nodes, evaluations, charts, images, config_text, config_hash,
         lines += ["## Before and after", ""]
         for node_id, node in evaluations.items():
             lines += [f"### {node_id}", ""]
-            lines += _md_table(*metric_table(node["metrics"]))
+            meta = node.get("meta") or {}
+            lines += _md_table(*metric_table(node["metrics"], meta.get("intervals")))
+            if legend := interval_legend(meta.get("interval_methods") or {}):
+                lines += [f"_{legend}_", ""]
             if node.get("goals"):
                 lines += ["Goals:", ""] + _md_table(GOAL_HEAD, _goal_rows(node))
             if charts.get(node_id):
                 lines += [f"![{node_id} metrics]({charts[node_id]})", ""]
+    if overview:
+        lines += ["## Every model", "", f"![quality against latency]({overview})", ""]
+    for table in tables:
+        lines += [f"## Sample answers: {table.title}", "", table.caption, ""] + _md_table(table.head, table.rows)
     others = {nid: n for nid, n in nodes.items() if n.get("metrics") and nid not in evaluations and n.get("meta", {}).get("role") != "before"}
     if others:
         lines += ["## Other metrics", ""]
@@ -340,20 +380,21 @@ def _markdown(run, nodes, evaluations, charts, images, config_text, config_hash,
     return "\n".join(lines)
 
 
-def _html_table(head: list[str], rows: list[list[str]]) -> str:
+def _html_table(head: list[str], rows: list[list[str]], css: str = "") -> str:
     cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<table{f' class={css}' if css else ''}><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
 
 
 STYLE = (
-    "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1f2933}"
+    "body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#1f2933}"
     "table{border-collapse:collapse;margin:.5rem 0 1rem}th,td{border:1px solid #cbd2d9;padding:.25rem .6rem;text-align:left}"
     "th{background:#f0f4f8}img{max-width:100%}pre{background:#f5f7fa;padding:.8rem;overflow:auto}"
+    ".goals td:last-child{min-width:14rem}.goals td{font-size:.9rem}"
 )
 
 
-def _html(run, nodes, evaluations, charts, images, config_text, config_hash, out_dir) -> str:
+def _html(run, nodes, evaluations, charts, overview, tables: list[SampleTable], images, config_text, config_hash, out_dir) -> str:
     esc = html.escape
     hits = sum(1 for n in nodes.values() if n.get("cached") and n.get("pass_name") != "model")
     ran = sum(1 for n in nodes.values() if not n.get("cached"))
@@ -371,11 +412,18 @@ def _html(run, nodes, evaluations, charts, images, config_text, config_hash, out
         parts.append("<h2>Before and after</h2>")
         for node_id, node in evaluations.items():
             parts.append(f"<h3>{esc(node_id)}</h3>")
-            parts.append(_html_table(*metric_table(node["metrics"])))
+            meta = node.get("meta") or {}
+            parts.append(_html_table(*metric_table(node["metrics"], meta.get("intervals"))))
+            if legend := interval_legend(meta.get("interval_methods") or {}):
+                parts.append(f"<p><small>{esc(legend)}</small></p>")
             if node.get("goals"):
-                parts.append("<p>Goals:</p>" + _html_table(GOAL_HEAD, _goal_rows(node)))
+                parts.append("<p>Goals:</p>" + _html_table(GOAL_HEAD, _goal_rows(node), "goals"))
             if charts.get(node_id):
                 parts.append(f"<img src='{esc(charts[node_id])}' alt='{esc(node_id)} metrics'>")
+    if overview:
+        parts.append(f"<h2>Every model</h2><img src='{esc(overview)}' alt='quality against latency'>")
+    for table in tables:
+        parts.append(f"<h2>Sample answers: {esc(table.title)}</h2><p>{esc(table.caption)}</p>" + _html_table(table.head, table.rows))
     trials = _trials(out_dir)
     if trials:
         parts.append("<h2>Search trials</h2>" + _html_table(*trials))

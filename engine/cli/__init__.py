@@ -4,7 +4,7 @@
     slimops validate --config F               check a pipeline file, run nothing
     slimops plan     --config F [--explain]   show the DAG, keys, what is cached and why not
     slimops cache    ls|show|verify|gc|clear  manage the cache
-    slimops report   DIR                      render report.md/report.html again from DIR/run.json
+    slimops report   DIR [--samples N]        render report.md/report.html again from DIR/run.json
     slimops passes | targets | schema | init  list passes, targets; write the schema; copy a template
     slimops doctor                            check this environment before a long run
 
@@ -32,6 +32,7 @@ from typing import NoReturn
 
 from slimops.cli import commands, finetune, onnx
 from slimops.errors import SlimopsError
+from slimops.report_samples import SAMPLES
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -118,6 +119,13 @@ def _unexpected(extras: list[str], parsers: list[argparse.ArgumentParser]) -> st
     return f"unknown flag {flag}; did you mean {close[0]}?" if close else f"unknown flag {flag}"
 
 
+def _count(text: str) -> int:
+    """A whole number, 0 or more: argparse's type for --samples."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"'{text}' is not a count; give a whole number, 0 or more")
+    return int(text)
+
+
 def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", required=True, help="the pipeline YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -156,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="render report.md and report.html again from an output folder's run.json")
     p.add_argument("dir", nargs="?", default="out", help="the output folder (default: out)")
+    p.add_argument("--samples", type=_count, default=SAMPLES, metavar="N",
+                   help="examples the sample table shows per data set and split, those where the models disagree first; 0 hides it")
 
     p = sub.add_parser("doctor", help="check this environment: packages each pass needs, providers, CPU, CUDA, disk")
     p.add_argument("--config", "-c", help="check the disk where this pipeline's cache lives")

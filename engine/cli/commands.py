@@ -85,7 +85,7 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     from slimops.report import write_report
 
-    md, page = write_report(Path(args.dir))
+    md, page = write_report(Path(args.dir), samples=args.samples)
     print(f"wrote {md}\nwrote {page}")
     return 0
 

@@ -51,11 +51,12 @@ def print_summary(result) -> None:
 
 
 def print_metrics(result) -> None:
-    from slimops.report import comparison, fmt, is_comparison
+    from slimops.report import comparison, interval_legend, is_comparison, with_interval
 
     rows = [(node_id, node) for node_id, node in result.nodes.items() if node.metrics and node.meta.get("role") != "before"]
     if not rows:
         return
+    from rich.markup import escape
     from rich.table import Table
 
     compared = [(node_id, node) for node_id, node in rows if is_comparison(node.metrics)]
@@ -63,17 +64,23 @@ def print_metrics(result) -> None:
         table = Table(title="before / after", box=None, header_style="bold")
         referenced = any(isinstance(node.metrics.get("reference"), dict) for _, node in compared)
         for column in ("node", "metric", "before", "after", "change", *(["reference"] if referenced else [])):
-            table.add_column(column, justify="right" if column in ("before", "after", "reference") else "left")
+            table.add_column(column, justify="right" if column in ("before", "after", "reference") else "left", no_wrap=column == "metric")
+        methods: dict[str, str] = {}
         for node_id, node in compared:
             reference = node.metrics.get("reference")
+            spans = {part: (node.meta.get("intervals") or {}).get(part) or {} for part in ("before", "after", "reference")}
+            methods.update(node.meta.get("interval_methods") or {})
             for index, (name, old, new, change) in enumerate(comparison(node.metrics)):
                 colour = "green" if change.endswith("better") else ("red" if change.endswith("worse") else "")
-                cells = [node_id if index == 0 else "", name, fmt(old), fmt(new), f"[{colour}]{change}[/]" if colour else change]
+                cells = [node_id if index == 0 else "", name, escape(with_interval(old, spans["before"].get(name))),
+                         escape(with_interval(new, spans["after"].get(name))), f"[{colour}]{change}[/]" if colour else change]
                 if referenced:
-                    cells.append(fmt(reference.get(name)) + (f" ({node.meta.get('reference')})" if index == 0 else "")
-                                 if isinstance(reference, dict) else "")
+                    cells.append(escape(with_interval(reference.get(name), spans["reference"].get(name)))
+                                 + (f" ({node.meta.get('reference')})" if index == 0 else "") if isinstance(reference, dict) else "")
                 table.add_row(*cells)
         console().print(table)
+        if legend := interval_legend(methods):
+            console().print(legend, markup=False)
     plain = [(node_id, node) for node_id, node in rows if not is_comparison(node.metrics)]
     if plain:
         table = Table(title="metrics", box=None, header_style="bold")
@@ -85,21 +92,30 @@ def print_metrics(result) -> None:
 
 
 def print_goals(result) -> None:
-    """A table of goals that were missed (fatal ones fail the run; `on_miss: warn` ones only show)."""
-    missed = [(node_id, goal) for node_id, node in result.nodes.items() for goal in node.goals if not goal.get("ok")]
-    if not missed:
+    """The goals not met, two or three lines each: missed ones and undecided ones (too few examples
+    to tell), each saying whether it fails the run (`on_miss`/`on_undecided: fail`) or only warns."""
+    from slimops.report import fmt, goal_note, goal_status, interval_text
+
+    unmet = [(node_id, goal) for node_id, node in result.nodes.items() for goal in node.goals if not goal.get("ok")]
+    if not unmet:
         return
-    from rich.table import Table
+    from rich.markup import escape
 
-    from slimops.report import fmt
-
-    table = Table(title="goals missed", box=None, header_style="bold")
-    for column in ("node", "metric", "goal", "before", "after", "why", "on miss"):
-        table.add_column(column)
-    for node_id, goal in missed:
-        table.add_row(node_id, goal["metric"], goal["rule"], fmt(goal.get("before")), fmt(goal.get("value")), goal.get("why", ""),
-                      "[red]fail[/]" if goal.get("fatal", True) else "[yellow]warn[/]")
-    console().print(table)
+    statuses = {goal_status(goal) for _, goal in unmet}
+    lines = ["[bold]goals " + (" or ".join(word for word in ("missed", "undecided") if word in statuses) or "missed") + "[/]"]
+    for node_id, goal in unmet:
+        outcome = "[red]fails the run[/]" if goal.get("fatal", True) else "[yellow]warns[/]"
+        lines.append(f"  {escape(node_id)}  {escape(goal['metric'])} {escape(goal['rule'])}: {goal_status(goal)}, {outcome}")
+        compared = "reference" if "reference" in goal["rule"] else "before"
+        facts = [f"{fmt(goal.get('value'))} ({compared} {fmt(goal.get('before'))})"]
+        if goal.get("n") is not None:
+            facts.append(f"n={goal['n']}")
+        if span := interval_text(goal.get("interval")):
+            facts.append(f"interval {span} vs limit {fmt(goal.get('limit'))}" + (f" ({goal['test']})" if goal.get("test") else ""))
+        lines.append("    " + escape(", ".join(facts)))
+        if note := goal_note(goal):
+            lines.append("    " + escape(note))
+    console().print("\n".join(lines))
 
 
 def _fmt(value) -> str:
