@@ -6,6 +6,8 @@
   first step, empty (the `ort` wrappers of parity and evaluate both build it here);
   `window_capacities(decoder)`: the sliding-window layers' cache sizes, from genai_config.json;
   `genai_max_length(model, wanted)`: a search max_length onnxruntime-genai can run such a model at.
+- `token_logprobs(logits, targets)`: each target token's log-probability under its row of logits,
+  and whether greedy decoding picks every one (the `logprobs` of the numpy runners).
 """
 
 from __future__ import annotations
@@ -36,6 +38,21 @@ def eos_ids(tokenizer: Any, generation_config: Any = None, config: dict | None =
         elif isinstance(source, list):
             ids.update(int(i) for i in source)
     return ids
+
+
+def token_logprobs(logits: Any, targets: list[int]) -> tuple[list[float], bool]:
+    """Log-softmax of each row of `logits` (len(targets), vocab) at its target, in float64.
+
+    Returns:
+        (log-probability of each target, whether each target is its row's argmax).
+    """
+    import numpy as np
+
+    rows = np.asarray(logits, dtype=np.float64).reshape(len(targets), -1)
+    peak = rows.max(axis=-1, keepdims=True)
+    log_norm = np.log(np.exp(rows - peak).sum(axis=-1)) + peak[:, 0]
+    picked = rows[np.arange(len(targets)), targets]
+    return [float(v) for v in picked - log_norm], bool((rows.argmax(axis=-1) == np.asarray(targets)).all())
 
 
 def window_capacities(decoder: dict[str, Any]) -> dict[int, int]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from slimops.errors import ModelError
 from slimops.kinds import CAUSAL
-from slimops.passes._runtime.common import genai_max_length, has_tokenizer, read_json
+from slimops.passes._runtime.common import genai_max_length, has_tokenizer, read_json, token_logprobs
 
 
 class GenaiRunner:
@@ -38,16 +38,18 @@ class GenaiRunner:
         eos = config.get("eos_token_id", [])
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.max_length = max_length
+        self.context_length = config.get("context_length")
         self._generator = None
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids; onnxruntime-genai's own tokenizer (a folder without HF files) ignores `add_special_tokens`."""
         if self.hf_tokenizer is not None:
-            return self.hf_tokenizer(text, add_special_tokens=True)["input_ids"]
+            return self.hf_tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
         return [int(t) for t in self.tokenizer.encode(text)]
 
-    def decode(self, ids: list[int]) -> str:
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         if self.hf_tokenizer is not None:
-            return self.hf_tokenizer.decode(ids, skip_special_tokens=True)
+            return self.hf_tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
         return self.tokenizer.decode(self.np.array(ids, dtype=self.np.int32))
 
     def _new(self, length: int) -> None:
@@ -69,8 +71,18 @@ class GenaiRunner:
             total += float(np.log(np.exp(logits - peak).sum()) + peak - logits[ids[position + 1]])
         return total, len(ids) - 1
 
-    def start(self, ids: list[int]) -> Any:
-        self._new(len(ids) + self.max_length + 1)
+    def logprobs(self, context: list[int], continuation: list[int]) -> tuple[list[float], bool]:
+        """Each continuation token's log-probability after `context` (not empty): the context in one
+        append, then one cached step per continuation token, as a generation runs; and whether greedy
+        decoding would produce the whole continuation."""
+        self._new(len(context) + len(continuation) + 1)
+        rows = [self._append(context)]
+        rows.extend(self._append([token]) for token in continuation[:-1])
+        return token_logprobs(self.np.stack(rows), continuation)
+
+    def start(self, ids: list[int], max_new_tokens: int | None = None) -> Any:
+        """Logits after the prompt; the generator has room for `max_new_tokens` more (default: the runner's)."""
+        self._new(len(ids) + (max_new_tokens or self.max_length) + 1)
         return self._append(ids)
 
     def step(self, token: int) -> Any:

@@ -1,6 +1,6 @@
 """transformers models: a Hugging Face folder in PyTorch.
 
-- `HFRunner`: the `evaluate` interface (`encode`/`decode`, `start`/`step`, `nll`, `classify`),
+- `HFRunner`: the `evaluate` interface (`encode`/`decode`, `start`/`step`, `nll`, `logprobs`, `classify`),
   causal LM, classifier or encoder, optionally with a PEFT adapter on top.
 - `TorchModel`: the `parity` interface (`logits(ids)`), in fp32 on the CPU: the reference of an export.
 """
@@ -37,13 +37,14 @@ class HFRunner:
         self._cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
         self.eos_ids = eos_ids(self.tokenizer, getattr(model, "generation_config", None))
         self.labels = {int(k): v for k, v in (self.model.config.id2label or {}).items()}
+        self.context_length = getattr(self.model.config, "max_position_embeddings", None)
         self._past = None
 
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
 
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def nll(self, ids: list[int]) -> tuple[float, int]:
         torch = self.torch
@@ -52,7 +53,19 @@ class HFRunner:
             loss = self.model(input_ids=tensor, labels=tensor).loss
         return float(loss) * (len(ids) - 1), len(ids) - 1
 
-    def start(self, ids: list[int]) -> list[float]:
+    def logprobs(self, context: list[int], continuation: list[int]) -> tuple[list[float], bool]:
+        """Each continuation token's log-probability after `context` (not empty) and the tokens before it,
+        from one forward pass; and whether greedy decoding would produce the whole continuation."""
+        torch = self.torch
+        ids = context + continuation
+        with torch.no_grad():
+            logits = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0, len(context) - 1 : len(ids) - 1]
+        log_probs = torch.log_softmax(logits.double(), dim=-1)
+        targets = torch.tensor(continuation, device=self.device)
+        picked = log_probs.gather(1, targets[:, None])[:, 0]
+        return picked.tolist(), bool((log_probs.argmax(dim=-1) == targets).all())
+
+    def start(self, ids: list[int], max_new_tokens: int | None = None) -> list[float]:
         torch = self.torch
         with torch.no_grad():
             out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True)

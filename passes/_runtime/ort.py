@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from slimops.kinds import CAUSAL, CLASSIFIER, ENCODER_TYPES, FEATURES
-from slimops.passes._runtime.common import empty_past, eos_ids, read_json, window_capacities
+from slimops.passes._runtime.common import empty_past, eos_ids, read_json, token_logprobs, window_capacities
 from slimops.passes._runtime.errors import ParityError
 
 
@@ -68,7 +68,8 @@ class OnnxRunner:
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
         config = read_json((config_dir or tokenizer_dir) / "config.json")
-        decoder = read_json(model_file.parent / "genai_config.json").get("model", {}).get("decoder", {})
+        genai = read_json(model_file.parent / "genai_config.json").get("model", {})
+        decoder = genai.get("decoder", {})
         self._windows = window_capacities(decoder)
         if decoder and "num_attention_heads" not in config:  # a genai folder read as plain ONNX
             config = {"num_key_value_heads": decoder.get("num_key_value_heads"), "num_attention_heads": decoder.get("num_attention_heads"),
@@ -88,15 +89,16 @@ class OnnxRunner:
         by_name = [(p, p.replace("past_key_values", "present")) for p in self.past_names]
         self._pairs = by_name if all(q in self.outputs for _, q in by_name) else list(zip(self.past_names, self.present_names))
         self._config = config
+        self.context_length = config.get("max_position_embeddings") or genai.get("context_length")
         self._ids: list[int] = []
         self._past: dict[str, Any] = {}
         self.providers = self.session.get_providers()
 
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
 
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def _empty_past(self) -> dict[str, Any]:
         heads = self._config.get("num_key_value_heads") or self._config.get("num_attention_heads")
@@ -141,7 +143,14 @@ class OnnxRunner:
         targets = np.array(ids[1:])
         return float(-log_probs[np.arange(len(targets)), targets].sum()), len(targets)
 
-    def start(self, ids: list[int]) -> Any:
+    def logprobs(self, context: list[int], continuation: list[int]) -> tuple[list[float], bool]:
+        """Each continuation token's log-probability after `context` (not empty), from one run over
+        the whole sequence; and whether greedy decoding would produce the whole continuation."""
+        self._ids, self._past = [], {}
+        ids = context + continuation
+        return token_logprobs(self._run(ids)[0, len(context) - 1 : len(ids) - 1], continuation)
+
+    def start(self, ids: list[int], max_new_tokens: int | None = None) -> Any:
         self._ids, self._past = [], {}
         return self._run(ids)[0, -1]
 

@@ -9,7 +9,9 @@
 
 A runner of a causal LM offers `encode`/`decode`, `start(ids)` (logits after a prompt) and
 `step(token)` (logits after one more token), so that `evaluate` drives greedy decoding and times
-each token the same way for every backend. A classifier offers `classify(text)`.
+each token the same way for every backend; `logprobs(context, continuation)` scores a continuation
+token by token (lm-evaluation-harness tasks, `slimops.passes._lm_eval`), and `context_length` is
+the longest sequence the model takes (None where its files do not say). A classifier offers `classify(text)`.
 Heavy libraries are imported inside the functions that use them.
 """
 
