@@ -159,14 +159,18 @@ def _own_interval(metric: str, value: float, mine: dict | None) -> tuple[tuple[f
         return None, None, ""
     interval = (mine.get("intervals") or {}).get(metric)
     items = (mine.get("items") or {}).get(metric)
-    stderr = (mine.get("stderr") or {}).get(metric)
     if interval is None:
         return None, None, ""
+    if metric in (mine.get("stderr") or {}):
+        return tuple(interval), len(items) if items else None, "lm-eval stderr, 95%"
     if items is not None:
         return tuple(interval), len(items), "Wilson 95%" if metric in SHARES else "bootstrap 95%"
-    if stderr is not None:
-        return tuple(interval), (mine.get("counts") or {}).get(metric), "lm-eval stderr, 95%"
     return None, None, ""  # latency runs: a spread, not evidence about examples
+
+
+def is_share(items: list | None) -> bool:
+    """Whether each example scored right or wrong (1 or 0): a share, with Wilson's and McNemar's tools."""
+    return bool(items) and all(x in (0, 1) for x in items)
 
 
 def _change_interval(metric: str, mine: dict | None, theirs: dict | None):
@@ -175,14 +179,14 @@ def _change_interval(metric: str, mine: dict | None, theirs: dict | None):
         return None
     new, old = (mine.get("items") or {}).get(metric), (theirs.get("items") or {}).get(metric)
     if new is not None and old is not None and new and old:
-        paired = _same_examples(mine, theirs)
-        if metric in SHARES:
+        paired = _same_examples(mine, theirs) and len(new) == len(old)
+        if metric in SHARES or (is_share(new) and is_share(old)):
             interval = S.newcombe(old, new, paired=paired)
             if paired:
                 _, b, c, _ = S.counts(old, new)
                 return interval, len(new), f"paired: McNemar exact p={S.mcnemar(b, c):.2g}, Newcombe 95%"
             return interval, min(len(new), len(old)), "unpaired (different examples): Newcombe 95%"
-        low, high, p = S.paired_bootstrap(old, new, STATISTICS[metric], paired=paired)
+        low, high, p = S.paired_bootstrap(old, new, STATISTICS.get(metric, _mean), paired=paired)
         how = "paired bootstrap 95%" if paired else "unpaired (different examples): bootstrap 95%"
         return (low, high), len(new) if paired else min(len(new), len(old)), f"{how}, p={p:.2g}"
     se_new, se_old = (mine.get("stderr") or {}).get(metric), (theirs.get("stderr") or {}).get(metric)
@@ -191,7 +195,11 @@ def _change_interval(metric: str, mine: dict | None, theirs: dict | None):
         return None
     half = S.Z95 * math.sqrt(se_new**2 + se_old**2)
     difference = values_new - values_old
-    return (difference - half, difference + half), (mine.get("counts") or {}).get(metric), "lm-eval stderr, unpaired 95%"
+    return (difference - half, difference + half), None, "lm-eval stderr, unpaired 95%"
+
+
+def _mean(items: list) -> float:
+    return sum(items) / len(items)
 
 
 def _same_examples(a: dict, b: dict) -> bool:

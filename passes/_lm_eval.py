@@ -5,7 +5,7 @@
 - `REQUIRES`, `INSTALL_LINE`: the distribution these metrics need, and the command that installs it.
 - `task_folders(settings, config_dir)`: where task YAMLs are looked up: the project's own
   (configs/data/lm_eval/), then the `include` folder.
-- `run_tasks(runner, tasks, settings, config_dir, progress)`: (values, stderrs, counts, samples), scored with
+- `run_tasks(runner, tasks, settings, config_dir, progress)`: (values, stderrs, items, samples), scored with
   the harness's own tasks and metrics over a slimops runner (`slimops.passes._lm_eval_model`).
 
 A local task's `data_files` (and a `dataset_path` that is a folder) are read relative to its YAML's
@@ -79,7 +79,7 @@ def task_folders(settings: LmEvalSettings, config_dir: Path) -> list[Path]:
 
 
 def run_tasks(runner: Any, tasks: list[str], settings: LmEvalSettings, config_dir: Path,
-              progress: Any) -> tuple[dict[str, float], dict[str, float], dict[str, int], list[dict[str, Any]]]:
+              progress: Any) -> tuple[dict[str, float], dict[str, float], dict[str, list[float]], list[dict[str, Any]]]:
     """Runs harness tasks on a model, through a slimops runner.
 
     Args:
@@ -89,10 +89,11 @@ def run_tasks(runner: Any, tasks: list[str], settings: LmEvalSettings, config_di
         progress: the pass's `ctx.progress` (`.update(done, total, text)`), updated per request.
 
     Returns:
-        (values, stderrs, counts, samples): values and stderrs by `TASK/METRIC` (the harness's filter
+        (values, stderrs, items, samples): values and stderrs by `TASK/METRIC` (the harness's filter
         "none"; `TASK/METRIC,FILTER` for another filter), stderrs only where the harness gives one;
-        counts: the examples behind each value; samples are rows {task, index, prompt, reference,
-        answer, correct}, up to SAMPLES_PER_TASK a task.
+        items: each example's score, in document order, for a metric that is their mean (for the
+        paired tests of goals); samples are rows {task, index, prompt, reference, answer, correct},
+        up to SAMPLES_PER_TASK a task.
 
     Raises:
         DataError: a task is unknown, or a local task's data file is missing.
@@ -114,9 +115,25 @@ def run_tasks(runner: Any, tasks: list[str], settings: LmEvalSettings, config_di
             numpy_random_seed=settings.seed, torch_random_seed=settings.seed, fewshot_random_seed=settings.seed,
         )
     values, stderrs = _scores(results)
-    examples = {task: int((row or {}).get("effective") or 0) for task, row in (results.get("n-samples") or {}).items()}
-    counts = {key: examples[key.split("/", 1)[0]] for key in values if examples.get(key.split("/", 1)[0])}
-    return values, stderrs, counts, _samples(results)
+    return values, stderrs, _items(results, values), _samples(results)
+
+
+def _items(results: dict[str, Any], values: dict[str, float]) -> dict[str, list[float]]:
+    """Each document's score per `TASK/METRIC`, by doc_id, where their mean is the reported value
+    (a metric aggregated otherwise, corpus BLEU say, has none: its goals fall back to the stderr)."""
+    items: dict[str, list[float]] = {}
+    for task, logged in (results.get("samples") or {}).items():
+        scores: dict[str, list[tuple[int, float]]] = {}
+        for sample in logged:
+            for metric in sample.get("metrics") or []:
+                value = sample.get(metric)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    scores.setdefault(_key(task, metric, sample.get("filter") or "none"), []).append((int(sample["doc_id"]), float(value)))
+        for key, pairs in scores.items():
+            ordered = [v for _, v in sorted(pairs)]
+            if key in values and ordered and abs(sum(ordered) / len(ordered) - values[key]) < 1e-9:
+                items[key] = ordered
+    return items
 
 
 @contextlib.contextmanager
@@ -291,9 +308,12 @@ def _scores(results: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]
             metric, filter_name = key.split(",", 1)
             stderr = metric.endswith("_stderr")
             metric = metric[: -len("_stderr")] if stderr else metric
-            name = f"{task}/{metric}" if filter_name == "none" else f"{task}/{metric},{filter_name}"
-            (stderrs if stderr else values)[name] = float(value)
+            (stderrs if stderr else values)[_key(task, metric, filter_name)] = float(value)
     return values, stderrs
+
+
+def _key(task: str, metric: str, filter_name: str) -> str:
+    return f"{task}/{metric}" if filter_name == "none" else f"{task}/{metric},{filter_name}"
 
 
 def _samples(results: dict[str, Any]) -> list[dict[str, Any]]:

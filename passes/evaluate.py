@@ -67,7 +67,7 @@ class Evaluate(Pass):
     """Measures a model on a data split and against the pipeline's input model."""
 
     name = "evaluate"
-    version = "3"  # 3: intervals, per-example scores (scores.json), predictions with their references
+    version = "4"  # 3: intervals, per-example scores (scores.json), predictions with their references; 4: lm_eval per-document scores
     consumes = ("hf-model", "hf-adapter", "onnx-model", "genai-model")
     produces = "metrics"
     baseline = True
@@ -276,7 +276,6 @@ def measure(ctx: PassContext, model: Artifact) -> tuple[dict[str, float], dict[s
     items: dict[str, list] = {}  # metric -> what each example gave it
     per_run: dict[str, list[float]] = {}
     stderr: dict[str, float] = {}
-    counts: dict[str, int] = {}  # lm_eval metric -> its task's examples
     try:
         names = params.metric_names(runner.task)
         if runner.task == FEATURES:
@@ -303,8 +302,9 @@ def measure(ctx: PassContext, model: Artifact) -> tuple[dict[str, float], dict[s
             out.update({k: v for k, v in timed.items() if k in names})
         tasks = L.task_names(params.metrics or [])
         if tasks:
-            values, stderr, counts, task_rows = L.run_tasks(runner, tasks, params.lm_eval or L.LmEvalSettings(), ctx.config_dir,
-                                                            ctx.progress)
+            values, stderr, task_items, task_rows = L.run_tasks(runner, tasks, params.lm_eval or L.LmEvalSettings(), ctx.config_dir,
+                                                                ctx.progress)
+            items.update(task_items)
             out.update(values)
             names = [*names, *values]
     finally:
@@ -321,26 +321,28 @@ def measure(ctx: PassContext, model: Artifact) -> tuple[dict[str, float], dict[s
     details = {"task": runner.task, "samples": len(examples), "split": params.split, "data": params.data, "rows": rows, "task_rows": task_rows,
                "intervals": {"after": intervals}, "interval_methods": methods}
     evidence = {"data": params.data, "split": params.split, "n": len(examples), "index": list(range(len(examples))),
-                "items": items, "stderr": {k: v for k, v in stderr.items() if k in ordered}, "counts": counts, "values": ordered,
-                "intervals": intervals}
+                "items": items, "stderr": {k: v for k, v in stderr.items() if k in ordered}, "values": ordered, "intervals": intervals}
     return ordered, details, evidence
 
 
 def _intervals(values: dict[str, float], items: dict[str, list], per_run: dict[str, list[float]], stderr: dict[str, float]):
-    """(metric -> [low, high], metric -> method): Wilson for shares, bootstrap over examples for the
-    rest, the spread of the runs for latency, and lm-eval's standard error for its tasks."""
+    """(metric -> [low, high], metric -> method): lm-eval's standard error for its tasks (within 0..1
+    for a share), Wilson for the other shares, bootstrap over examples for the rest, the spread of
+    the runs for latency."""
     intervals, methods = {}, {}
     for name in values:
-        if name in items and items[name]:
+        if name in stderr and stderr[name] is not None and math.isfinite(stderr[name]):
+            low, high = values[name] - S.Z95 * stderr[name], values[name] + S.Z95 * stderr[name]
+            if G.is_share(items.get(name)):
+                low, high = max(low, 0.0), min(high, 1.0)
+            intervals[name], methods[name] = [low, high], "stderr"
+        elif name in items and items[name]:
             if name in G.SHARES:
                 intervals[name], methods[name] = list(S.wilson(sum(map(bool, items[name])), len(items[name]))), "wilson"
             else:
                 intervals[name], methods[name] = list(S.bootstrap(items[name], M.STATISTICS[name])), "bootstrap"
         elif name in per_run and per_run[name]:
             intervals[name], methods[name] = list(S.spread(per_run[name])), "runs"
-        elif name in stderr and stderr[name] is not None and math.isfinite(stderr[name]):
-            half = S.Z95 * stderr[name]
-            intervals[name], methods[name] = [values[name] - half, values[name] + half], "stderr"
     return intervals, methods
 
 

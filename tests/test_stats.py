@@ -151,3 +151,16 @@ def test_latency_goals_are_decided_by_the_value():
     evidence = {"after": {"items": {}, "intervals": {"latency_p50_ms": [9.0, 14.0]}}}
     (result,) = G.check_goals({"latency_p50_ms": {"max": 12}}, {}, {"latency_p50_ms": 11.0}, None, evidence)
     assert result.status == "met" and result.interval is None and result.n is None
+
+
+def test_task_metrics_pair_on_each_documents_score():
+    """lm_eval's TASK/METRIC: 0/1 scores are a share (McNemar, Newcombe); other scores a paired bootstrap of their mean."""
+    old, new = _pair(200, 20, 2)
+    part = lambda items: {"index": [], "items": {"t/acc": [float(x) for x in items]}, "stderr": {"t/acc": 0.02}}  # noqa: E731
+    (result,) = G.check_goals({"t/acc": {"max_drop_from_reference": 0.05}}, {}, {"t/acc": 0.9}, {"t/acc": 0.9},
+                              {"after": part(new), "reference": part(old)})
+    assert result.test.startswith("paired: McNemar") and result.status == "met" and result.n == 200
+    scores = [0.1 * (i % 10) for i in range(100)]
+    (result,) = G.check_goals({"t/f1": {"max_drop_from_reference": 0.01}}, {}, {"t/f1": 0.45}, {"t/f1": 0.45},
+                              {"after": {"index": [], "items": {"t/f1": scores}}, "reference": {"index": [], "items": {"t/f1": scores}}})
+    assert result.test.startswith("paired bootstrap") and result.interval == [0.0, 0.0] and result.status == "met"
