@@ -6,7 +6,8 @@
   nodes share: up to `limit` examples aligned by index, those where the models disagree first.
 
 Every evaluate node (its `<name>.before` node too) leaves predictions.jsonl in its folder, one row
-per example: index, prompt, reference, label, answer, correct. A missing or unreadable file leaves
+per example: index, prompt, reference, label, answer, correct; one with lm_eval tasks also leaves
+lm_eval_samples.jsonl, the same with a task each, which makes a table per task. A missing or unreadable file leaves
 that model out of the table; it is never an error.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 PREDICTIONS = "predictions.jsonl"
+TASK_SAMPLES = "lm_eval_samples.jsonl"  # lm_eval tasks' examples: the same rows, with a "task" each
 SAMPLES = 10  # examples a report shows per data set and split (`slimops report --samples N`)
 PROMPT_CHARS = 160  # a prompt's end holds the question; its start is the same instructions every time
 TEXT_CHARS = 120
@@ -88,21 +90,33 @@ def sample_tables(out_dir: Path, nodes: dict[str, dict[str, Any]], limit: int = 
     for node_id, node in sorted(nodes.items(), key=lambda item: item[1].get("meta", {}).get("role") != "before"):
         meta = node.get("meta") or {}
         evaluation = meta.get("role") == "before" or isinstance((node.get("metrics") or {}).get("after"), dict)
-        if not evaluation or not isinstance(meta.get("data"), str) or node_id in repeated:
+        if not evaluation or node_id in repeated:
             continue
-        rows = _predictions(out_dir, node)
+        rows = _predictions(out_dir, node, PREDICTIONS) if isinstance(meta.get("data"), str) else {}
         if rows:
             groups.setdefault((meta["data"], meta.get("split")), {})[model_label(node_id, node)] = rows
+        for task, task_rows in _by_task(_predictions(out_dir, node, TASK_SAMPLES, keyed=False)).items():
+            groups.setdefault((f"lm_eval:{task}", None), {})[model_label(node_id, node)] = task_rows
     bases = {model_label(node_id, node) for node_id, node in nodes.items() if (node.get("meta") or {}).get("role") == "before"}
     return [_table(data, split, models, bases, limit) for (data, split), models in groups.items()]
 
 
-def _predictions(out_dir: Path, node: dict[str, Any]) -> dict[int, dict]:
-    """A node's predictions.jsonl rows by index; {} when there is none, or it cannot be read."""
+def _by_task(rows: dict[int, dict]) -> dict[str, dict[int, dict]]:
+    """lm_eval sample rows by task, then by the document's index; a 0/1 score reads as right or wrong."""
+    tasks: dict[str, dict[int, dict]] = {}
+    for row in rows.values():
+        if isinstance(row.get("task"), str) and type(row.get("index")) is int:
+            correct = row.get("correct")
+            tasks.setdefault(row["task"], {}).setdefault(row["index"], {**row, "correct": bool(correct) if correct in (0, 1) else None})
+    return tasks
+
+
+def _predictions(out_dir: Path, node: dict[str, Any], name: str, keyed: bool = True) -> dict[int, dict]:
+    """A node's rows of file `name` by index (by line when not `keyed`); {} when there is none, or it cannot be read."""
     folder = node_folder(out_dir, node)
     if folder is None:
         return {}
-    path = folder / PREDICTIONS
+    path = folder / name
     if not path.resolve().is_relative_to(Path(out_dir).resolve()):
         return {}  # a link out of the output folder
     try:
@@ -110,12 +124,14 @@ def _predictions(out_dir: Path, node: dict[str, Any]) -> dict[int, dict]:
     except (OSError, UnicodeDecodeError):
         return {}
     rows: dict[int, dict] = {}
-    for line in lines:
+    for number, line in enumerate(lines):
         try:
             row = json.loads(line)
         except ValueError:
             continue
-        if isinstance(row, dict) and type(row.get("index")) is int:
+        if isinstance(row, dict) and not keyed:
+            rows[number] = row
+        elif isinstance(row, dict) and type(row.get("index")) is int:
             rows.setdefault(row["index"], row)
     return rows
 

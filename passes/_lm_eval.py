@@ -32,7 +32,7 @@ from slimops.errors import DataError
 TASK_PREFIX = "lm_eval:"
 REQUIRES = ("lm-eval",)
 INSTALL_LINE = "pip install 'slimops[eval]'"
-SAMPLES_PER_TASK = 50  # rows per task kept for the report's sample table
+SAMPLES_PER_TASK = 200  # rows per task kept for the report's sample table
 PROMPT_CHARS = 400  # the end of a long (few-shot) prompt, where the question is
 
 

@@ -239,3 +239,19 @@ def test_two_evaluations_of_the_same_base_show_it_once(three):
     assert "| # | prompt | reference | base (eval.before) | eval | eval_int4@laptop |" in md and "eval_int4.before" not in md.split("## Plan")[0]
     stamp = json.loads((three / "report" / "comparison.json").read_text())
     assert "eval_int4.before" not in json.dumps(stamp) and "eval.before" in json.dumps(stamp)
+
+
+def test_lm_eval_samples_make_a_table_per_task(tmp_path):
+    out = tmp_path / "out"
+    nodes = {}
+    for name, answers in (("eval", ["sad", "calm"]), ("eval_onnx@cpu", ["sad", "happy"])):
+        folder = out / name.replace("@", "-")
+        node = _node(folder, {"before": {}, "after": {"t/acc": 0.5}}, {"data": None})
+        (folder / "lm_eval_samples.jsonl").write_text("".join(
+            json.dumps({"task": "t", "index": i, "prompt": f"q{i}", "reference": "sad" if i == 0 else "calm", "answer": a,
+                        "correct": float(a == ("sad" if i == 0 else "calm"))}) + "\n" for i, a in enumerate(answers)))
+        nodes[name] = node
+    md = write_report(_write_run(out, nodes))[0].read_text()
+    assert "## Sample answers: lm_eval:t" in md and "| # | prompt | reference | eval | eval_onnx@cpu |" in md
+    assert _sample_indices(md) == ["1", "0"]  # the export disagrees on document 1
+    assert "| 1 | q1 | calm | calm ✓ | happy ✗ |" in md
