@@ -181,8 +181,10 @@ def write_report(out_dir: Path, samples: int = SAMPLES) -> tuple[Path, Path]:
     md = _markdown(run, nodes, evaluations, charts, overview, tables, images, config_text, config_hash, out_dir)
     page = _html(run, nodes, evaluations, charts, overview, tables, images, config_text, config_hash, out_dir)
     md_path, html_path = out_dir / REPORT_MD, out_dir / REPORT_HTML
-    md_path.write_text(md)
-    html_path.write_text(page)
+    for path, text in ((md_path, md), (html_path, page)):  # whole or not at all: a kill leaves the last report
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
     return md_path, html_path
 
 

@@ -19,11 +19,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from slimops.passes import _stats as S
-from slimops.passes._metrics import STATISTICS
+from slimops.passes._metrics import STATISTICS, mean
 
 GOAL_RULES = ("min", "max", "max_drop", "max_increase", "min_increase", "max_drop_from_reference", "max_increase_from_reference")
 REFERENCE_SUFFIX = "_from_reference"
-SHARES = ("accuracy", "exact_match")  # a yes or no per example: Wilson, Newcombe, McNemar
 
 
 @dataclass
@@ -122,13 +121,10 @@ def _relative(metric: str, text: str, rule: str, limit: float, value: float, old
         why = f"rose by {_num(change)}{_pct(change, old)}, needs {_num(limit)}"
     else:
         why = f"{'rose' if rises else 'dropped'} by {_num(change)}{_pct(change, old)}, limit {_num(limit)}"
-    found = _change_interval(metric, mine, theirs)
-    interval = None
-    if found is not None:
-        low, high = found[0]  # of value - old
-        interval = (low, high) if rises else (-high, -low)
+    (low, high), n, test = _change_interval(metric, mine, theirs) or ((None, None), None, "")  # of value - old
+    interval = None if low is None else (low, high) if rises else (-high, -low)
     result = GoalResult(metric, text, value, old, point, "", limit=limit)
-    return _decided(result, interval, found[1] if found else None, found[2] if found else "", change, upper, why)
+    return _decided(result, interval, n, test, change, upper, why)
 
 
 def _decided(result: GoalResult, interval: tuple[float, float] | None, n: int | None, test: str, quantity: float, upper: bool,
@@ -164,12 +160,13 @@ def _own_interval(metric: str, value: float, mine: dict | None) -> tuple[tuple[f
     if metric in (mine.get("stderr") or {}):
         return tuple(interval), len(items) if items else None, "lm-eval stderr, 95%"
     if items is not None:
-        return tuple(interval), len(items), "Wilson 95%" if metric in SHARES else "bootstrap 95%"
+        return tuple(interval), len(items), "Wilson 95%" if is_share(items) else "bootstrap 95%"
     return None, None, ""  # latency runs: a spread, not evidence about examples
 
 
 def is_share(items: list | None) -> bool:
-    """Whether each example scored right or wrong (1 or 0): a share, with Wilson's and McNemar's tools."""
+    """Whether each example scored right or wrong (1 or 0, as accuracy and exact match do): a share, with
+    Wilson's, Newcombe's and McNemar's tools."""
     return bool(items) and all(x in (0, 1) for x in items)
 
 
@@ -180,13 +177,13 @@ def _change_interval(metric: str, mine: dict | None, theirs: dict | None):
     new, old = (mine.get("items") or {}).get(metric), (theirs.get("items") or {}).get(metric)
     if new is not None and old is not None and new and old:
         paired = _same_examples(mine, theirs) and len(new) == len(old)
-        if metric in SHARES or (is_share(new) and is_share(old)):
+        if is_share(new) and is_share(old):
             interval = S.newcombe(old, new, paired=paired)
             if paired:
                 _, b, c, _ = S.counts(old, new)
                 return interval, len(new), f"paired: McNemar exact p={S.mcnemar(b, c):.2g}, Newcombe 95%"
             return interval, min(len(new), len(old)), "unpaired (different examples): Newcombe 95%"
-        low, high, p = S.paired_bootstrap(old, new, STATISTICS.get(metric, _mean), paired=paired)
+        low, high, p = S.paired_bootstrap(old, new, STATISTICS.get(metric, mean), paired=paired)
         how = "paired bootstrap 95%" if paired else "unpaired (different examples): bootstrap 95%"
         return (low, high), len(new) if paired else min(len(new), len(old)), f"{how}, p={p:.2g}"
     se_new, se_old = (mine.get("stderr") or {}).get(metric), (theirs.get("stderr") or {}).get(metric)
@@ -196,10 +193,6 @@ def _change_interval(metric: str, mine: dict | None, theirs: dict | None):
     half = S.Z95 * math.sqrt(se_new**2 + se_old**2)
     difference = values_new - values_old
     return (difference - half, difference + half), None, "lm-eval stderr, unpaired 95%"
-
-
-def _mean(items: list) -> float:
-    return sum(items) / len(items)
 
 
 def _same_examples(a: dict, b: dict) -> bool:

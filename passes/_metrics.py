@@ -61,13 +61,21 @@ def accuracy(predictions: Sequence[str], labels: Sequence[str]) -> float:
     `"Sad, very"` against `"sad"` counts; `"sadness"` does not.
     """
     _same_length(predictions, labels)
-    return sum(_head(p, l) == normalize(l) for p, l in zip(predictions, labels)) / len(labels)
+    return mean(_right(predictions, labels))
 
 
 def exact_match(predictions: Sequence[str], labels: Sequence[str]) -> float:
     """Share of predictions equal to their label once both are normalised."""
     _same_length(predictions, labels)
-    return sum(normalize(p) == normalize(l) for p, l in zip(predictions, labels)) / len(labels)
+    return mean(_exact(predictions, labels))
+
+
+def _right(predictions: Sequence[str], labels: Sequence[str]) -> list[bool]:
+    return [_head(p, l) == normalize(l) for p, l in zip(predictions, labels)]
+
+
+def _exact(predictions: Sequence[str], labels: Sequence[str]) -> list[bool]:
+    return [normalize(p) == normalize(l) for p, l in zip(predictions, labels)]
 
 
 def macro_f1(predictions: Sequence[str], labels: Sequence[str]) -> float:
@@ -165,9 +173,9 @@ def example_items(name: str, answers: Sequence[str], references: Sequence[str], 
     """
     firsts = [answer_of(a) for a in answers]
     if name == "accuracy":
-        return [_head(p, l) == normalize(l) for p, l in zip(firsts, labels)]
+        return _right(firsts, labels)
     if name == "exact_match":
-        return [normalize(p) == normalize(l) for p, l in zip(firsts, labels)]
+        return _exact(firsts, labels)
     if name == "f1":
         return [[_head(p, l), normalize(l)] for p, l in zip(firsts, labels)]
     if name == "rouge_l":
@@ -177,7 +185,7 @@ def example_items(name: str, answers: Sequence[str], references: Sequence[str], 
     raise ValueError(f"metric {name} has no per-example items")
 
 
-def _mean(items: Sequence[Any]) -> float:
+def mean(items: Sequence[Any]) -> float:
     return sum(float(x) for x in items) / len(items)
 
 
@@ -186,7 +194,7 @@ def _perplexity_of(items: Sequence[Sequence[float]]) -> float:
 
 
 # the metric recomputed from a list of its per-example items; perplexity's are (nll sum, tokens)
-STATISTICS = {"accuracy": _mean, "exact_match": _mean, "f1": f1_of_pairs, "rouge_l": _mean, "bleu": bleu_of_stats,
+STATISTICS = {"accuracy": mean, "exact_match": mean, "f1": f1_of_pairs, "rouge_l": mean, "bleu": bleu_of_stats,
               "perplexity": _perplexity_of}
 
 

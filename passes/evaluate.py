@@ -293,7 +293,7 @@ def measure(ctx: PassContext, model: Artifact) -> tuple[dict[str, float], dict[s
             rows = [{"index": i, "prompt": p, "reference": r, "label": l, "answer": a, "correct": c}
                     for i, (p, r, l, a, c) in enumerate(zip(asked, references, labels, answers, correct))]
             for name in (n for n in names if n in M.GENERATED):
-                items[name] = M.example_items(name, answers, references, labels)
+                items[name] = correct if name == "accuracy" else M.example_items(name, answers, references, labels)
                 out[name] = M.STATISTICS[name](items[name])
             for item in custom:
                 out[item.label] = _call_custom(item, answers, references, examples, ctx.config_dir)
@@ -337,7 +337,7 @@ def _intervals(values: dict[str, float], items: dict[str, list], per_run: dict[s
                 low, high = max(low, 0.0), min(high, 1.0)
             intervals[name], methods[name] = [low, high], "stderr"
         elif name in items and items[name]:
-            if name in G.SHARES:
+            if G.is_share(items[name]):
                 intervals[name], methods[name] = list(S.wilson(sum(map(bool, items[name])), len(items[name]))), "wilson"
             else:
                 intervals[name], methods[name] = list(S.bootstrap(items[name], M.STATISTICS[name])), "bootstrap"
