@@ -7,6 +7,9 @@
     slimops report   DIR [--samples N]        render report.md/report.html again from DIR/run.json
     slimops passes | targets | schema | init  list passes, targets; write the schema; copy a template
     slimops doctor                            check this environment before a long run
+    slimops convert-olive FILE [-o F]         write an Olive workflow config as a pipeline
+
+`run`, `validate` and `plan` take an Olive workflow config too, converted on the way in (`slimops.olive`).
 
 Here: the parser, `main` and `entry`. `commands` holds the subcommands that work on a pipeline
 file, the cache or the installation; `results` prints what a run or a search gave; `shortcuts` is
@@ -30,7 +33,7 @@ import sys
 import threading
 from typing import NoReturn
 
-from slimops.cli import commands, finetune, onnx
+from slimops.cli import commands, finetune, olive, onnx
 from slimops.errors import SlimopsError
 from slimops.report_samples import SAMPLES
 
@@ -187,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     onnx.add_parsers(sub)  # optimize, quantize, generate-adapter
     finetune.add_parser(sub)
+    olive.add_parser(sub)
     for command in sub.choices.values():  # `slimops validate --debug` as well as `slimops --debug validate`
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
@@ -262,6 +266,7 @@ COMMANDS = {
     "init": commands.cmd_init,
     "doctor": commands.cmd_doctor,
     "finetune": finetune.cmd_finetune,
+    "convert-olive": olive.cmd_convert_olive,
     **onnx.COMMANDS,  # optimize, quantize, generate-adapter
 }
 

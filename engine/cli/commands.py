@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from slimops.errors import SlimopsError
+from slimops.cli.olive import announce
 from slimops.cli.results import console, print_goals, print_summary, show_search
 
 
@@ -22,6 +23,7 @@ def cmd_validate(args) -> int:
 
     t0 = time.perf_counter()
     config = load_config(args.config, args.overrides)
+    announce(config, args.config)
     plan = build_plan(config, keys=False)
     show_warnings(plan.warnings)
     print(f"{args.config}: ok ({len(config.passes)} passes, {len(config.spec.targets) or 1} targets) in {time.perf_counter() - t0:.2f}s")
@@ -37,7 +39,9 @@ def cmd_plan(args) -> int:
     from slimops.config import load_config
     from slimops.planner import build_plan
 
-    plan = build_plan(load_config(args.config, args.overrides))
+    config = load_config(args.config, args.overrides)
+    announce(config, args.config)
+    plan = build_plan(config)
     show_warnings(plan.warnings)
     if args.json:
         rows = [{"id": node.id, "pass": node.pass_name, "inputs": list(node.inputs), "key": node.key,
@@ -68,6 +72,7 @@ def cmd_run(args) -> int:
     from slimops.errors import GoalError
 
     config = load_config(args.config, args.overrides)
+    announce(config, args.config)
     if config.spec.search is not None and not args.no_search:
         return show_search(config, args.overrides)
     try:

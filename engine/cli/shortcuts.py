@@ -17,9 +17,9 @@ from typing import Any, Callable
 
 import yaml
 
+from slimops.config.spec import DATA_TYPES  # noqa: F401 - the flag commands read it from here
 from slimops.errors import ConfigError, Issue
 
-DATA_TYPES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text", ".text": "text"}
 STRATEGIES = ("grid", "random", "tpe")
 
 

@@ -1,4 +1,5 @@
 """Loading a pipeline file: YAML to a validated `PipelineConfig`, every mistake reported at once.
+An Olive workflow config (`slimops.olive.is_olive`) is converted first and validated as its pipeline.
 
 - `load_config(path, overrides)` / `parse_config(text, ...)`: YAML to `PipelineConfig`, or one
   `ConfigError` listing each problem as `FILE:LINE key.path: message`.
@@ -8,6 +9,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 from dataclasses import dataclass, field
@@ -51,6 +53,7 @@ class PipelineConfig:
     registry: Registry = field(repr=False)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     warnings: list[Issue] = field(default_factory=list)  # valid but unusual values, shown before a run
+    olive: Any = field(default=None, repr=False)  # the conversion (slimops.olive.Record) when the file is an Olive config
 
     @property
     def name(self) -> str:
@@ -91,7 +94,15 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     """
     path = Path(path)
     data, lines = load_yaml(path)
-    return _validate(data, lines, path.resolve().parent, path, overrides or [])
+    from slimops.olive import convert, is_olive
+
+    if not is_olive(data):
+        return _validate(data, lines, path.resolve().parent, path, overrides or [])
+    record = convert(data, lines)  # an Olive workflow config: its pipeline, each key at its Olive line
+    config = _validate(copy.deepcopy(record.pipeline), record.lines(), path.resolve().parent, path, overrides or [])
+    config.olive = record
+    config.warnings[:0] = record.warnings()
+    return config
 
 
 def parse_config(text: str, base_dir: Path, overrides: list[str] | None = None, name: str | None = None) -> PipelineConfig:

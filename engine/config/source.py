@@ -80,6 +80,8 @@ def load_yaml(path: Path) -> tuple[dict[str, Any], Lines]:
         if size > MAX_BYTES:
             raise ConfigError(_too_big(size), name)
         text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".json":  # JSON is YAML but for tabs, which JSON allows between tokens
+            text = text.replace("\t", " ")  # (a tab inside a JSON string is written \t, so none is lost)
     except FileNotFoundError:
         raise ConfigError(f"no such file; check the path, or run 'slimops init' to start from a template", name) from None
     except (OSError, UnicodeDecodeError) as err:

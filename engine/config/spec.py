@@ -3,6 +3,7 @@
 - `ModelSpec`, `DataSpec`, `EngineSettings`: the model, data and engine sections.
 - `PipelineFile`: the file's shape; pass params are checked by each pass's own `Params`.
 - `RESERVED_PASS_KEYS`, `MODEL_INPUT`: the keys every pass takes, and the name of the input model.
+- `DATA_TYPES`: a data file's type by its suffix.
 - `SHORTHAND`: the field a section's string form stands for (`model: NAME` is {path: NAME}).
 """
 
@@ -16,6 +17,8 @@ from slimops.config.search import SearchSpec
 from slimops.targets import TargetProfile
 
 RESERVED_PASS_KEYS = ("type", "inputs", "targets")
+# a local data file's `type:` by its suffix, for what writes pipelines (the shortcut commands, the Olive converter)
+DATA_TYPES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text", ".text": "text"}
 MODEL_INPUT = "model"
 
 
