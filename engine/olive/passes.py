@@ -189,9 +189,8 @@ def _adapter(rec: Record, step: Step, params: dict, at) -> None:
             step.data["data" if key.startswith("train") else "eval_data"] = (params.pop(key), at(key))
     if "data" not in step.data:
         rec.error(step.source, f"Olive's {step.olive_type} needs train_data_config: the name of a data config")
-    if "lora_alpha" in params:
-        params.setdefault("alpha", params.pop("lora_alpha"))
-    defaults = {key: value for key, value in ADAPTER_DEFAULTS.items() if ("lora_dropout" if key == "dropout" else key) not in params}
+    given = {"dropout" if key == "lora_dropout" else "alpha" if key == "lora_alpha" else key for key in params}
+    defaults = {key: value for key, value in ADAPTER_DEFAULTS.items() if key not in given}
     dtype = params.pop("torch_dtype", None)
     if dtype is not None:
         if str(dtype) not in DTYPES:
@@ -205,7 +204,8 @@ def _adapter(rec: Record, step: Step, params: dict, at) -> None:
     if "training_args" in params:
         _training_args(rec, step, params.pop("training_args") or {}, at("training_args"))
     defaults.update({key: value for key, value in TRAINING_DEFAULTS.items() if key not in step.params and key not in step.search})
-    table = {"r": "r", "alpha": "alpha", "lora_dropout": "dropout", "target_modules": "target_modules", "modules_to_save": "modules_to_save"}
+    table = {"r": "r", "alpha": "alpha", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "target_modules",
+             "modules_to_save": "modules_to_save"}
     if step.olive_type == "QLoRA":
         table.update(quant_type="quant_type", double_quant="double_quant")
     placement = ("slimops places the model itself", False)

@@ -384,6 +384,11 @@ def _search(rec: Record, data: dict[str, Any], settings: dict[str, Any], where: 
         if not metrics:
             rec.error(at, "a search ranks its trials by an evaluator's metrics: set the engine's evaluator")
             return
+        if metrics[0].startswith("lm_eval:"):
+            rec.error(at, f"a search over an LMEvaluator ranks trials by a metric of its task, which lm-eval names only when it "
+                      f"runs: convert without search_strategy, then add search.objectives (e.g. {{metric: "
+                      f"{metrics[0].removeprefix('lm_eval:')}/acc}}) and the search values to the pipeline")
+            return
         objectives = [(1, metrics[0], "minimize" if lower_is_better(metrics[0]) else "maximize")]
         rec.note(("search",), at, f"no metric has a priority; trials are ranked by {metrics[0]}", warn=True)
     search["objectives"] = [{"metric": metric, "direction": direction} for _, metric, direction in objectives]
