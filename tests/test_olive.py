@@ -162,7 +162,7 @@ def test_adapter_passes_map_their_settings_and_carry_olives_defaults():
     assert record.pipeline["passes"]["q"] == {
         "type": "qlora", "r": 8, "alpha": 16, "quant_type": "nf4", "double_quant": True, "precision": "bf16", "epochs": 2,
         "batch_size": 2, "lr_scheduler": "cosine", "gradient_accumulation_steps": 4, "warmup_steps": 5,
-        "dropout": 0.05, "learning_rate": 2e-4, "warmup_ratio": 0.03,  # Olive's defaults, said in comments
+        "dropout": 0.05, "learning_rate": 2e-4,  # Olive's defaults, said in comments (warmup_steps stands for its warmup_ratio)
         "data": "tone", "max_seq_len": 128, "packing": True}  # Olive's default strategy joins examples
     texts = {note.path: note.text for note in record.notes}
     assert texts[("passes", "q", "alpha")] == "from passes.q.config.lora_alpha"
@@ -284,7 +284,7 @@ def test_docker_and_azure_systems_are_explained_and_the_target_system_becomes_a_
         """))
     code, _, err = cli("validate", "--config", path)
     assert code == 0, err
-    assert f"warning: {path}:4 systems.docker: dropped systems.docker: a Docker system runs Olive's passes in a container" in err
+    assert f"warning: {path}:4 systems.docker: dropped: the Docker system runs Olive's passes in a container" in err
     assert "engine.executor: ray (docs/scale.md)" in err
     assert load_config(path).spec.targets["local"].device == "cpu"
 
@@ -364,3 +364,25 @@ def test_an_lm_evaluator_becomes_lm_eval_metrics():
         """)
     assert record.pipeline["passes"]["eval"] == {"type": "evaluate", "metrics": ["lm_eval:hellaswag", "lm_eval:arc_easy"],
                                                  "lm_eval": {"limit": 50}}
+
+
+def test_a_section_of_the_wrong_shape_or_a_mistyped_key_anywhere_is_a_located_error():
+    issues = located("""
+        input_model: {type: HfModel, model_path: smollm2-135m}
+        data_configs: {name: tone}
+        passes:
+          lora: {type: LoRA, training_args: [1e-3]}
+        """)
+    assert issues == ["olive.yaml:2 data_configs: must be a list, as in Olive's schema (got dict)",
+                      "olive.yaml:4 passes.lora.training_args: must be a mapping, as in Olive's schema (got list)"]
+    issues = located("""
+        input_model: {type: HfModel, model_path: smollm2-135m}
+        evaluators:
+          ev: {metricz: []}
+        passes:
+          build: {type: ModelBuilder, precision: int4, search: [true, false]}
+        evaluator: ev
+        search_strategy: {samplr: random}
+        """)
+    assert any(i.startswith("olive.yaml:3 evaluators.ev.metricz:") and "did you mean 'metrics'?" in i for i in issues)
+    assert any(i.startswith("olive.yaml:7 search_strategy.samplr:") and "did you mean 'sampler'?" in i for i in issues)

@@ -53,9 +53,13 @@ def convert(data: dict[str, Any], lines: Lines) -> Record:
         ConfigError: every Olive setting that cannot convert, located in the Olive file, with the
             nearest slimops key or pass.
     """
+    from slimops.olive.shape import shape_issues
     from slimops.olive.workflow import convert as convert_workflow
 
+    issues = shape_issues(data, lines)
+    if issues:
+        raise ConfigError(issues)
     record = convert_workflow(copy.deepcopy(data), lines)
     if record.issues:
-        raise ConfigError(record.issues)
+        raise ConfigError(sorted(record.issues, key=lambda issue: issue.line or 0))
     return record

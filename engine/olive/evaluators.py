@@ -71,6 +71,8 @@ def evaluate_passes(rec: Record, evaluator: dict[str, Any], source: Path_) -> Ev
             rec.error((*source, key), "a user script of evaluation functions has no slimops equivalent; nearest: a custom "
                       "metric in the evaluate pass ({metric: module:function}, docs/evaluate.md)")
             args.pop(key)
+    for key in args:
+        rec.unknown((*source, key), ["type", "type_args", "metrics", "name", "user_script", "script_dir"], "an Olive evaluator")
     groups: dict[str, tuple[Any, dict[str, Any], Path_]] = {}
     for index, metric in enumerate(evaluator.get("metrics") or []):
         where = (*source, "metrics", index)
@@ -91,9 +93,13 @@ def evaluate_passes(rec: Record, evaluator: dict[str, Any], source: Path_) -> Ev
 
 def _metric(rec: Record, metric: dict[str, Any], where: Path_, body: dict[str, Any], out: Evaluation) -> None:
     kind = str(metric.get("type", "")).lower()
+    known = ["name", "type", "sub_types", "data_config", "backend", "user_config", "sample_log_num", "sample_log_dir"]
     for key in metric:
-        if key not in ("name", "type", "sub_types", "data_config", "backend", "user_config", "sample_log_num", "sample_log_dir"):
-            rec.unknown((*where, key), ["name", "type", "sub_types", "data_config", "backend", "user_config"], "an Olive metric")
+        if key not in known:
+            rec.unknown((*where, key), known, "an Olive metric")
+        elif key == "backend" or key.startswith("sample_log"):
+            rec.drop(("passes",), (*where, key), "slimops computes its metrics itself and keeps every example's answer in "
+                     "predictions.jsonl", warn=False)
     if kind == "custom":
         rec.error((*where, "type"), "a custom Olive metric runs a user script; nearest: a custom metric in the evaluate pass "
                   "({metric: module:function}, docs/evaluate.md)")

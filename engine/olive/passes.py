@@ -109,7 +109,8 @@ def search_value(value: Any) -> Any:
     if isinstance(value, list) and value and not isinstance(value[0], dict):
         return list(value)
     if not isinstance(value, dict):
-        return "use the pass's default search values: give the values to try as a list" if value == "SEARCHABLE_VALUES" else None
+        return ("slimops has no default search values for a pass: give the values to try as a list"
+                if value == "SEARCHABLE_VALUES" else None)
     kind = str(value.get("type", "")).lower()
     if value.get("olive_parameter_type") == "SearchParameter" or kind in ("categorical", "boolean"):
         return [True, False] if kind == "boolean" else list(value.get("support") or value.get("values") or [])
@@ -135,8 +136,12 @@ def convert_pass(rec: Record, name: str, body: dict[str, Any], source: Path_) ->
     params = {key: value for key, value in body.items() if key not in ("type", "config")}
     params.update(body.get("config") or {})
     where = ("passes", name)
-    for key in ("disable_search", "clean_run_cache", "output_name", "host", "evaluator"):
-        params.pop(key, None)  # read by the workflow (evaluator) or meaningless here
+    if params.pop("evaluator", None) is not None:
+        rec.drop(("passes", name), (*source, "evaluator"), "slimops evaluates each flow's output with the engine's evaluator; "
+                 "to evaluate this pass's output too, add an evaluate pass after it")
+    for key in ("disable_search", "clean_run_cache", "output_name", "host"):
+        if params.pop(key, None) is not None:
+            rec.drop(("passes", name), (*source, key), "slimops caches each node and runs it here", warn=False)
     if canonical in TIDY:
         rec.drop(where, source, f"Olive's {canonical} ({TIDY[canonical]})", warn=False)
         return None
@@ -203,7 +208,8 @@ def _adapter(rec: Record, step: Step, params: dict, at) -> None:
                  "hardware computes it natively, else fp32 (precision: auto)")
     if "training_args" in params:
         _training_args(rec, step, params.pop("training_args") or {}, at("training_args"))
-    defaults.update({key: value for key, value in TRAINING_DEFAULTS.items() if key not in step.params and key not in step.search})
+    defaults.update({key: value for key, value in TRAINING_DEFAULTS.items() if key not in step.params and key not in step.search
+                     and not (key == "warmup_ratio" and "warmup_steps" in {**step.params, **step.search})})
     table = {"r": "r", "alpha": "alpha", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "target_modules",
              "modules_to_save": "modules_to_save"}
     if step.olive_type == "QLoRA":
@@ -332,6 +338,8 @@ def _quantizer(rec: Record, step: Step, params: dict, at) -> None:
                 raise _Bad(f"{step.olive_type} {key} '{value}' has no slimops equivalent; give {' or '.join(values)}")
             if method == "qdq":
                 step.set(key, values[value], at(key))
+            else:
+                rec.drop(("passes", step.name), at(key), f"slimops's {method} keeps onnxruntime's {key}", warn=True)
     if "quant_format" in params and str(params.pop("quant_format")).upper() != "QDQ":
         rec.drop(("passes", step.name), at("quant_format"), "slimops writes QDQ (QOperator has no equivalent)")
     graph = ("slimops prepares and calibrates the graph itself", False)

@@ -105,4 +105,5 @@ class Record:
         return out
 
     def warnings(self) -> list[Issue]:
-        return [self.source.issue(note.source, note.text) for note in self.notes if note.warn]
+        return [self.source.issue(note.source, note.text.replace(f"dropped {dotted_path(note.source)}:", "dropped:", 1))
+                for note in self.notes if note.warn]  # the issue names the key already

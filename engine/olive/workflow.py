@@ -117,7 +117,7 @@ def _explain(rec: Record, data: dict[str, Any], settings: dict[str, Any], where:
         kind = str(body.get("type", "LocalSystem"))
         remote = kind.lower() in ("docker", "azureml", "dockersystem", "azuremlsystem")
         if remote:
-            rec.drop(("targets",), ("systems", name), f"a {kind} system runs Olive's passes in a container or on Azure ML "
+            rec.drop(("targets",), ("systems", name), f"the {kind} system runs Olive's passes in a container or on Azure ML "
                      "compute; slimops runs them on this machine, or across machines with engine.executor: ray (docs/scale.md)")
         if name == target_name:
             _targets(rec, name, body.get("accelerators") or [], ("systems", name), settings.get("execution_providers"))
@@ -163,7 +163,7 @@ def _targets(rec: Record, name: str, accelerators: list, source: tuple, provider
         if device not in ("cpu", "cuda", "dml", "npu"):
             rec.error((*source, "accelerators", index, "device"), f"slimops targets cpu, gpu (cuda or dml) and npu; not '{device}'")
             continue
-        target = name if len(accelerators or [1]) == 1 else f"{name}_{device}"
+        target = name if len(accelerators or [1]) == 1 else f"{name}_{device}_{index + 1}"
         rec.put(("targets", target), {"device": device, **({"providers": eps} if eps else {})}, (*source, "accelerators", index))
 
 
@@ -311,6 +311,8 @@ def _evaluate(rec: Record, evaluation: Evaluation, previous: str, order: list[st
     for index, (ref, body, source) in enumerate(evaluation.bodies):
         name = "eval" if not several else f"eval_{previous}"
         name = name if index == 0 else f"{name}_{index + 1}"
+        while name in order or name in (rec.pipeline.get("passes") or {}):
+            name = f"{name}_"  # an Olive pass has the name already
         where = ("passes", name)
         rec.put((*where, "type"), "evaluate", source, "the engine's evaluator, on this flow's output")
         if _branches(previous, order):
@@ -356,6 +358,14 @@ def _search(rec: Record, data: dict[str, Any], settings: dict[str, Any], where: 
                       "sampler_config: {max_samples: 8}}); or give one value")
         return
     body = strategy if isinstance(strategy, dict) else {}
+    known = {"execution_order", "sampler", "sampler_config", "search_algorithm", "search_algorithm_config", "max_iter",
+             "max_time", "output_model_num", "stop_when_goals_met", "include_pass_params"}
+    for key in body:
+        if key not in known:
+            rec.unknown((*at, key), known, "Olive's search_strategy")
+    for key in (set(body.get("sampler_config") or {}) | set(body.get("search_algorithm_config") or {})) - {"max_samples", "num_samples", "seed"}:
+        inner = "sampler_config" if key in (body.get("sampler_config") or {}) else "search_algorithm_config"
+        rec.drop(("search",), (*at, inner, key), "slimops's samplers take trials and seed only", warn=False)
     if not space:
         rec.drop(("search",), at, "no pass has search values, so there is nothing to search; the pipeline runs once")
         return
