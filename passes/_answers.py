@@ -31,8 +31,10 @@ def answer_template(spec: Any) -> tuple[str | None, str | None]:
     text = spec.response if spec.prompt else spec.template
     if not text:
         return spec.label, None
+    if spec.label and "{" + spec.label + "}" not in text:
+        return spec.label, None  # the whole template is the question; the label column holds the answer
     fields = template_fields(text)
-    field = spec.label if spec.label and "{" + spec.label + "}" in text else (fields[-1] if fields else None)
+    field = spec.label if spec.label else (fields[-1] if fields else None)
     if field is None:
         return spec.label, None
     tail = text.rsplit("{" + field + "}", 1)[1].split("{", 1)[0].strip()
@@ -94,6 +96,9 @@ def answers(runner: Any, examples: list[dict], spec: Any, max_new_tokens: int, p
     _, stop = answer_template(spec)
     for index, example in enumerate(examples):
         prompt, reference, label = prompt_and_reference(example, spec, getattr(runner, "tokenizer", None))
+        if not prompt.strip():
+            raise DataError(f"example {index}: its prompt is empty, so there is nothing to answer; put text before the "
+                            "answer's field in the template (or set 'prompt' and 'response')")
         text, _, _ = generate(runner, prompt, max_new_tokens, stop=stop)
         answers.append(text.split(stop, 1)[0].strip() if stop else text.strip())
         references.append(reference)

@@ -54,7 +54,7 @@ class GenerateAdapter(Pass):
     """Exports a base model with LoRA weights as inputs, and one .onnx_adapter file per adapter."""
 
     name = "generate_adapter"
-    version = "2"
+    version = "3"  # 3: the LoRA products' value_info says lora_rank, not the trained rank
     consumes = ("hf-adapter", "hf-model")
     many_inputs = True
     produces = "genai-model"
@@ -155,9 +155,22 @@ def lora_initializers(model) -> dict[str, Any]:
 
 
 def lora_to_inputs(model, weights: dict[str, Any]) -> None:
-    """Make each LoRA initializer a graph input of rank `lora_rank`, with a rank-1 zero default."""
+    """Make each LoRA initializer a graph input of rank `lora_rank`, with a rank-1 zero default.
+
+    The builder's value_info says the trained rank on each LoRA A product: it is made `lora_rank` too.
+    Left static, onnxruntime plans buffers from it, and a run at another rank (the rank-1 default,
+    a second adapter) may share a buffer with a tensor that happens to have the trained rank's size.
+    """
     import numpy as np
     from onnx import helper, numpy_helper
+
+    products = {node.output[0] for node in model.graph.node if any(name in weights and ".lora_A." in name for name in node.input)}
+    kept_info = [info for info in model.graph.value_info if info.name not in weights]
+    for info in kept_info:
+        if info.name in products and info.type.tensor_type.shape.dim:
+            info.type.tensor_type.shape.dim[-1].dim_param = RANK  # dim_param replaces the static value (a oneof)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept_info)
 
     kept = [t for t in model.graph.initializer if t.name not in weights]
     for name, array in weights.items():

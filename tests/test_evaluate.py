@@ -406,3 +406,22 @@ def test_reference_evaluation_sits_beside_and_drives_goals(tmp_path, llama, cli)
     path.write_text(path.read_text().replace("reference: reff, ", ""))
     code, _, err = cli("validate", "--config", path)
     assert code == 2 and "set reference to another evaluate pass" in err
+
+
+def test_a_template_without_the_label_field_is_the_whole_question():
+    """Olive's form: a text template and a label column; the prompt is the rendered template, the answer the label.
+    (The template's last field was once taken for the answer, leaving the prompt empty and the model crashing.)"""
+    from slimops.config.spec import DataSpec
+    from slimops.passes._answers import prompt_and_reference
+
+    spec = DataSpec(files="tone.jsonl", template="Tone of: {phrase}", label="tone")
+    assert prompt_and_reference({"phrase": "so happy", "tone": "joyful"}, spec) == ("Tone of: so happy", "joyful", "joyful")
+    spec = DataSpec(files="tone.jsonl", template="{phrase} => {tone}", label="tone")
+    assert prompt_and_reference({"phrase": "so happy", "tone": "joyful"}, spec) == ("so happy => ", "joyful", "joyful")
+
+
+def test_an_empty_prompt_is_a_data_error_not_a_crash(tmp_path, llama, cli):
+    path = write_project(tmp_path, llama, "{type: evaluate, data: tone, metrics: [accuracy], max_samples: 2}")
+    path.write_text(path.read_text().replace(f'template: "{TEMPLATE}"', 'template: "{tone}"'))
+    code, _, err = cli("run", "--config", path, "--quiet")
+    assert code == 2 and "its prompt is empty" in err and "Traceback" not in err

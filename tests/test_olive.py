@@ -48,7 +48,8 @@ def run_json(root: Path) -> dict:
     return json.loads((root / "out" / "run.json").read_text())
 
 
-@pytest.mark.parametrize("olive_file, pipeline_file", [("lora.yaml", "lora.pipeline.yaml"), ("chain.json", "chain.pipeline.yaml")])
+@pytest.mark.parametrize("olive_file, pipeline_file", [("lora.yaml", "lora.pipeline.yaml"), ("chain.json", "chain.pipeline.yaml"),
+                                                       ("adapters.yaml", "adapters.pipeline.yaml"), ("quantize.yaml", "quantize.pipeline.yaml")])
 def test_an_olive_file_runs_to_its_hand_written_pipelines_result(tmp_path, llama, cli, olive_file, pipeline_file):
     files = project(tmp_path, llama, olive_file, pipeline_file)
     code, _, err = cli("run", "--config", files[olive_file], "--quiet")
@@ -105,7 +106,7 @@ def test_olive_configs_are_told_from_pipelines():
     for template in sorted(CONFIGS.glob("*.yaml")):
         data, _ = parse_yaml(template.read_text(), template.name)
         assert not is_olive(data), template.name
-    for name in ("lora.yaml", "chain.json", "search.yaml"):
+    for name in ("lora.yaml", "chain.json", "search.yaml", "adapters.yaml", "quantize.yaml"):
         data, _ = parse_yaml((HERE / name).read_text().replace("\t", " "), name)
         assert is_olive(data), name
     assert is_olive({"passes": {"q": {"type": "OnnxDynamicQuantization"}}})
@@ -386,3 +387,19 @@ def test_a_section_of_the_wrong_shape_or_a_mistyped_key_anywhere_is_a_located_er
         """)
     assert any(i.startswith("olive.yaml:3 evaluators.ev.metricz:") and "did you mean 'metrics'?" in i for i in issues)
     assert any(i.startswith("olive.yaml:7 search_strategy.samplr:") and "did you mean 'sampler'?" in i for i in issues)
+
+
+def test_a_pass_with_its_own_evaluator_is_followed_by_an_evaluate_pass():
+    record = olive("""
+        input_model: {type: HfModel, model_path: smollm2-135m}
+        data_configs: [{name: tone, load_dataset_config: {data_name: json, data_files: tone.jsonl}, pre_process_data_config: {text_cols: phrase}}]
+        evaluators:
+          ppl: {metrics: [{name: ppl, type: accuracy, data_config: tone, sub_types: [{name: perplexity}]}]}
+        passes:
+          build: {type: ModelBuilder, precision: fp32, evaluator: ppl}
+          quant: {type: OnnxBlockWiseRtnQuantization}
+        """)
+    passes = record.pipeline["passes"]
+    assert list(passes) == ["build", "eval_build", "quant"]
+    assert passes["eval_build"]["metrics"] == ["perplexity"] and "inputs" not in passes["eval_build"]
+    assert passes["quant"]["inputs"] == ["build"]

@@ -456,6 +456,12 @@ def test_an_int4_cpu_base_is_affine_with_float_lora_branches(assets, tmp_path):
     inputs = {i.name for i in graph.input}
     assert lora and all(n.input[1] in inputs for n in lora)  # the branches read the adapter's weights
     assert node.metrics["parity_top1"] >= 0.8 and node.metrics["parity_top1_tone"] >= 0.8
+    # what onnxruntime plans buffers from says the adapter's rank is dynamic: a static 8 there made a rank-4
+    # adapter's base share a buffer with an affine block sum of width 4, and fail
+    products = {n.output[0] for n in nodes if any(".lora_A." in name for name in n.input)}
+    infos = [i for i in graph.value_info if i.name in products]
+    assert infos and all(i.type.tensor_type.shape.dim[-1].dim_param == "lora_rank" for i in infos)
+    assert not any(i.name in inputs for i in graph.value_info)
 
 
 # -- templates and CLI shortcuts ---------------------------------------------------------------------------------

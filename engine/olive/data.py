@@ -142,6 +142,10 @@ def _load(rec: Record, info: DataInfo, load: dict, at: Path_, data_root: Any) ->
     for key in ("data_dir", "streaming", "col_filters"):
         if load.get(key):
             rec.drop(("data", info.name), (*at, key), f"slimops reads the whole data set ({key} has no equivalent)")
+    for key in ("trust_remote_code", "type"):
+        if key in load:
+            rec.drop(("data", info.name), (*at, key), "slimops loads local files and hub data sets itself, running no "
+                     "data set script", warn=False)
 
 
 def _under(files: Any, root: str) -> Any:

@@ -81,6 +81,7 @@ class Step:
     params: dict[str, tuple[Any, Path_, str | None]] = field(default_factory=dict)  # key -> (value, Olive key, note)
     data: dict[str, tuple[Any, Path_]] = field(default_factory=dict)  # key -> (Olive data config name or body, Olive key)
     search: dict[str, tuple[Any, Path_]] = field(default_factory=dict)  # key -> (space entry, Olive key)
+    evaluator: tuple[Any, Path_] | None = None  # the pass's own evaluator (a name or a body), and where it is
 
     def set(self, key: str, value: Any, source: Path_, note: str | None = None) -> None:
         space = search_value(value) if key not in LIST_PARAMS or _list_of_lists(value) else None
@@ -136,9 +137,7 @@ def convert_pass(rec: Record, name: str, body: dict[str, Any], source: Path_) ->
     params = {key: value for key, value in body.items() if key not in ("type", "config")}
     params.update(body.get("config") or {})
     where = ("passes", name)
-    if params.pop("evaluator", None) is not None:
-        rec.drop(("passes", name), (*source, "evaluator"), "slimops evaluates each flow's output with the engine's evaluator; "
-                 "to evaluate this pass's output too, add an evaluate pass after it")
+    evaluator = params.pop("evaluator", None)
     for key in ("disable_search", "clean_run_cache", "output_name", "host"):
         if params.pop(key, None) is not None:
             rec.drop(("passes", name), (*source, key), "slimops caches each node and runs it here", warn=False)
@@ -150,6 +149,8 @@ def convert_pass(rec: Record, name: str, body: dict[str, Any], source: Path_) ->
         rec.error((*source, "type"), f"the Olive pass '{olive_type}' has no slimops equivalent; nearest: {hint} (docs/olive.md lists what converts)")
         return None
     step = Step(name, canonical, PASSES[canonical], "", source)
+    if evaluator is not None:
+        step.evaluator = (evaluator, (*source, "evaluator"))
     convert = {**{t: _adapter for t in ADAPTERS}, **{t: _export for t in EXPORTS}, **{t: _quantizer for t in QUANTIZERS},
                "OrtTransformersOptimization": _optimizer, "ExtractAdapters": _extract, "MergeAdapterWeights": _merge}[canonical]
     try:

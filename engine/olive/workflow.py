@@ -58,7 +58,7 @@ def convert(data: dict[str, Any], lines: Lines) -> Record:
     steps = _steps(rec, data)
     evaluation = _evaluator(rec, data, settings.get("evaluator"), where.get("evaluator"))
     chains = _chains(rec, data, steps)
-    _passes(rec, chains, evaluation, names)
+    _passes(rec, chains, evaluation, names, lambda ref, source: _evaluator(rec, data, ref, source))
     _search(rec, data, settings, where, steps, evaluation)
     olive_data.write_all(rec, names)
     for key, target in (("output_dir", "output_dir"),):
@@ -89,7 +89,8 @@ def _model(rec: Record, data: dict[str, Any]) -> None:
     if task not in TASKS:
         rec.error(at("task"), f"slimops adapts causal LMs (text-generation) and classifiers (text-classification); "
                   f"the task '{task}' has no equivalent")
-    model_source = at("model_path") if at("model_path") in rec.source.lines else (key, "hf_config", "model_name")
+    hf_at = at("hf_config")
+    model_source = at("model_path") if at("model_path") in rec.source.lines else (*hf_at, "model_name")
     if TASKS.get(task):
         rec.put(("model", "path"), str(path), model_source)
         rec.put(("model", "task"), TASKS[task], at("task"))
@@ -226,8 +227,10 @@ def _chains(rec: Record, data: dict[str, Any], steps: dict[str, Step]) -> list[l
     return chains
 
 
-def _passes(rec: Record, chains: list[list[Step]], evaluation: Evaluation | None, names: dict[str, str]) -> None:
-    """Each flow as a chain of slimops passes; a pass two flows share with the same prefix is written once."""
+def _passes(rec: Record, chains: list[list[Step]], evaluation: Evaluation | None, names: dict[str, str], evaluator) -> None:
+    """Each flow as a chain of slimops passes; a pass two flows share with the same prefix is written once.
+    A pass with its own evaluator (`evaluator(ref, source)` reads it) is followed by an evaluate pass
+    `eval_PASS`; the engine's evaluator evaluates each flow's last output."""
     written: dict[tuple, str] = {}  # (prefix of Olive pass names) -> slimops pass name
     olive_names = {step.name for chain in chains for step in chain}
     order: list[str] = []
@@ -272,6 +275,9 @@ def _passes(rec: Record, chains: list[list[Step]], evaluation: Evaluation | None
             written[prefix] = name
             previous, kind = name, _kind_after(step, kind)
             position += 1
+            own = evaluator(*step.evaluator) if step.evaluator else None
+            if own is not None and not (position == len(chain) and evaluation is not None):
+                _evaluate(rec, own, name, order, names, True)
         if evaluation is not None and previous != "model":
             _evaluate(rec, evaluation, previous, order, names, len(chains) > 1)
 
