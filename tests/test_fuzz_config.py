@@ -40,8 +40,8 @@ def _value_lines(lines: list[str]) -> list[int]:
 
 
 @st.composite
-def documents(draw) -> str:
-    lines = draw(st.sampled_from(TEMPLATES)).splitlines()
+def documents(draw, sources: list[str] = TEMPLATES) -> str:
+    lines = draw(st.sampled_from(sources)).splitlines()
     for _ in range(draw(st.integers(1, 4))):
         if not lines:
             break
@@ -106,3 +106,50 @@ def test_every_odd_value_in_every_place_of_one_template(value):
             parse_config("\n".join(mutated) + "\n", CONFIGS)
         except ConfigError:
             pass
+
+
+
+# -- Olive workflow configs: the files of tests/olive/ mutated as above, and documents of Olive's keys at random --
+
+OLIVE = Path(__file__).resolve().parent / "olive"
+OLIVE_FILES = [path.read_text().replace("\t", " ") for path in sorted(OLIVE.glob("*.*"))
+               if path.suffix in (".yaml", ".json") and not path.name.endswith(".pipeline.yaml")]
+OLIVE_KEYS = ["input_model", "model", "systems", "data_configs", "evaluators", "passes", "pass_flows", "search_strategy",
+              "engine", "evaluator", "target", "host", "search_space", "type", "config", "model_path", "train_data_config",
+              "training_args", "metrics", "sub_types", "goal", "name", "load_dataset_config", "pre_process_data_config",
+              "data_files", "data_name", "split", "accelerators", "r", "precision", "data_config", "tasks", "sampler",
+              "sampler_config", "text_template", "lora", "values", "low", "high", "support", "olive_parameter_type"]
+OLIVE_ATOMS = st.sampled_from([None, 1, -1, 0.5, "x", "LoRA", "ModelBuilder", "ExtractAdapters", "json", "tone.jsonl",
+                               "train[:5]", "SEARCHABLE_VALUES", "choice", "float", "Categorical", True, [], {}])
+OLIVE_VALUES = st.recursive(OLIVE_ATOMS, lambda inner: st.lists(inner, max_size=3)
+                            | st.dictionaries(st.sampled_from(OLIVE_KEYS), inner, max_size=4), max_leaves=12)
+OLIVE_DOCUMENTS = st.dictionaries(st.sampled_from(OLIVE_KEYS), OLIVE_VALUES, min_size=1, max_size=5).map(
+    lambda data: {"input_model": {"type": "HfModel", "model_path": "smollm2-135m"}, **data})
+
+
+def _converts_or_refuses(text: str) -> None:
+    try:
+        parse_config(text, CONFIGS / "data")  # where tone.jsonl is
+    except ConfigError as err:
+        assert err.issues and all(issue.message for issue in err.issues)
+
+
+@settings(max_examples=1000, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(documents(OLIVE_FILES))
+def test_a_mutated_olive_file_converts_or_is_a_config_error(text):
+    _converts_or_refuses(text)
+
+
+@settings(max_examples=1500, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(OLIVE_DOCUMENTS)
+def test_any_document_of_olive_keys_converts_or_is_a_config_error(data):
+    import yaml
+
+    _converts_or_refuses(yaml.safe_dump(data))
+
+
+def test_the_olive_files_convert():
+    for text in OLIVE_FILES:
+        assert parse_config(text, CONFIGS / "data").olive is not None

@@ -94,21 +94,25 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     """
     path = Path(path)
     data, lines = load_yaml(path)
-    from slimops.olive import convert, is_olive
-
-    if not is_olive(data):
-        return _validate(data, lines, path.resolve().parent, path, overrides or [])
-    record = convert(data, lines)  # an Olive workflow config: its pipeline, each key at its Olive line
-    config = _validate(copy.deepcopy(record.pipeline), record.lines(), path.resolve().parent, path, overrides or [])
-    config.olive = record
-    config.warnings[:0] = record.warnings()
-    return config
+    return _read(data, lines, path.resolve().parent, path, overrides or [])
 
 
 def parse_config(text: str, base_dir: Path, overrides: list[str] | None = None, name: str | None = None) -> PipelineConfig:
     """Like `load_config`, for YAML text (paths resolve against `base_dir`)."""
     data, lines = parse_yaml(text, name)
-    return _validate(data, lines, base_dir.resolve(), None, overrides or [])
+    return _read(data, lines, base_dir.resolve(), None, overrides or [])
+
+
+def _read(data: dict[str, Any], lines: Lines, base_dir: Path, file: Path | None, overrides: list[str]) -> PipelineConfig:
+    from slimops.olive import convert, is_olive
+
+    if not is_olive(data):
+        return _validate(data, lines, base_dir, file, overrides)
+    record = convert(data, lines)  # an Olive workflow config: its pipeline, each key at its Olive line
+    config = _validate(copy.deepcopy(record.pipeline), record.lines(), base_dir, file, overrides)
+    config.olive = record
+    config.warnings[:0] = record.warnings()
+    return config
 
 
 def _validate(data: dict[str, Any], lines: Lines, base_dir: Path, file: Path | None, overrides: list[str]) -> PipelineConfig:
