@@ -403,3 +403,12 @@ def test_a_pass_with_its_own_evaluator_is_followed_by_an_evaluate_pass():
     assert list(passes) == ["build", "eval_build", "quant"]
     assert passes["eval_build"]["metrics"] == ["perplexity"] and "inputs" not in passes["eval_build"]
     assert passes["quant"]["inputs"] == ["build"]
+
+
+def test_set_overrides_the_converted_pipeline(tmp_path, cli):
+    shutil.copy(HERE / "lora.yaml", tmp_path / "olive.yaml")
+    write_jsonl(tmp_path / "tone.jsonl", tone_rows(12))
+    config = load_config(tmp_path / "olive.yaml", ["passes.lora.r=4"])
+    assert config.passes["lora"].params.r == 4
+    code, _, err = cli("validate", "--config", tmp_path / "olive.yaml", "--set", "passes.lora.rr=4")
+    assert code == 2 and "--set passes.lora.rr" in err and "did you mean 'r'" in err

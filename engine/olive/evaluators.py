@@ -30,6 +30,8 @@ SUB_TYPES = {
 }
 NEAREST_SUB = {"accuracy": "accuracy_score or f1_score", "latency": "p50 or p90", "throughput": "avg", "size_on_disk": "bytes"}
 SCALE = {"size_mb": 1 / 2**20}  # Olive's size is in bytes, slimops's in MiB
+# evaluator types that run an evaluator's metrics (Olive picks one by the model's framework when none is given)
+METRIC_EVALUATORS = {"oliveevaluator", "onnxevaluator", "pytorchevaluator", "onnx", "pytorch"}
 # Olive goal type -> slimops rule, for a metric where higher is better and where lower is
 GOALS = {"threshold": ("min", "max"), "max-degradation": ("max_drop", "max_increase"),
          "percent-max-degradation": ("max_drop", "max_increase"), "min-improvement": ("min_increase", None),
@@ -62,9 +64,9 @@ def evaluate_passes(rec: Record, evaluator: dict[str, Any], source: Path_) -> Ev
             body["lm_eval"] = settings
         out.bodies.append((None, body, source))
         return out
-    if kind != "OliveEvaluator":
-        rec.error((*source, "type"), f"the Olive evaluator type '{kind}' has no slimops equivalent; nearest: an OliveEvaluator's "
-                  "metrics, or LMEvaluator's tasks (lm_eval:TASK metrics)")
+    if kind.lower() not in METRIC_EVALUATORS:
+        rec.error((*source, "type"), f"the Olive evaluator type '{kind}' has no slimops equivalent; nearest: an evaluator's "
+                  "metrics (no type, OnnxEvaluator or PyTorchEvaluator), or LMEvaluator's tasks (lm_eval:TASK metrics)")
         return out
     for key in ("user_script", "script_dir"):
         if key in args:
