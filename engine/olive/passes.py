@@ -222,6 +222,9 @@ def _adapter(rec: Record, step: Step, params: dict, at) -> None:
     for key in ("rank_dropout", "module_dropout", "use_effective_conv2d", "exclude_modules", "init_weights", "layers_to_transform",
                 "layers_pattern", "rank_pattern", "alpha_pattern", "decompose_both", "decompose_factor", "rank_dropout_scale"):
         dropped[key] = (f"slimops's {step.type} has no {key}; it keeps peft's default (nearest: target_modules)", True)
+    if "lora_alpha" in params and "alpha" not in params:
+        rec.note(("passes", step.name, "alpha"), at("lora_alpha"), "Olive 0.13 names this setting alpha and ignores "
+                 "lora_alpha (training at its default 16); here it is the alpha the file names")
     _known(rec, step, params, at, table, dropped)
     for key, value in defaults.items():  # after the file's own keys, so the written pass reads as the file did
         olive_key = {"dropout": "lora_dropout", "lr_scheduler": "lr_scheduler_type"}.get(key, key)
