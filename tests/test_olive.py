@@ -113,6 +113,7 @@ def test_olive_configs_are_told_from_pipelines():
     assert is_olive({"model": {"type": "HfModel", "model_path": "x"}, "passes": {}})
     assert is_olive({"passes": {"lora": {"type": "lora", "config": {"r": 8}}}})  # the older config:-nested form
     assert not is_olive({"model": "smollm2-135m", "passes": {"lora": {"type": "lora", "data": "tone"}}})
+    assert not is_olive({"passes": {"lora": {"type": []}}})  # a broken pipeline stays the pipeline's to report
 
 
 PASS_ROWS = [

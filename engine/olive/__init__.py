@@ -43,7 +43,8 @@ def is_olive(data: dict[str, Any]) -> bool:
     if isinstance(engine, dict) and OLIVE_ENGINE_KEYS & set(engine):
         return True
     bodies = passes.values() if isinstance(passes, dict) else []
-    return any(isinstance(body, dict) and (body.get("type") in OLIVE_TYPES or isinstance(body.get("config"), dict)) for body in bodies)
+    return any(isinstance(body, dict) and ((isinstance(body.get("type"), str) and body["type"] in OLIVE_TYPES)
+                                           or isinstance(body.get("config"), dict)) for body in bodies)
 
 
 def convert(data: dict[str, Any], lines: Lines) -> Record:
