@@ -19,7 +19,8 @@ from typing import Any
 
 
 from slimops.cli import shortcuts
-from slimops.cli.shortcuts import DATA_TYPES, add_search_flags, check_search_flags, flag_error, local_path, search_block
+from slimops.cli.shortcuts import add_search_flags, check_search_flags, flag_error, local_path, search_block
+from slimops.config.spec import DATA_TYPES
 from slimops.errors import ConfigError
 
 METHODS = ("lora", "dora", "qlora", "loha", "lokr", "ia3", "full")

@@ -51,10 +51,10 @@ def cmd_convert_olive(args) -> int:
     if out is not None:
         if out.resolve() == source.resolve():
             raise ConfigError("the output would replace the Olive config itself; give another file with -o", str(out))
-        if out.exists() and not args.force:
-            raise ConfigError("the file exists; add --force to replace it, or give another file with -o", str(out))
         if out.exists() and not out.is_file():
             raise ConfigError("is not a file; give a file name with -o", str(out))
+        if out.exists() and not args.force:
+            raise ConfigError("the file exists; add --force to replace it, or give another file with -o", str(out))
     base = (out.resolve().parent if out else Path.cwd().resolve())
     pipeline = relocate(config.olive.pipeline, source.resolve().parent, base)
     text = pipeline_text(pipeline, config.olive.notes, source.name, out.name if out else "pipeline.yaml")
@@ -107,7 +107,7 @@ def pipeline_text(pipeline: dict[str, Any], notes, source: str, name: str) -> st
         path = tuple(note.path)
         while path and not _has(pipeline, path):
             path = path[:-1]
-        by_path.setdefault(path, []).append(("warning: " if note.warn else "") + note.text)
+        by_path.setdefault(path, []).append(("warning: " if note.warn else "") + note.comment)
     lines = [f"# Converted from the Olive config {source} by 'slimops convert-olive'; run it with 'slimops run --config {name}'.",
              "# Each comment says which Olive setting a key came from, or what was dropped and why (docs/olive.md)."]
     lines += _comments(by_path.get((), []), 0)

@@ -20,7 +20,8 @@ from typing import Any
 
 
 from slimops.cli import shortcuts
-from slimops.cli.shortcuts import DATA_TYPES, add_search_flags, check_search_flags, flag_error, local_path, search_block
+from slimops.cli.shortcuts import add_search_flags, check_search_flags, flag_error, local_path, search_block
+from slimops.config.spec import DATA_TYPES
 
 DEFAULT_PRECISION = {"cpu": "int4", "cuda": "fp16", "dml": "int4", "npu": "int8"}
 METHODS = ("affine", "rtn", "hqq", "k_quant", "gptq", "int8_dynamic", "qdq")

@@ -17,7 +17,6 @@ from typing import Any, Callable
 
 import yaml
 
-from slimops.config.spec import DATA_TYPES  # noqa: F401 - the flag commands read it from here
 from slimops.errors import ConfigError, Issue
 
 STRATEGIES = ("grid", "random", "tpe")

@@ -22,9 +22,9 @@ from typing import Any
 
 from slimops.config.names import name_problem
 from slimops.config.spec import DATA_TYPES
+from slimops.config.source import Path_
 from slimops.olive.record import Record
 
-Path_ = tuple
 
 LOCAL_BUILDERS = {"json", "csv", "parquet", "text"}
 LOAD_KEYS = {"data_name", "subset", "split", "data_files", "data_dir", "trust_remote_code", "streaming", "col_filters", "type"}

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slimops.metrics import lower_is_better
+from slimops.config.source import Path_
 from slimops.olive.record import Record
 
-Path_ = tuple
 
 SUB_TYPES = {
     "accuracy": {"accuracy_score": "accuracy", "f1_score": "f1", "perplexity": "perplexity", "exact_match": "exact_match"},

@@ -19,9 +19,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from slimops.config.source import Path_
 from slimops.olive.record import Record
 
-Path_ = tuple
 
 ADAPTERS = {"LoRA": "lora", "QLoRA": "qlora", "DoRA": "dora", "LoHa": "loha", "LoKr": "lokr"}
 EXPORTS = {"OnnxConversion": "onnx", "ModelBuilder": "onnx"}

@@ -27,6 +27,12 @@ class Note:
     source: Path_
     text: str
     warn: bool = False  # True: a setting that changes what runs was dropped or changed
+    dropped: bool = False  # the Olive setting has no slimops equivalent; `text` says why
+
+    @property
+    def comment(self) -> str:
+        """The note as the written pipeline says it, naming the Olive key it drops."""
+        return f"dropped {dotted_path(self.source)}: {self.text}" if self.dropped else self.text
 
 
 @dataclass
@@ -73,7 +79,7 @@ class Record:
 
     def drop(self, path: Path_, source: Path_, why: str, warn: bool = True) -> None:
         """Olive's `source` has no slimops equivalent: a comment at `path`, and a warning when `warn`."""
-        self.notes.append(Note(path, source, f"dropped {dotted_path(source)}: {why}", warn))
+        self.notes.append(Note(path, source, why, warn, dropped=True))
 
     def error(self, source: Path_, message: str) -> None:
         self.issues.append(self.source.issue(source, message))
@@ -105,5 +111,5 @@ class Record:
         return out
 
     def warnings(self) -> list[Issue]:
-        return [self.source.issue(note.source, note.text.replace(f"dropped {dotted_path(note.source)}:", "dropped:", 1))
+        return [self.source.issue(note.source, f"dropped: {note.text}" if note.dropped else note.text)
                 for note in self.notes if note.warn]  # the issue names the key already

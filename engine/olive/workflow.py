@@ -35,7 +35,6 @@ MODEL_TYPES = {"hfmodel", "pytorchmodel", "onnxmodel", "hfmodelhandler", "pytorc
 TASKS = {"text-generation": None, "text-generation-with-past": None, "causal-lm": None,
          "text-classification": "text-classification", "sequence-classification": "text-classification"}
 SAMPLERS = {"tpe": "tpe", "random": "random", "sequential": "grid", "exhaustive": "grid", "optuna": "tpe"}
-QUIET = False  # a note only: the setting has no effect on what runs
 
 
 def convert(data: dict[str, Any], lines: Lines) -> Record:
@@ -91,11 +90,9 @@ def _model(rec: Record, data: dict[str, Any]) -> None:
                   f"the task '{task}' has no equivalent")
     hf_at = at("hf_config")
     model_source = at("model_path") if at("model_path") in rec.source.lines else (*hf_at, "model_name")
+    rec.put(("model", "path"), str(path), model_source)
     if TASKS.get(task):
-        rec.put(("model", "path"), str(path), model_source)
         rec.put(("model", "task"), TASKS[task], at("task"))
-    else:
-        rec.put(("model", "path"), str(path), model_source)
     loaders = ("model_loader", "model_script", "script_dir", "dummy_inputs_func", "io_config")
     for name, value in config.items():
         if name in loaders:
@@ -123,7 +120,7 @@ def _explain(rec: Record, data: dict[str, Any], settings: dict[str, Any], where:
         if name == target_name:
             _targets(rec, name, body.get("accelerators") or [], ("systems", name), settings.get("execution_providers"))
         elif name != host_name and not remote:
-            rec.drop(("targets",), ("systems", name), "no engine host or target names this system", warn=QUIET)
+            rec.drop(("targets",), ("systems", name), "no engine host or target names this system", warn=False)
     if target_name and target_name not in (systems or {}):
         rec.error(where["target"], f"names the system '{target_name}', which systems does not define")
     quiet = {"log_severity_level", "ort_log_severity_level", "ort_py_log_severity_level", "log_to_file", "verbose",
@@ -243,7 +240,7 @@ def _passes(rec: Record, chains: list[list[Step]], evaluation: Evaluation | None
             following = chain[position + 1] if position + 1 < len(chain) else None
             prefix = (*prefix, step.name)
             if prefix in written:
-                previous, kind = written[prefix], _kind_after(step, kind)
+                previous, kind = written[prefix], _kind_after(step)
                 position += 1
                 continue
             name = step.name if step.name not in order else f"{step.name}_{index + 1}"
@@ -273,7 +270,7 @@ def _passes(rec: Record, chains: list[list[Step]], evaluation: Evaluation | None
                 continue
             _write(rec, name, step, step.type, previous, order, names)
             written[prefix] = name
-            previous, kind = name, _kind_after(step, kind)
+            previous, kind = name, _kind_after(step)
             position += 1
             own = evaluator(*step.evaluator) if step.evaluator else None
             if own is not None and not (position == len(chain) and evaluation is not None):
@@ -287,7 +284,7 @@ def _branches(previous: str, order: list[str]) -> bool:
     return previous != (order[-1] if order else "model")
 
 
-def _kind_after(step: Step, kind: str) -> str:
+def _kind_after(step: Step) -> str:
     return {"adapter": "adapter", "merge": "model"}.get(step.role, "onnx")
 
 
