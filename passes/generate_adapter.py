@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from slimops.passes._onnx.builder import BUILDER_EP, builder_options, builder_supports, run_builder, set_runtime_threads
+from slimops.passes._onnx.builder import BUILDER_EP, builder_options, builder_refusal, run_builder, set_runtime_threads
 from slimops.passes._onnx.files import OnnxError, load_model, save_model
 from slimops.passes.onnx import OnnxParams
 from slimops.passes._runtime.common import read_json
@@ -84,10 +84,9 @@ class GenerateAdapter(Pass):
             raise OnnxError("generate_adapter has no adapter: read a fine-tuning node (inputs: [...]) or list folders under `adapters:`")
         base_dir = Path(base.path)
         config = read_json(base_dir / "config.json")
-        if config and not builder_supports(config):
-            architecture = (config.get("architectures") or ["?"])[0]
-            raise OnnxError(f"generate_adapter serves adapters through the onnxruntime-genai model builder, which does not build "
-                            f"{architecture}; merge each adapter (merge_adapter) and export the merged models with `onnx` instead")
+        if config and (refusal := builder_refusal(config)):
+            raise OnnxError(f"generate_adapter serves adapters through the onnxruntime-genai model builder, and here {refusal}; "
+                            f"merge each adapter (merge_adapter) and export the merged models with `onnx` instead")
         device = ctx.target.device
         float_precision = "fp32" if BUILDER_EP[device] == "cpu" else "fp16"
         target_precision = params.precision if params.precision != "auto" else ctx.target.precision

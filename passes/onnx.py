@@ -25,7 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from slimops.kinds import CLASSIFIER, FEATURES, auto_model_class, has_classifier, is_encoder
-from slimops.passes._onnx.builder import (BUILDER_EP, BUILDER_PRECISIONS, builder_options, builder_supports, check_genai_loads, num_layers,
+from slimops.passes._onnx.builder import (BUILDER_EP, BUILDER_PRECISIONS, builder_options, builder_refusal, check_genai_loads, num_layers,
                                           run_builder, set_runtime_threads)
 from slimops.passes._onnx.files import TOKENIZER_FILES, OnnxError, chat_template, copy_tokenizer
 from slimops.passes._onnx.torch_decoder import export_decoder
@@ -106,11 +106,10 @@ class Onnx(Pass):
         precision = resolve_precision(params.precision, ctx.target, encoder)
         if encoder:
             artifact = export_encoder(source, ctx.output_dir, params, precision, ctx)
-        elif builder_supports(config := json.loads((source / "config.json").read_text())):
+        elif not (refusal := builder_refusal(json.loads((source / "config.json").read_text()))):
             artifact = build_decoder(source, ctx.output_dir, params, precision, ctx)
         else:
-            ctx.log.info("the installed model builder does not build %s: exporting it through torch.onnx with a KV cache, "
-                         "as an onnx-model", (config.get("architectures") or ["?"])[0])
+            ctx.log.info("%s: exporting it through torch.onnx with a KV cache, as an onnx-model", refusal)
             artifact = export_decoder(source, ctx.output_dir, params, precision, ctx)
         artifact.meta = {**ctx.input.meta, **artifact.meta}
         template = chat_template(source)

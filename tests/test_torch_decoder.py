@@ -70,11 +70,25 @@ def op_types(folder: Path) -> list[str]:
 
 
 def test_the_builders_architectures_come_from_its_own_source():
-    from slimops.passes._onnx.builder import builder_architectures, builder_supports
+    from slimops.passes._onnx.builder import builder_architectures, builder_refusal
 
     assert {"LlamaForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM"} <= builder_architectures()
-    assert builder_supports({"architectures": ["LlamaForCausalLM"]})
-    assert not builder_supports({"architectures": ["GPT2LMHeadModel"]})
+    assert builder_refusal({"architectures": ["LlamaForCausalLM"], "hidden_size": 576, "num_attention_heads": 9}) is None
+    assert "does not build GPT2LMHeadModel" in builder_refusal({"architectures": ["GPT2LMHeadModel"]})
+    # GroupQueryAttention takes heads of a multiple of 16 only, read from head_dim or hidden / heads
+    assert "heads are 8 wide" in builder_refusal({"architectures": ["LlamaForCausalLM"], "hidden_size": 32, "num_attention_heads": 4})
+    assert "heads are 24 wide" in builder_refusal({"architectures": ["Qwen3ForCausalLM"], "hidden_size": 64, "num_attention_heads": 4,
+                                                   "head_dim": 24})
+
+
+def test_a_llama_with_narrow_heads_exports_through_torch_onnx(assets, tmp_path):
+    from assets import tiny_llama
+
+    llama = tiny_llama(tmp_path / "llama")  # hidden 32 over 4 heads: 8 wide, which GroupQueryAttention refuses
+    path = write(tmp_path, {**assets, "gpt2": llama}, "export: {type: onnx}", targets="{cpu: cpu}")
+    export = slimops.run(path, display=quiet())["export@cpu"]
+    assert export.kind == "onnx-model" and export.meta["kv_cache"]["head_dim"] == 8
+    assert export.metrics["parity_top1"] == 1.0 and export.metrics["parity_kv_agreement"] == 1.0
 
 
 def test_gpt2_exports_through_torch_onnx_as_an_onnx_model_that_matches_pytorch(run):

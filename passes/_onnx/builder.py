@@ -7,7 +7,7 @@
 - `BUILDER_MODULE`, `LAUNCHER`, `run_builder(...)`: the launch, with its progress read from its output.
 - `set_runtime_threads(folder, target)`, `check_genai_loads(folder)`: the genai_config.json it
   writes, tuned for the target and checked to load.
-- `builder_supports(config)`: whether the installed builder makes a model of this architecture.
+- `builder_refusal(config)`: why the installed builder cannot make this model (its architecture, its head size), or None.
 """
 
 from __future__ import annotations
@@ -200,12 +200,20 @@ def builder_architectures() -> frozenset[str]:
     return frozenset(re.findall(r"architectures\[0\]\s*==\s*[\"'](\w+)[\"']", body))
 
 
-def builder_supports(config: dict[str, Any]) -> bool:
-    """Whether the builder makes a model from this config.json (a dict); True when its list cannot be read,
-    so that the builder itself says what it lacks."""
+def builder_refusal(config: dict[str, Any]) -> str | None:
+    """Why the installed builder cannot make a model from this config.json (a dict), or None when it can.
+    None too when its architecture list cannot be read, so that the builder itself says what it lacks."""
     known = builder_architectures()
     architectures = config.get("architectures") or []
-    return not known or bool(architectures) and architectures[0] in known
+    if known and not (architectures and architectures[0] in known):
+        return f"the installed model builder does not build {(architectures or ['?'])[0]}"
+    text = config.get("text_config") or config
+    heads, hidden = text.get("num_attention_heads"), text.get("hidden_size")
+    head_dim = text.get("head_dim") or (hidden // heads if isinstance(hidden, int) and isinstance(heads, int) and heads else None)
+    if isinstance(head_dim, int) and head_dim % 16:
+        # onnxruntime's GroupQueryAttention, which every builder decoder uses, refuses the model when it first runs
+        return f"its attention heads are {head_dim} wide, and onnxruntime's GroupQueryAttention needs a multiple of 16"
+    return None
 
 
 def num_layers(hf_dir: Path) -> int:
