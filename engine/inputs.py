@@ -4,12 +4,17 @@
 - `locate(text, base_dir)`: the one rule for which of the three a `model.path` is (config
   validation and `resolve_model` both use it).
 - `detect_kind(path)`: the artifact kind of a file or folder, from the files it holds.
+- `model_problem(path)`: what is damaged in a local model (a config.json that is not JSON, a
+  safetensors file cut short, a shard its index names missing, a .gguf that is not one), read from
+  headers only so that validation stays fast; None when nothing is.
 - `resolve_model(spec, base_dir)`: the input `Artifact`, or a `ModelError` that says what to do.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import struct
 from pathlib import Path
 
 from slimops.errors import ModelError
@@ -54,6 +59,73 @@ def detect_kind(path: Path) -> str | None:
         return "onnx-model"
     if any(name.endswith(".gguf") for name in names):
         return "gguf"
+    return None
+
+
+def model_problem(path: Path) -> str | None:
+    """What a download cut short or a bad copy damaged in the model at `path`, or None.
+
+    Reads config.json, each *.safetensors header and index, and a .gguf's magic; never the weights.
+    """
+    if path.is_file():
+        return _gguf_problem(path) if path.suffix.lower() == ".gguf" else None
+    if not path.is_dir():
+        return None
+    for name in ("config.json", "adapter_config.json", "model.safetensors.index.json"):
+        try:
+            text = (path / name).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            continue
+        except (OSError, UnicodeDecodeError) as err:
+            return f"{path / name} cannot be read ({err}); copy the model again"
+        try:
+            data = json.loads(text)
+        except ValueError as err:
+            return f"{path / name} is not valid JSON ({err}); copy the model again"
+        if name.endswith("index.json"):
+            shards = sorted(set((data.get("weight_map") or {}).values())) if isinstance(data, dict) else []
+            missing = [shard for shard in shards if not (path / shard).is_file()]
+            if missing:
+                return f"{path / name} names {len(shards)} weight files, and {', '.join(missing[:3])} is missing; copy the model again"
+    for file in sorted(path.glob("*.safetensors")):
+        problem = _safetensors_problem(file)
+        if problem:
+            return f"{file} {problem}; copy or save the model again"
+    for file in sorted(path.glob("*.gguf")):
+        problem = _gguf_problem(file)
+        if problem:
+            return problem
+    return None
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    size = file.stat().st_size
+    with file.open("rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return f"is {size} bytes, too short for a safetensors header"
+        (length,) = struct.unpack("<Q", head)
+        if length > size - 8:
+            return f"is cut short or not a safetensors file: its header says {length:,} bytes of header, the file holds {size:,}"
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError:
+            return "has a damaged header (not JSON)"
+    if not isinstance(header, dict):
+        return "has a damaged header (not a table of tensors)"
+    ends = [entry["data_offsets"][1] for key, entry in header.items()
+            if key != "__metadata__" and isinstance(entry, dict) and len(entry.get("data_offsets") or ()) == 2]
+    expected = 8 + length + max(ends, default=0)
+    if expected != size:
+        return f"is cut short or damaged: its header describes {expected:,} bytes, the file holds {size:,}"
+    return None
+
+
+def _gguf_problem(file: Path) -> str | None:
+    with file.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF":
+        return f"{file} is not a GGUF file (it does not start with 'GGUF'); copy the model again"
     return None
 
 

@@ -136,6 +136,35 @@ def test_unknown_model_path_is_a_clear_error(project, cli):
     assert code == 2 and "did you mean 'smollm2-135m'?" in err
 
 
+def test_a_damaged_model_is_a_config_error_before_anything_runs(project, cli):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    model = project.root / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    save_file({"w": np.zeros((64, 64), np.float32)}, str(model / "model.safetensors"))
+    path = project.write("model: model\npasses:\n  a: {type: fake}\n")
+    assert cli("validate", "--config", path)[0] == 0
+    whole = (model / "model.safetensors").read_bytes()
+    (model / "model.safetensors").write_bytes(whole[:-100])  # a download cut short
+    code, _, err = cli("validate", "--config", path)
+    assert code == 2 and f"{path}:1 model: {model / 'model.safetensors'} is cut short" in err
+    assert f"describes {len(whole):,} bytes, the file holds {len(whole) - 100:,}" in err
+    (model / "model.safetensors").write_bytes(whole)
+    (model / "config.json").write_text('{"architectures": ')
+    code, _, err = cli("validate", "--config", path)
+    assert code == 2 and "config.json is not valid JSON" in err
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors.index.json").write_text('{"weight_map": {"w": "model-00001-of-00002.safetensors"}}')
+    code, _, err = cli("validate", "--config", path)
+    assert code == 2 and "model-00001-of-00002.safetensors is missing" in err
+    (project.root / "fake.gguf").write_bytes(b"<html>not found</html>")
+    gguf = project.write("model: fake.gguf\npasses:\n  a: {type: fake}\n", "gguf.yaml")
+    code, _, err = cli("validate", "--config", gguf)
+    assert code == 2 and "fake.gguf is not a GGUF file" in err
+
+
 def test_unreachable_hub_model_is_a_clear_error(project, cli, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = project.write("model: some-org/some-model\npasses:\n  a: {type: fake}\n")

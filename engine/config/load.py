@@ -262,14 +262,18 @@ def _check_references(spec: PipelineFile, passes: dict[str, PassConfig], lines: 
                 hint = f"; did you mean '{close[0]}'?" if close else f"; add it under 'data:' (defined: {', '.join(spec.data) or 'none'})"
                 issues.append(lines.issue(("passes", name, field_name), f"unknown data set '{value}'{hint}"))
     if spec.model is not None:
-        from slimops.inputs import REGISTERED, locate
+        from slimops.inputs import REGISTERED, locate, model_problem
 
         text = spec.model.path
-        if locate(text, base_dir) is None:
+        where = ("model", "path") if ("model", "path") in lines.lines else ("model",)
+        found = locate(text, base_dir)
+        if found is None:
             close = difflib.get_close_matches(text, list(REGISTERED), n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            issues.append(lines.issue(("model", "path") if ("model", "path") in lines.lines else ("model",),
+            issues.append(lines.issue(where,
                 f"'{text}' is neither a local path (relative to {base_dir}) nor a registered model; {hint}registered: {', '.join(REGISTERED)}"))
+        elif found[0] == "local" and (problem := model_problem(found[1])):
+            issues.append(lines.issue(where, problem))
     from slimops.errors import DataError
     from slimops.config.data import path_problem
     from slimops.config.splits import parse_split
