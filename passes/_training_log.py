@@ -3,12 +3,16 @@
 - `run_metrics(trainer, result, eval_metrics, seconds, trainable, checkpoint)`: train/eval loss,
   steps, real tokens and tokens/s of this session (a resumed run counts only what it trained).
 - `plot_loss(history, path, title)`: the loss curve as a PNG (matplotlib, Agg).
-- `progress_callback(ctx)`: a transformers callback feeding `ctx.progress` (`loss 1.234  812 tok/s`).
+- `progress_callback(ctx)`: a transformers callback feeding `ctx.progress` (`loss 1.234  812 tok/s`);
+  it stops training at the first loss that is NaN or infinite.
+- `divergence(trainer, model, params)`: why the trained weights cannot be shipped (a NaN or infinite
+  loss, or trainable weights that hold one) and what to change, or None.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,49 @@ def run_metrics(trainer, result, eval_metrics: dict, seconds: float, trainable: 
         if key in eval_metrics:
             metrics[key] = round(eval_metrics[key], 4)
     return metrics
+
+
+LOSSES = ("loss", "eval_loss")
+
+
+def divergence(trainer, model, params: Any) -> str | None:
+    """Why this run's weights are unfit to ship, and what to change; None when they are fit.
+
+    Looks at every logged loss (the Trainer must log them unfiltered: logging_nan_inf_filter=False),
+    unless early stopping restored a checkpoint from before it, and at the trainable weights themselves. A frozen weight that already holds NaN or inf points at
+    the input model rather than at the step size.
+    """
+    import torch
+
+    found = None
+    for entry in trainer.state.log_history:
+        for key in LOSSES:
+            if found is None and key in entry and not _finite(entry[key]):
+                found = f"the {key.replace('_', ' ')} was {entry[key]} at step {entry.get('step', '?')}"
+    state = trainer.state
+    if found and trainer.args.load_best_model_at_end and state.best_model_checkpoint and _finite(state.best_metric):
+        found = None  # early stopping went back to its best checkpoint, from before the loss was lost
+    broken = [name for name, weight in model.named_parameters() if weight.requires_grad and not torch.isfinite(weight).all()]
+    if found is None and broken:
+        found = f"trained weights hold NaN or infinite values ({_tensors(broken)})"
+    if found is None:
+        return None
+    frozen = [name for name, weight in model.named_parameters() if not weight.requires_grad and not torch.isfinite(weight).all()]
+    if frozen:
+        advice = f"The input model is damaged: its weights hold NaN or infinite values ({_tensors(frozen)}); export or download it again."
+    else:
+        advice = (f"Lower learning_rate (now {params.learning_rate:g}) or max_grad_norm (now {params.max_grad_norm:g}); "
+                  "in bf16, try precision: fp32.")
+    return f"training diverged: {found}, so no model was saved. {advice}"
+
+
+def _tensors(names: list[str]) -> str:
+    first = names[0].replace("base_model.model.", "", 1).replace(".base_layer", "")  # the model's own name, not peft's wrapping
+    return f"{len(names)} tensor{'s' if len(names) != 1 else ''}, first {first}"
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, (int, float)) or math.isfinite(value)
 
 
 def plot_loss(history: list[dict], path: Path, title: str) -> None:
@@ -78,6 +125,8 @@ def progress_callback(ctx: PassContext):
                 self.loss = logs["loss"]
             if logs:
                 ctx.log.info("step %d: %s", state.global_step, json.dumps({k: v for k, v in logs.items() if isinstance(v, (int, float))}))
+            if any(not _finite(logs.get(key)) for key in LOSSES if logs and key in logs):
+                control.should_training_stop = True  # the weights are already lost: later steps only cost time
 
         def on_step_end(self, args, state, control, **kwargs):
             elapsed = time.perf_counter() - self.t0

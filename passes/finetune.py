@@ -124,7 +124,7 @@ class FullParams(TrainParams):
 class _FineTune(Pass):
     """The shared loop; subclasses set `name`, `method`, `Params` and what they produce."""
 
-    version = "3"  # token batches, the head at labelled positions only, bf16 adapter matmuls on a bf16 base
+    version = "4"  # 4: a NaN or infinite loss or weight fails the run; 3: token batches, the head at labelled positions only, bf16 adapter matmuls on a bf16 base
     consumes = ("hf-model",)
     produces = "hf-adapter"
     requires = ("torch", "transformers", "peft")
@@ -185,7 +185,7 @@ class Qlora(_FineTune):
 
     name = "qlora"
     method = "qlora"
-    version = "2"  # layers whose shape does not fit a 4-bit block stay in float
+    version = "3"  # 3: a NaN or infinite loss or weight fails the run; 2: layers whose shape does not fit a 4-bit block stay in float
     requires = ("torch", "transformers", "peft", "bitsandbytes")
     alternative = "lora"
     Params = QloraParams
@@ -232,7 +232,7 @@ def train(ctx: PassContext, method: str) -> Artifact:
     Raises:
         DataError: the data does not fit its formatting (found before the model loads).
         ModelError: peft finds none of `target_modules` in the model.
-        SlimopsError: the custom loss does not import.
+        SlimopsError: the custom loss does not import, or training diverged (a NaN or infinite loss or weight).
     """
     params = ctx.params
     task = (ctx.source.meta.get("task") if ctx.source else None) or ctx.input.meta.get("task") or "text-generation"
@@ -288,6 +288,9 @@ def train(ctx: PassContext, method: str) -> Artifact:
         eval_metrics = _final_eval(trainer, params) if eval_set else {}
 
     model.config.use_cache = use_cache  # a saved full model generates with its cache again
+    diverged = training_log.divergence(trainer, model, params)
+    if diverged:
+        raise SlimopsError(diverged)
     metrics = training_log.run_metrics(trainer, result, eval_metrics, seconds, trainable, checkpoint)
     if trainer.is_world_process_zero():  # under torchrun only rank 0 writes the output
         _save(model, tokenizer, method, ctx.output_dir)
@@ -387,6 +390,7 @@ def _trainer(ctx: PassContext, model, tokenizer, params: Any, train_set, eval_se
         metric_for_best_model="eval_loss" if params.early_stopping_patience else None,
         greater_is_better=False if params.early_stopping_patience else None,
         logging_steps=params.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN loss is a failed run (training_log.divergence), not a step to average away
         report_to=[],  # tensorboard, when asked, is a callback below writing into the output
         train_sampling_strategy="group_by_length",
         include_num_input_tokens_seen="non_padding",

@@ -147,6 +147,11 @@ def compare(reference, candidate, token_lists: list[list[int]], new_tokens: int,
         cand = candidate.logits(sequence)
         if ref.shape != cand.shape:
             raise ParityError(f"the model's output shape {cand.shape} differs from the reference's {ref.shape}")
+        for name, rows, what in (("input model", ref, "its weights may hold NaN or inf: export or download it again"),
+                                 ("model", cand, "an overflow at this precision? try a higher one, or check the log")):
+            if not np.isfinite(rows).all():  # NaN compares as neither near nor far, so every check below would pass it
+                raise ParityError(f"the {name}'s outputs hold NaN or infinite values ({int((~np.isfinite(rows)).sum())} of "
+                                  f"{rows.size} on a {len(sequence)}-token prompt); {what}")
         if decoder:
             top1_hits += int((ref.argmax(-1) == cand.argmax(-1)).sum())
             positions += ref.shape[0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -163,6 +164,46 @@ def test_custom_loss_is_called(tmp_path, assets):
     result = run(pipeline(tmp_path, assets, "ft: {type: lora, data: tone, max_steps: 2, loss: 'my_loss:shifted_ce'}\n"))
     assert (tmp_path / "called").exists()
     assert result["ft"].metrics["steps"] == 2
+
+
+def test_a_nan_loss_fails_the_run_early_and_saves_no_model(tmp_path, assets):
+    (tmp_path / "nan_loss.py").write_text(textwrap.dedent(
+        """
+        import torch.nn.functional as F
+
+        calls = 0
+
+        def third_is_nan(outputs, labels, num_items_in_batch=None):
+            global calls
+            calls += 1
+            loss = F.cross_entropy(outputs.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+            return loss * float("nan") if calls == 3 else loss
+        """
+    ))
+    path = pipeline(tmp_path, assets, "ft: {type: lora, data: tone, max_steps: 8, loss: 'nan_loss:third_is_nan'}\n")
+    with pytest.raises(slimops.PassError, match=r"training diverged: the loss was nan at step 3, so no model was saved\. "
+                                                r"Lower learning_rate \(now 0\.001\)") as failed:
+        run(path)
+    steps = [line for line in failed.value.log.read_text().splitlines() if " step " in line and '"loss"' in line]
+    assert len(steps) == 3  # stopped at the NaN, not 5 steps later
+    from slimops.cache import Cache
+
+    assert [entry.manifest["node"] for entry in Cache(tmp_path / ".slimops" / "cache").entries()] == []
+    assert not (tmp_path / "out" / "ft").exists()
+
+
+def test_a_model_with_nan_weights_is_named_as_the_cause(tmp_path, assets):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(assets["llama"], broken)
+    weights = load_file(broken / "model.safetensors")
+    weights["model.layers.1.mlp.up_proj.weight"][3, 3] = float("inf")
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    path = pipeline(tmp_path, {**assets, "broken": broken}, "ft: {type: lora, data: tone, max_steps: 4}\n", model="broken")
+    with pytest.raises(slimops.PassError, match=r"training diverged: the (eval )?loss was nan at step \d.*The input model is damaged: its "
+                                                r"weights hold NaN or infinite values \(1 tensor, first model\.layers\.1\.mlp\.up_proj\.weight\)"):
+        run(path)
 
 
 def test_eval_steps_without_eval_split_is_a_data_error(tmp_path, assets):

@@ -175,3 +175,27 @@ def test_a_near_tie_flipped_by_the_cache_still_agrees(tmp_path, monkeypatch):
     # the flip to 2 is a near tie; 3 is 3 logits down: that prompt agrees for 3 tokens of 4
     assert kv_agreement(Uncached(), tmp_path, [[0], [0]], uncached, 4, near_tie=1.0) == ((1 + 3 / 4) / 2, (2 / 4 + 3 / 4) / 2)
     assert kv_agreement(Uncached(), tmp_path, [[0], [0]], uncached, 4, near_tie=0.0) == ((2 / 4 + 3 / 4) / 2,) * 2
+
+
+def test_outputs_that_hold_nan_fail_parity_instead_of_comparing_as_equal():
+    import numpy as np
+
+    from slimops.passes.parity import compare
+
+    class Rows:
+        providers = ["numpy"]
+
+        def __init__(self, broken: bool):
+            self.broken = broken
+
+        def logits(self, ids):
+            rows = np.tile(np.arange(5, dtype=np.float32), (len(ids), 1))
+            if self.broken:
+                rows[-1, 0] = np.nan  # max(0.0, nan) is 0.0, and nan is never over a threshold
+            return rows
+
+    assert compare(Rows(False), Rows(False), [[1, 2]], 2, decoder=True).max_logit_diff == 0.0
+    with pytest.raises(ParityError, match=r"the model's outputs hold NaN or infinite values \(1 of 20 on a 4-token prompt\); an overflow"):
+        compare(Rows(False), Rows(True), [[1, 2]], 2, decoder=True)
+    with pytest.raises(ParityError, match="the input model's outputs hold NaN .*its weights may hold NaN"):
+        compare(Rows(True), Rows(False), [[1, 2]], 2, decoder=False)
