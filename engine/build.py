@@ -124,6 +124,9 @@ def _build(cache: Cache, job: Job, progress) -> Entry:
         if not isinstance(artifact, Artifact):
             raise TypeError(f"run() returned {type(artifact).__name__}, not slimops.Artifact")
         rel = Path(ARTIFACT) / Path(artifact.path).resolve().relative_to((tmp / ARTIFACT).resolve())
+        if not os.path.lexists(artifact.path):
+            raise SlimopsError(f"the returned Artifact's path {rel.relative_to(ARTIFACT).as_posix()} does not exist in "
+                            "ctx.output_dir; write the output before returning it")
         json.dumps([artifact.meta, artifact.metrics], default=str)
         _check_links(tmp / ARTIFACT)
     except BaseException as err:

@@ -248,6 +248,8 @@ class Cache:
         for rel in (artifact["path"], *files):
             if not (entry.dir / rel).resolve().is_relative_to(root):
                 return f"its manifest names a path outside the entry ({rel})"
+        if not os.path.lexists(entry.dir / artifact["path"]):
+            return f"its artifact ({artifact['path']}) is missing"
         listed = set(files)
         present = {p.relative_to(entry.dir).as_posix() for p in (entry.dir / ARTIFACT).rglob("*") if p.is_file() or p.is_symlink()}
         if present - listed:

@@ -116,6 +116,26 @@ def test_one_module_name_in_two_pipeline_folders_is_each_folders_own(project, cl
         assert code == 0, err
 
 
+def test_an_artifact_path_the_pass_never_wrote_fails_the_node(project, cli):
+    (project.root / "ghost.py").write_text(textwrap.dedent("""\
+        import slimops
+        from pydantic import BaseModel
+
+        class Ghost(slimops.Pass):
+            name = "ghost"
+
+            class Params(BaseModel):
+                pass
+
+            def run(self, ctx):
+                return slimops.Artifact(path=ctx.output_dir / "model.onnx", kind="onnx-model")
+        """))
+    path = project.write("passes:\n  g: {type: 'ghost:Ghost'}\n")
+    code, _, err = cli("run", "--quiet", "--config", path)
+    assert code == 1 and "the returned Artifact's path model.onnx does not exist in ctx.output_dir" in err
+    assert not list((project.root / ".slimops" / "cache").glob("entries/*"))
+
+
 def _install(site, name: str, source: str) -> None:
     """An installed distribution `name` whose module `name` registers pass `name`."""
     (site / f"{name}.py").write_text(source)

@@ -183,6 +183,8 @@ DAMAGE = [
     ("a path out of the entry", lambda e: _manifest(e, lambda b: {**b, "artifact": {**b["artifact"], "path": "artifact/../.."}}),
      "outside the entry (artifact/../..)"),
     ("an unreadable manifest", lambda e: (e / "manifest.json").write_text("{not json"), "is unreadable"),
+    ("an artifact path that is not there", lambda e: _manifest(e, lambda b: {**b, "artifact": {**b["artifact"], "path": "artifact/gone"}}),
+     "its artifact (artifact/gone) is missing"),
 ]
 
 
