@@ -25,8 +25,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from slimops.config.names import ALLOWED, SAFE
 from slimops.passes._onnx.builder import BUILDER_EP, builder_options, builder_refusal, run_builder, set_runtime_threads
 from slimops.passes._onnx.files import OnnxError, load_model, save_model
 from slimops.passes.onnx import OnnxParams
@@ -46,6 +47,14 @@ class GenerateAdapterParams(BaseModel):
         description="More PEFT LoRA adapter folders by name (relative to the pipeline file), beside any hf-adapter inputs.",
     )
     precision: str = Field("auto", description="Base weights: auto (the target's; int4 quantizes the base with rtn), fp32, fp16, int4.")
+
+    @field_validator("adapters")
+    @classmethod
+    def _safe_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:  # each name becomes adapters/NAME.onnx_adapter and a build folder: one safe path component
+            if not SAFE.fullmatch(name) or name.endswith("."):
+                raise ValueError(f"{name!r} cannot name an adapter: it becomes a file name; allowed: {ALLOWED}")
+        return value
     block_size: int | None = Field(None, description="int4 block size of the base (default: target settings, else 32).")
     parity: ParityParams = Field(default_factory=ParityParams, description="Base model (no adapter) and each adapter, against PyTorch/PEFT.")
 
@@ -76,6 +85,8 @@ class GenerateAdapter(Pass):
         if base is None:
             raise OnnxError("generate_adapter needs a base HF model upstream (the model the adapters were trained on)")
         for name, text in params.adapters.items():
+            if name in adapters:
+                raise OnnxError(f"adapters.{name}: an input node is named '{name}' too; give the folder another name")
             path = (ctx.config_dir / text).resolve()
             if not (path / "adapter_config.json").is_file():
                 raise OnnxError(f"adapters.{name}: {path} is not a PEFT adapter folder (no adapter_config.json)")

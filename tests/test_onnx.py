@@ -534,10 +534,13 @@ def test_optimize_shortcut_quantizes_a_registered_encoder(cli):
     assert [p["type"] for p in passes.values()] == ["onnx", "optimize", "quantize"]
 
 
-def test_shortcut_flag_errors_are_messages(assets, cli):
+def test_shortcut_flag_errors_are_messages(assets, cli, tmp_path):
     code, out, err = cli("quantize", "--model_name_or_path", assets["llama"], "--algorithm", "qdq", "--emit-config")
     assert code == 2
     assert "slimops quantize --calibration_data: qdq calibrates on data" in err and "Traceback" not in err
+    code, out, err = cli("generate-adapter", "-m", assets["llama"], "--adapter_path", f"a={tmp_path}", "--adapter_path", f"a={tmp_path}/b",
+                         "--emit-config")
+    assert code == 2 and "two adapters are named 'a'; name each one" in err  # not the first one dropped
 
 
 def test_shortcut_quantize_runs_and_writes_its_pipeline(assets, tmp_path, cli, monkeypatch):
@@ -556,8 +559,9 @@ def test_a_failed_shortcut_says_where_its_pipeline_is(assets, tmp_path, cli, mon
     monkeypatch.chdir(tmp_path)
     broken = tmp_path / "broken"
     shutil.copytree(assets["llama"], broken)
-    weights = broken / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:1000])  # plans (the file is there), fails in the builder
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "intermediate_size": config["intermediate_size"] + 1}))
+    # a whole model that plans, and that the builder cannot load: its MLP weights are not the shape config.json says
     code, out, err = cli("quantize", "-m", broken, "--algorithm", "rtn", "-o", "q", "-q")
     assert code == 1
     assert "error: pass 'export@cpu' failed" in err and "Traceback" not in err

@@ -160,6 +160,8 @@ def pipeline_for(command: str, args, absolute: bool = False) -> dict[str, Any]:
             name, sep, path = item.partition("=")
             if not sep:
                 name, path = Path(item.rstrip("/")).name, item
+            if name in adapters:
+                raise flag_error(command, "--adapter_path", f"two adapters are named '{name}'; name each one: --adapter_path NAME=PATH")
             adapters[name] = local_path(path, absolute)
         passes["serve"] = {"type": "generate_adapter", "adapters": adapters}
     elif command == "optimize" and searching:
