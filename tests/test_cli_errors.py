@@ -92,6 +92,8 @@ USAGE = [
     ("choice", ["cache", "sho"], "error: unknown cache action 'sho'; did you mean 'show'? (see 'slimops cache --help')"),
     ("stray argument", ["validate", "--config", "pipeline.yaml", "extra"], "error: unexpected argument: extra"),
     ("missing flag", ["run"], "error: the following arguments are required: --config/-c (see 'slimops run --help')"),
+    ("negative age", ["cache", "gc", "--older-than", "-5"], "error: argument --older-than: '-5' is not an age in days; give a number, 0"),
+    ("NaN age", ["cache", "gc", "--older-than", "nan"], "error: argument --older-than: 'nan' is not an age in days"),
 ]
 
 
@@ -210,3 +212,21 @@ def test_json_is_all_stdout_in_a_child(project):
         done = slimops(*args, cwd=project.root)
         assert done.returncode == 0, done.stderr
         assert isinstance(json.loads(done.stdout), list)
+
+
+def test_a_copy_that_fails_on_several_files_says_the_first_ones_cause(project, cli, monkeypatch):
+    """shutil.copytree gathers each file's error into one shutil.Error, whose errno is None: the
+    message still says the disk is full and where, not a printed list."""
+    import errno
+
+    import slimops.scheduler
+
+    def copytree(source, destination, *args, **kwargs):
+        raise shutil.Error([(f"{source}/a", f"{destination}/a", f"[Errno {errno.ENOSPC}] No space left on device: '{destination}/a'"),
+                            (f"{source}/b", f"{destination}/b", "[Errno 28] No space left on device")])
+
+    path = project.write("passes: {a: {type: fake}}\n")
+    monkeypatch.setattr(slimops.scheduler.shutil, "copytree", copytree)
+    code, _, err = cli("run", "--quiet", "--config", path)
+    assert code == 1 and "error: No space left on device (and 1 more files) at " in err and "; free space there" in err, err
+    assert "[(" not in err

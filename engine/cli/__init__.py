@@ -27,7 +27,9 @@ from __future__ import annotations
 import argparse
 import difflib
 import errno
+import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -161,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key", nargs="?", help="key prefix (hex digits, as 'cache ls' shows them), for show")
     p.add_argument("--config", "-c", help="take the cache folder from this pipeline file")
     p.add_argument("--cache-dir", help="the cache folder (default .slimops/cache), or its URL: s3://bucket/prefix, file:///shared/folder")
-    p.add_argument("--older-than", type=float, metavar="DAYS", help="gc: also drop entries unused this long")
+    p.add_argument("--older-than", type=_days, metavar="DAYS", help="gc: also drop entries unused this long")
     p.add_argument("--yes", action="store_true", help="clear: do not ask")
     p.add_argument("--json", action="store_true", help="ls: print the entries as JSON, for scripts")
 
@@ -219,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if err.errno == errno.EPIPE:  # `slimops cache ls --json | head`: the reader has all it wanted
             return 141
+        err = _first_failure(err)
         where = f" at {err.filename}" if err.filename else ""
         print(f"error: {err.strerror or err}{where}; {_advice(err)} (or point engine.cache_dir / engine.output_dir "
               "elsewhere) and run again: what finished stays cached", file=sys.stderr)
@@ -238,6 +241,33 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _first_failure(err: OSError) -> OSError:
+    """The first file's error of a copytree that failed on several (shutil.Error holds a list of
+    (source, destination, why) with the errno only in the text), else `err` itself."""
+    import shutil
+
+    failures = err.args[0] if isinstance(err, shutil.Error) and err.args and isinstance(err.args[0], list) else None
+    if not failures or not isinstance(failures[0], tuple) or len(failures[0]) != 3:
+        return err
+    _, destination, why = failures[0]
+    found = re.match(r"\[Errno (\d+)\] ([^:]+)", str(why))
+    more = f" (and {len(failures) - 1} more files)" if len(failures) > 1 else ""
+    if not found:
+        return OSError(None, f"{why}{more}", destination)
+    return OSError(int(found.group(1)), found.group(2) + more, destination)
+
+
+def _days(text: str) -> float:
+    """A number of days, 0 or more: argparse's type for --older-than (a negative or NaN age would match every entry)."""
+    try:
+        days = float(text)
+    except ValueError:
+        days = -1.0
+    if not (math.isfinite(days) and days >= 0):
+        raise argparse.ArgumentTypeError(f"'{text}' is not an age in days; give a number, 0 or more")
+    return days
 
 
 def _advice(err: OSError) -> str:
