@@ -135,6 +135,9 @@ def node_key(plan, node) -> None:
     if node.source is not None:
         content = plan.cache.memo.path(Path(node.source.path))
         node.parts = {"source": content, "kind": node.kind}
+        task = node.source.meta.get("task")
+        if task and task != "text-generation":  # passes read it (a classifier trains another model); the default keeps older keys
+            node.parts["task"] = task
         node.key = sha256_text(canonical(node.parts))
         return
     pc = node.config

@@ -171,3 +171,19 @@ def test_unreachable_hub_model_is_a_clear_error(project, cli, monkeypatch):
     code, _, err = cli("plan", "--config", path)
     assert code == 2
     assert f"{path}:1" in err and "some-org/some-model" in err and "Traceback" not in err
+
+
+def test_the_models_task_is_in_the_keys_of_what_reads_it(project):
+    """A classifier fine-tune trains another model than a causal one from the same folder: `model.task`
+    must change the keys, or the plan reuses the other's entry."""
+    import slimops
+
+    (project.root / "m").mkdir()
+    (project.root / "m" / "config.json").write_text('{"architectures": ["BertForSequenceClassification"], "model_type": "bert"}')
+    path = project.write("model: {path: m, task: text-generation}\npasses:\n  a: {type: fake}\n")
+    causal = slimops.plan(path)
+    classifier = slimops.plan(path, ["model.task=text-classification"])
+    assert causal.nodes["model"].key != classifier.nodes["model"].key
+    assert causal.nodes["a"].key != classifier.nodes["a"].key
+    default = project.write("model: {path: m}\npasses:\n  a: {type: fake}\n", "default.yaml")
+    assert slimops.plan(default).nodes["a"].key == causal.nodes["a"].key  # the default task keeps the keys it had
