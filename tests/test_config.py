@@ -41,9 +41,10 @@ def test_valid_pipeline_validates(project, cli):
         ("passes:\n  a:\n    value: 3\n", 2, "missing required key 'type'"),
         ("data:\n  d:\n    files: pipeline.yaml\n    splits: {train: '[:90%'}\n", 4, "bad split '[:90%'"),
         ("passes:\n  s:\n    type: generate_adapter\n    adapters: {'../../x': ad}\n", 4, "'../../x' cannot name an adapter"),
+        ("passes:\n  a: {type: fake, inputs: [model]}\n", 2, "passes.a.inputs[0]: 'model' is the pipeline's input model, and this pipeline has none"),
     ],
     ids=["yaml-syntax", "unknown-key", "wrong-type", "missing-required", "unknown-pass", "unknown-input",
-         "missing-data-file", "top-level-typo", "unknown-target", "duplicate-key", "missing-type", "bad-split", "adapter-name-a-path"],
+         "missing-data-file", "top-level-typo", "unknown-target", "duplicate-key", "missing-type", "bad-split", "adapter-name-a-path", "model-input-without-a-model"],
 )
 def test_bad_config_names_file_line_and_fix(project, cli, text, line, fragment):
     path = project.write(text)

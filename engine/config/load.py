@@ -247,6 +247,10 @@ def _check_references(spec: PipelineFile, passes: dict[str, PassConfig], lines: 
             issues.append(lines.issue(("engine", key), f"'{value}' is a file ({folder}); give a folder"))
     for name, config in passes.items():
         for index, input_name in enumerate(config.inputs or []):
+            if input_name == MODEL_INPUT and spec.model is None:
+                issues.append(lines.issue(("passes", name, "inputs", index), "'model' is the pipeline's input model, and this "
+                                          "pipeline has none: add a model: section, or read another pass"))
+                continue
             if input_name == MODEL_INPUT or input_name in names:
                 continue
             close = difflib.get_close_matches(input_name, [*names, MODEL_INPUT], n=1)
