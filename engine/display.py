@@ -89,7 +89,9 @@ class RunDisplay:
     def warn(self, text: str) -> None:
         """A line the user must see whatever the mode (a damaged cache entry, say)."""
         if self._live is not None:
-            self._live.console.print(f"[yellow]warning:[/] {text}", markup=True, highlight=False)
+            from rich.markup import escape
+
+            self._live.console.print(f"[yellow]warning:[/] {escape(text)}", markup=True, highlight=False)
         else:
             print(f"warning: {text}", file=self.stream, flush=True)
 
@@ -118,6 +120,8 @@ class RunDisplay:
     def _render(self):
         from rich.table import Table
 
+        from rich.markup import escape
+
         styles = {"pending": "dim", "queued": "yellow", "waiting": "yellow", "running": "cyan", "done": "green", "cached": "blue", "failed": "bold red"}
         table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
         for column in ("node", "pass", "key", "status", "time", "progress"):
@@ -131,8 +135,8 @@ class RunDisplay:
                 bar = "█" * int(fraction * 20) + "░" * (20 - int(fraction * 20))
                 progress = f"{bar} {line.detail}"
             status = {"cached": "hit", "done": "miss, built"}.get(line.status, line.status)
-            table.add_row(
-                line.id, line.pass_name, line.key[:12], f"[{styles.get(line.status, '')}]{status}[/]",
-                f"{seconds:.1f}s" if seconds is not None else "", progress,
+            table.add_row(  # a pass's progress text and a plugin's name are not rich markup
+                escape(line.id), escape(line.pass_name), line.key[:12], f"[{styles.get(line.status, '')}]{status}[/]",
+                f"{seconds:.1f}s" if seconds is not None else "", escape(progress or ""),
             )
         return table

@@ -230,3 +230,43 @@ def test_a_copy_that_fails_on_several_files_says_the_first_ones_cause(project, c
     code, _, err = cli("run", "--quiet", "--config", path)
     assert code == 1 and "error: No space left on device (and 1 more files) at " in err and "; free space there" in err, err
     assert "[(" not in err
+
+
+MARKUP_PASS = '''
+import slimops
+from pydantic import BaseModel
+
+
+class Brackets(slimops.Pass):
+    name = "brackets"
+
+    class Params(BaseModel):
+        text: str = "[/x]"
+
+    def run(self, ctx):
+        ctx.progress.update(0, 2, f"reading {ctx.params.text} [bold]")
+        (ctx.output_dir / "a.txt").write_text("x")
+        return slimops.Artifact(path=ctx.output_dir, kind="text", metrics={"note": ctx.params.text})
+'''
+
+
+def test_the_users_text_is_never_read_as_rich_markup(project, cli):
+    """'[/x]' closes no tag: rich raised MarkupError on it (a 'slimops bug') in plan, cache ls and the tables."""
+    import io
+
+    import slimops
+    from slimops.display import RunDisplay
+
+    (project.root / "brackets.py").write_text(MARKUP_PASS)
+    path = project.write("name: '[/n]'\npasses:\n  a: {type: 'brackets:Brackets'}\n")
+    code, out, err = cli("plan", "--config", path, "--explain", "--set", "passes.a.text=<s>[INST] hi [/INST]")
+    assert code == 0 and "plan: [/n]" in out, err
+    stream = io.StringIO()
+    stream.isatty = lambda: True  # the live table, as a terminal gets it
+    slimops.run(path, display=RunDisplay(stream=stream, live=True))
+    assert "hit" in stream.getvalue() or "built" in stream.getvalue()
+    code, out, err = cli("run", "--config", path)
+    assert code == 0 and "note=[/x]" in out + err, err
+    (project.root / "[/c]").mkdir(parents=True)
+    code, out, err = cli("cache", "ls", "--cache-dir", str(project.root / "[/c]"))
+    assert code == 0 and "[/c]" in out, err

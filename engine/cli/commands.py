@@ -49,17 +49,19 @@ def cmd_plan(args) -> int:
                 for node in plan.order()]
         print(json.dumps(rows, indent=2))
         return 0
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"plan: {plan.config.name}", box=None, header_style="bold")
+    # names and values are the user's text: '[/x]' or '[INST]' in them is not rich markup
+    table = Table(title=f"plan: {escape(plan.config.name)}", box=None, header_style="bold")
     for column in ("node", "pass", "inputs", "key", "status"):
         table.add_column(column)
     for node in plan.order():
         cached = plan.cached(node)
         status = "[blue]cached[/]" if cached else "[yellow]will run[/]"
         if args.explain and not cached:
-            status += f" ({plan.explain(node)})"
-        table.add_row(node.id, node.pass_name, ", ".join(node.inputs) or "-", node.short, status)
+            status += f" ({escape(plan.explain(node))})"
+        table.add_row(escape(node.id), escape(node.pass_name), escape(", ".join(node.inputs)) or "-", node.short, status)
     console().print(table)
     return 0
 
@@ -116,16 +118,17 @@ def cmd_cache(args) -> int:
                            "seconds": e.manifest.get("seconds"), "created": e.manifest.get("created")}
                           for e in cache.entries()], indent=2))
     elif args.action == "ls":
+        from rich.markup import escape
         from rich.table import Table
 
-        table = Table(title=f"cache: {cache.location}", box=None, header_style="bold")
+        table = Table(title=f"cache: {escape(str(cache.location))}", box=None, header_style="bold")
         for column in ("key", "node", "pass", "kind", "size", "seconds", "created"):
             table.add_column(column)
         total = 0
         for entry in cache.entries():
             m = entry.manifest
             total += m.get("size_bytes", 0)
-            table.add_row(entry.key[:12], m.get("node", ""), m.get("pass", ""), m["artifact"]["kind"],
+            table.add_row(entry.key[:12], escape(str(m.get("node", ""))), escape(str(m.get("pass", ""))), escape(str(m["artifact"]["kind"])),
                           _size(m.get("size_bytes", 0)), f"{m.get('seconds', 0):.1f}", m.get("created", ""))
         console().print(table)
         print(f"{len(cache.entries())} entries, {_size(total)}")

@@ -16,6 +16,7 @@ def console():
 
 def show_search(config, overrides: list[str]) -> int:
     """Run a pipeline's search, print its trials and the best trial's results; the exit code."""
+    from rich.markup import escape
     from rich.table import Table
 
     from slimops.display import RunDisplay
@@ -28,7 +29,7 @@ def show_search(config, overrides: list[str]) -> int:
     for column in head:
         table.add_column(column)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(escape(str(cell)) for cell in row))  # search values are the user's text, not rich markup
     console().print(table)
     best = next(t for t in trials if t.best)
     print(f"best: trial {best.number} ({', '.join(f'{k}={v}' for k, v in best.params.items())}); its artifacts are in {result.output_dir}", file=sys.stderr)
@@ -87,7 +88,7 @@ def print_metrics(result) -> None:
         table.add_column("node")
         table.add_column("metrics")
         for node_id, node in plain:
-            table.add_row(node_id, ", ".join(f"{k}={_fmt(v)}" for k, v in node.metrics.items()))
+            table.add_row(escape(node_id), escape(", ".join(f"{k}={_fmt(v)}" for k, v in node.metrics.items())))
         console().print(table)
 
 
