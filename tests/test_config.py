@@ -104,3 +104,15 @@ def test_validate_imports_no_torch(project):
     done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
+
+
+def test_a_home_relative_output_folder_is_the_one_under_home(project, monkeypatch):
+    """`~` in output_dir means the home folder, as it does in cache_dir and in validation, never a folder named '~'."""
+    from slimops.config import load_config
+
+    home = project.root / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    config = load_config(project.write("engine: {output_dir: ~/slim-out, cache_dir: ~/slim-cache}\npasses: {a: {type: fake}}\n"))
+    assert config.output_dir == home.resolve() / "slim-out"
+    assert config.cache_dir == home.resolve() / "slim-cache"

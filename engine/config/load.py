@@ -79,7 +79,8 @@ class PipelineConfig:
 
     @property
     def output_dir(self) -> Path:
-        return (self.base_dir / self.spec.engine.output_dir).resolve()
+        """`engine.output_dir` resolved against the pipeline file, `~` expanded (as validation reads it)."""
+        return (self.base_dir / Path(self.spec.engine.output_dir).expanduser()).resolve()
 
     def where(self, *path: str | int) -> str:
         """`FILE:LINE` of a key path, for messages."""
