@@ -230,6 +230,7 @@ def _check_references(spec: PipelineFile, passes: dict[str, PassConfig], lines: 
                        f"{spec.engine.output_dir}/{target_name}/: rename one")
         if problem:
             issues.append(lines.issue(("targets", target_name), problem))
+    folders: dict[str, Path] = {}
     for key, value in (("cache_dir", spec.engine.cache_dir), ("output_dir", spec.engine.output_dir),
                        ("local_cache_dir", spec.engine.local_cache_dir)):
         if value is None:
@@ -246,6 +247,21 @@ def _check_references(spec: PipelineFile, passes: dict[str, PassConfig], lines: 
                                       "so give it a folder of its own (e.g. .slimops/cache, out)"))
         elif folder.exists() and not folder.is_dir():
             issues.append(lines.issue(("engine", key), f"'{value}' is a file ({folder}); give a folder"))
+        else:
+            folders[key] = folder
+    out = folders.get("output_dir")
+    for key in ("cache_dir", "local_cache_dir"):  # `cache clear` deletes the cache's folder; a run writes the outputs'
+        cache = folders.get(key)
+        if out is None or cache is None:
+            continue
+        if out == cache or out.is_relative_to(cache):
+            issues.append(lines.issue(("engine", "output_dir"), f"'{spec.engine.output_dir}' is {'' if out == cache else 'inside '}"
+                                      f"engine.{key} ({cache}), so clearing the cache would delete the outputs; give each a "
+                                      "folder of its own (e.g. out and .slimops/cache)"))
+        elif cache.is_relative_to(out) and not cache.relative_to(out).parts[0].startswith("."):
+            # a hidden name is safe: no node, target or report of the output folder is ever one
+            issues.append(lines.issue(("engine", key), f"'{getattr(spec.engine, key)}' is inside engine.output_dir ({out}), "
+                                      "where node folders and reports land; give each a folder of its own (e.g. out and .slimops/cache)"))
     for name, config in passes.items():
         for index, input_name in enumerate(config.inputs or []):
             if input_name == MODEL_INPUT and spec.model is None:
