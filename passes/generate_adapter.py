@@ -34,6 +34,7 @@ from slimops.passes.onnx import OnnxParams
 from slimops.passes._runtime.common import read_json
 from slimops.passes.parity import ParityParams, check
 from slimops.plugin import Artifact, Pass, PassContext
+from slimops.quantization import BlockSize
 from slimops.sizes import size_mb
 
 RANK = "lora_rank"
@@ -55,7 +56,7 @@ class GenerateAdapterParams(BaseModel):
             if not SAFE.fullmatch(name) or name.endswith("."):
                 raise ValueError(f"{name!r} cannot name an adapter: it becomes a file name; allowed: {ALLOWED}")
         return value
-    block_size: int | None = Field(None, description="int4 block size of the base (default: target settings, else 32).")
+    block_size: BlockSize | None = Field(None, description="int4 block size of the base (default: target settings, else 32).")
     parity: ParityParams = Field(default_factory=ParityParams, description="Base model (no adapter) and each adapter, against PyTorch/PEFT.")
 
 

@@ -31,6 +31,7 @@ from slimops.passes._onnx.files import TOKENIZER_FILES, OnnxError, chat_template
 from slimops.passes._onnx.torch_decoder import export_decoder
 from slimops.passes.parity import ParityParams, check
 from slimops.plugin import Artifact, Pass, PassContext
+from slimops.quantization import BlockSize
 from slimops.sizes import size_mb
 
 
@@ -45,7 +46,7 @@ class OnnxParams(BaseModel):
     task: Literal["auto", "text-generation", "text-classification", "feature-extraction"] = Field(
         "auto", description="auto: decoders from config.json architectures, encoders otherwise.",
     )
-    block_size: int | None = Field(None, description="int4/int8 block size (default: target settings, else 32).")
+    block_size: BlockSize | None = Field(None, description="int4/int8 block size (default: target settings, else 32).")
     accuracy_level: int | None = Field(None, ge=0, le=4, description="MatMulNBits compute type: 4 = int8 (fastest on CPU), 1 = fp32.")
     symmetric: bool | None = Field(None, description="Symmetric int4/int8 weights (default true).")
     keep_lm_head_int8: bool | None = Field(

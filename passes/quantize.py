@@ -29,7 +29,7 @@ from slimops.passes._onnx.weight_only import CalibrationReader, weight_only, wei
 from slimops.passes._runtime.errors import ParityError
 from slimops.passes.parity import ParityParams, check
 from slimops.plugin import Artifact, Pass, PassContext
-from slimops.quantization import CALIBRATED, WEIGHT_ONLY
+from slimops.quantization import CALIBRATED, WEIGHT_ONLY, BlockSize
 from slimops.sizes import size_mb
 
 Method = Literal["auto", "affine", "rtn", "hqq", "k_quant", "gptq", "int8_dynamic", "qdq"]
@@ -45,7 +45,7 @@ class QuantizeParams(BaseModel):
         "rtn is fast; hqq and k_quant are slower and often closer; gptq needs calibration_data.",
     )
     bits: Literal[4, 8] | None = Field(None, description="Weight-only bits (default: 8 for an int8 target, else 4).")
-    block_size: int | None = Field(None, description="Weights per scale (default: target settings, else 32). Smaller is closer and larger.")
+    block_size: BlockSize | None = Field(None, description="Weights per scale (default: target settings, else 32). Smaller is closer and larger.")
     symmetric: bool | None = Field(None, description="Symmetric weights (default: target settings, else true).")
     accuracy_level: int | None = Field(None, ge=0, le=4, description="MatMulNBits compute type: 4 = int8 activations (fastest on CPU), "
                                        "1 = fp32. Default: target settings, else 4 on CPU targets.")

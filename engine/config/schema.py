@@ -107,6 +107,14 @@ def config_reference(registry: Registry | None = None) -> str:
 
 
 def _type_name(annotation) -> str:
+    import types
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:  # a validated type (BlockSize): its base type, not the validator's repr
+        return _type_name(args[0])
+    if origin in (typing.Union, types.UnionType) and any(typing.get_origin(arg) is typing.Annotated for arg in args):
+        return " or ".join(_type_name(arg) for arg in args)
     text = str(annotation).replace("typing.", "")
     if isinstance(annotation, type):
         text = annotation.__name__
