@@ -14,7 +14,9 @@ import importlib.util
 import shutil
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from slimops.quantization import BlockSize
 
 Device = Literal["cpu", "cuda", "dml", "npu"]
 Precision = Literal["fp32", "fp16", "bf16", "int8", "int4"]
@@ -25,6 +27,16 @@ PROVIDER_OF_DEVICE = {
     "dml": "DmlExecutionProvider",
     "npu": "QNNExecutionProvider",
 }
+
+
+class QuantizeSettings(BaseModel):
+    """`settings.quantize`: what the int4/int8 weight quantizers (onnx, quantize, generate_adapter) read for a target."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    block_size: BlockSize | None = None
+    accuracy_level: int | None = Field(None, ge=0, le=4)
+    symmetric: bool | None = None
 
 
 class TargetProfile(BaseModel):
@@ -54,6 +66,29 @@ class TargetProfile(BaseModel):
     settings: dict[str, Any] = Field(
         default_factory=dict, description="Defaults passes read for this target, e.g. {quantize: {block_size: 32}}."
     )
+
+    @field_validator("settings")
+    @classmethod
+    def _known_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """`quantize` is checked key by key (a typo there was silently ignored); other groups are for plugins to read."""
+        import difflib
+
+        for group in value:
+            if group != "quantize" and difflib.get_close_matches(group, ["quantize"], n=1, cutoff=0.75):
+                raise ValueError(f"unknown settings group '{group}'; did you mean 'quantize'?")
+        if "quantize" in value:
+            try:
+                QuantizeSettings.model_validate(value["quantize"])
+            except ValidationError as err:
+                first = err.errors()[0]
+                key = ".".join(str(part) for part in first["loc"])
+                known = ", ".join(QuantizeSettings.model_fields)
+                if first["type"] == "extra_forbidden":
+                    close = difflib.get_close_matches(key, list(QuantizeSettings.model_fields), n=1)
+                    hint = f"did you mean '{close[0]}'?" if close else f"the keys are {known}"
+                    raise ValueError(f"quantize.{key}: unknown key; {hint}") from None
+                raise ValueError(f"quantize{'.' + key if key else ''}: {first['msg']}") from None
+        return value
 
     @model_validator(mode="before")
     @classmethod
