@@ -111,7 +111,16 @@ def _cache_for(args):
 
 
 def cmd_cache(args) -> int:
+    if args.key and args.action != "show":
+        raise SlimopsError(f"cache {args.action} takes no key ('{args.key}'); to see one entry: slimops cache show KEY")
+    from slimops.cache import Cache
+
     cache = _cache_for(args)
+    missing = type(cache) is Cache and not cache.root.is_dir()  # a remote cache lists its bucket
+    if missing and (args.action == "verify" or args.action == "ls" and not args.json):  # scripts get [] from ls --json
+        # 0 entries would read as an empty cache, and a mistyped --cache-dir as a clean verify
+        raise SlimopsError(f"no cache at {cache.root}{' (a file)' if cache.root.exists() else ''}; give the cache folder with "
+                           "--cache-dir, or --config with the pipeline whose cache it is")
     if args.action == "ls" and args.json:
         print(json.dumps([{"key": e.key, "node": e.manifest.get("node"), "pass": e.manifest.get("pass"),
                            "kind": e.manifest.get("artifact", {}).get("kind"), "size_bytes": e.manifest.get("size_bytes"),
