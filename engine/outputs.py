@@ -1,17 +1,20 @@
 """The output folder: slimops replaces only what it wrote there.
 
 A run claims its output folder before the first pass runs: a new or empty folder gets the marker
-`.slimops-output.json`, which lists every node folder slimops has written into it. A folder that
-holds files slimops did not write (a project folder given as `engine.output_dir: .`, say) is
-refused with a message, and a node folder is replaced only when the marker lists it, so a user's
-own `out/data/` is never deleted. An output folder written before the marker existed is adopted
-when everything in it is something slimops writes (its `run.json` names the node folders).
+`.slimops-output.json`, which lists every node folder slimops has written into it, and a node folder
+is replaced only when the marker lists it, so a user's own `out/data/` is never deleted. A folder
+without the marker is adopted only when it is an older slimops output folder: its `run.json` (or a
+search's `trials.json`) has slimops's shape, and everything beside it is something slimops writes
+(its reports, the node folders run.json names, a killed run's staging). Any other folder is refused
+(a project folder given as `engine.output_dir: .`, or one that merely holds a `report.md` and a
+`model/` of the user's), naming what is in the way.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from filelock import FileLock
@@ -22,6 +25,10 @@ from slimops.errors import ConfigError, SlimopsError
 MARKER = ".slimops-output.json"
 LOCK = ".slimops-output.lock"
 RUN_JSON = "run.json"  # what a run records, beside the node folders
+TRIALS_JSON = "trials.json"  # what a search records, written before its best run claims the folder
+# what a run leaves in the folder for a moment: a temp file or staging folder (`.NAME.PID.tmp`), a node
+# folder set aside while its replacement is renamed in (`.NAME.PID.old`); a killed run leaves them behind
+SCRATCH = re.compile(r"\.(.+)\.\d+\.(tmp|old)")
 
 
 class OutputFolder:
@@ -43,18 +50,12 @@ class OutputFolder:
         try:
             if self.marker.is_file():
                 return
-            if self.root.is_dir():  # checked before anything (the lock file too) is written there
-                adopted = self._adopted()
-                foreign = [p.name for p in self.root.iterdir() if not _ours(p.name, adopted)]
-                if foreign:
-                    shown = ", ".join(sorted(foreign)[:5]) + (", ..." if len(foreign) > 5 else "")
-                    raise ConfigError(
-                        f"the output folder {self.root} holds files slimops did not write ({shown}); slimops replaces "
-                        "what it writes there, so set engine.output_dir to a new folder (e.g. out), or empty this one")
+            # checked before anything (the lock file too) is written there
+            adopted = self._adoptable() if self.root.is_dir() else set()
             self.root.mkdir(parents=True, exist_ok=True)
             with self.lock():
                 if not self.marker.is_file():
-                    self._write(sorted(self._adopted()))
+                    self._write(sorted(adopted))
         except OSError as err:
             raise SlimopsError(f"cannot write to the output folder {self.root}: {err.strerror or err}; "
                                "check its permissions and free space, or set engine.output_dir elsewhere") from None
@@ -95,26 +96,74 @@ class OutputFolder:
         tmp.write_text(json.dumps({"written_by": "slimops", "paths": paths}, indent=1))
         os.replace(tmp, self.marker)
 
-    def _previous_nodes(self) -> dict[str, dict]:
+    def _adoptable(self) -> set[str]:
+        """The node folders of a marker-less folder that may be adopted; raise when it may not.
+
+        Raises:
+            ConfigError: the folder is neither empty nor an older slimops output folder.
+        """
+        names = [p.name for p in self.root.iterdir()]
+        if MARKER in names:
+            return set()  # a concurrent run claimed it since the marker was looked for
+        nodes = self._previous_nodes()
+        adopted = _node_folders(nodes or {})
+        older = nodes is not None or _shaped(self.root / TRIALS_JSON, "trials", list)
+        foreign = [name for name in names if not _ours(name, adopted, older)]
+        if foreign:
+            shown = ", ".join(sorted(foreign)[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise ConfigError(
+                f"the output folder {self.root} holds files slimops did not write ({shown}); slimops replaces "
+                "what it writes there, so set engine.output_dir to a new folder (e.g. out), or empty this one")
+        return adopted
+
+    def _previous_nodes(self) -> dict[str, dict] | None:
+        """The nodes of an older run's run.json; None when there is none, or it is not slimops's."""
         try:
-            nodes = json.loads((self.root / RUN_JSON).read_text()).get("nodes", {})
-            return nodes if isinstance(nodes, dict) else {}
+            nodes = json.loads((self.root / RUN_JSON).read_text()).get("nodes")
         except (OSError, ValueError, AttributeError):
-            return {}
-
-    def _adopted(self) -> set[str]:
-        """The node folders an older run recorded in run.json."""
-        found = set()
-        for node_id, info in self._previous_nodes().items():
-            if not isinstance(info, dict) or info.get("pass_name") == "model":
-                continue
-            name, _, target = str(node_id).partition("@")
-            found.add(f"{target}/{name}" if target else name)
-        return found
+            return None
+        if not isinstance(nodes, dict) or not all(isinstance(n, dict) and isinstance(n.get("key"), str) for n in nodes.values()):
+            return None
+        return nodes
 
 
-def _ours(name: str, adopted: set[str]) -> bool:
-    """Whether an entry of the output folder's top level is something slimops writes there."""
-    if name in RESERVED or name.startswith("."):
-        return True  # run.json, reports, trials, the marker, and a run's dot-named staging and temp files
+def _node_folders(nodes: dict[str, dict]) -> set[str]:
+    """The node folders an older run recorded in run.json."""
+    found = set()
+    for node_id, info in nodes.items():
+        if info.get("pass_name") == "model":
+            continue
+        name, _, target = str(node_id).partition("@")
+        found.add(f"{target}/{name}" if target else name)
+    return found
+
+
+def _shaped(path: Path, key: str, kind: type) -> bool:
+    """Whether `path` is JSON whose `key` holds a `kind`: a file slimops wrote, not one of the same name."""
+    try:
+        return isinstance(json.loads(path.read_text()).get(key), kind)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _ours(name: str, adopted: set[str], older: bool) -> bool:
+    """Whether an entry of a marker-less output folder's top level is something slimops wrote there.
+
+    A claim killed before its marker was written leaves the lock and the marker's temp file, in a
+    folder that is otherwise empty. Only an older slimops folder (`older`) may hold the rest: what
+    slimops writes by name carries no mark of its own, so a user's `report.md` or `model/` beside no
+    run.json of slimops's is the user's.
+    """
+    if name == LOCK or _scratch_of(name) == MARKER:
+        return True
+    if not older:
+        return False
+    if name in RESERVED or _scratch_of(name):
+        return True  # run.json, reports, trials, and a killed run's temp files and staging folders
     return any(path.split("/")[0] == name for path in adopted)
+
+
+def _scratch_of(name: str) -> str | None:
+    """What a run's temp file or staging folder called `name` stands for (`.a.123.old` -> a), or None."""
+    found = SCRATCH.fullmatch(name)
+    return found.group(1) if found else None
