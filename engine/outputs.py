@@ -8,6 +8,10 @@ search's `trials.json`) has slimops's shape, and everything beside it is somethi
 (its reports, the node folders run.json names, a killed run's staging). Any other folder is refused
 (a project folder given as `engine.output_dir: .`, or one that merely holds a `report.md` and a
 `model/` of the user's), naming what is in the way.
+
+A node folder that stays is trusted by what it holds (`holds`: its names, sizes and checksums against
+the cache entry's manifest, through the hash memo), never by what an older run.json says; anything
+slimops removes there (`remove`) is unlinked when it is a link, never followed.
 """
 
 from __future__ import annotations
@@ -15,12 +19,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
 from slimops.config.names import RESERVED
 from slimops.errors import ConfigError, SlimopsError
+
+if TYPE_CHECKING:
+    from slimops.keys import HashMemo
 
 MARKER = ".slimops-output.json"
 LOCK = ".slimops-output.lock"
@@ -75,6 +84,16 @@ class OutputFolder:
                 raise SlimopsError(f"{dest} exists and slimops did not write it; move it away (slimops replaces only "
                                    "the folders it wrote) or set engine.output_dir to a new folder")
             self._write(sorted({*paths, rel}))
+
+    def sweep(self, dest: Path) -> None:
+        """Remove what a killed run left beside `dest`: its half copy, or the folder it set aside.
+
+        Runs sharing the output folder take turns under its lock, so the caller, holding it, knows
+        that no one else is writing beside `dest`: whatever is there, its writer was killed.
+        """
+        for leftover in dest.parent.glob(f".{dest.name}.*"):
+            if _scratch_of(leftover.name) == dest.name:
+                remove(leftover)
 
     # -- private ------------------------------------------------------------------------------
 
@@ -163,7 +182,47 @@ def _ours(name: str, adopted: set[str], older: bool) -> bool:
     return any(path.split("/")[0] == name for path in adopted)
 
 
+def scratch(dest: Path, what: str) -> Path:
+    """Where this process stages `dest`'s new copy (`what` "tmp") or sets its old one aside ("old")."""
+    return dest.parent / f".{dest.name}.{os.getpid()}.{what}"
+
+
 def _scratch_of(name: str) -> str | None:
     """What a run's temp file or staging folder called `name` stands for (`.a.123.old` -> a), or None."""
     found = SCRATCH.fullmatch(name)
     return found.group(1) if found else None
+
+
+def holds(dest: Path, source: Path, files: dict[str, dict[str, Any]], memo: HashMemo) -> bool:
+    """Whether `dest` is a folder with exactly `source`'s names (folders, files, links and where they
+    point) and files of the sizes and sha256 that `files` records."""
+    if dest.is_symlink() or not dest.is_dir():
+        return False  # a link (to a folder of the user's, say) is replaced by a folder of slimops's own
+    try:
+        if _tree(dest) != _tree(source):
+            return False
+        for rel, info in files.items():
+            if (dest / rel).stat().st_size != info["size"] or memo.file(dest / rel) != info["sha256"]:
+                return False
+    except (OSError, KeyError, TypeError):
+        return False
+    return True
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """Every name under `root` and what it is; a link is told by where it points, never followed."""
+    found = {}
+    for folder, dirs, names in os.walk(root):
+        for name in (*dirs, *names):
+            path = Path(folder, name)
+            what = f"link to {os.readlink(path)}" if path.is_symlink() else "folder" if name in dirs else "file"
+            found[path.relative_to(root).as_posix()] = what
+    return found
+
+
+def remove(path: Path) -> None:
+    """Delete what slimops left at `path`; a link is unlinked, never followed (rmtree refuses a link)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)

@@ -3,12 +3,13 @@
 The local executor builds the nodes one after another in topological order; `engine.executor: ray`
 hands the misses to `slimops.executor`, which runs every ready node as a Ray task. Either way the
 driver keeps the input model, the cache hits and the output folder: finished artifacts are copied
-there (not hard-linked: onnx refuses external data with more than one link), and `run.json`
-records every node.
+there (not hard-linked: onnx refuses external data with more than one link) unless the node's
+folder already holds the entry's files, and `run.json` records every node.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -23,7 +24,8 @@ from slimops.cache import ARTIFACT, Entry
 from slimops.config import PipelineConfig
 from slimops.display import NodeProgress, RunDisplay
 from slimops.errors import GoalError, SlimopsError
-from slimops.outputs import RUN_JSON, OutputFolder
+from slimops.keys import HashMemo
+from slimops.outputs import RUN_JSON, OutputFolder, holds, remove, scratch
 from slimops.planner import Node, Plan
 from slimops.plugin import Artifact
 
@@ -79,7 +81,6 @@ def execute(plan: Plan, display: RunDisplay | None = None) -> RunResult:
     outputs.claim()  # before any pass runs: a folder of the user's own is refused, never overwritten
     cache.claim()
     cache.remove_stale_tmp()
-    previous = _previous_keys(out_dir / RUN_JSON)
     started = time.perf_counter()
     artifacts: dict[str, Artifact] = {}
     results: dict[str, NodeResult] = {}
@@ -93,7 +94,7 @@ def execute(plan: Plan, display: RunDisplay | None = None) -> RunResult:
             artifact = artifact_of(entry)
             artifacts[node.id] = artifact
             try:
-                path = _materialize(entry, artifact, _out_path(out_dir, node), previous.get(node.id) == node.key, outputs)
+                path = _materialize(entry, _out_path(out_dir, node), outputs, cache.memo)
             except SlimopsError as err:
                 display.set(line, "failed", str(err).splitlines()[0])
                 raise
@@ -144,46 +145,42 @@ def _out_path(out_dir: Path, node: Node) -> Path:
     return out_dir / node.target_name / node.name if node.target_name else out_dir / node.name
 
 
-def _materialize(entry: Entry, artifact: Artifact, dest: Path, unchanged: bool, outputs: OutputFolder) -> Path:
-    """Copy the entry's artifact folder into `dest`, replacing what was there atomically.
+def _materialize(entry: Entry, dest: Path, outputs: OutputFolder, memo: HashMemo) -> Path:
+    """Make `dest` hold a copy of the entry's artifact folder; the artifact's path there.
 
-    Runs sharing the output folder take turns under its lock, so whoever holds it may remove any
-    staging folder left there: its writer was killed.
+    Whether `dest` already holds it is read from `dest` itself (`holds`), never from an older
+    run.json: a killed or concurrent run, or a hand, may have changed it since. Otherwise a copy is
+    staged beside it and renamed into place, so a kill leaves the old folder or the new one, never half.
 
     Raises:
         SlimopsError: `dest` exists and slimops did not write it.
     """
+    source = entry.dir / ARTIFACT
+    files = {Path(rel).relative_to(ARTIFACT).as_posix(): info for rel, info in entry.manifest.get("files", {}).items()}
     final = dest / Path(entry.manifest["artifact"]["path"]).relative_to(ARTIFACT)
     with outputs.lock():
         outputs.reserve(dest)
-        if unchanged and dest.exists():
-            return final
         dest.parent.mkdir(parents=True, exist_ok=True)
-        for leftover in dest.parent.glob(f".{dest.name}.*"):  # a killed run's half copy or set-aside folder
-            if leftover.suffix in (".tmp", ".old"):
-                shutil.rmtree(leftover, ignore_errors=True)
-        staging = dest.parent / f".{dest.name}.{os.getpid()}.tmp"
+        outputs.sweep(dest)
+        if holds(dest, source, files, memo):
+            return final
+        staging, old = scratch(dest, "tmp"), scratch(dest, "old")
         try:
-            shutil.copytree(entry.dir / ARTIFACT, staging, symlinks=True)
-            if dest.exists():
-                old = dest.parent / f".{dest.name}.{os.getpid()}.old"
+            shutil.copytree(source, staging, symlinks=True)
+            if os.path.lexists(dest):
                 os.rename(dest, old)
-                os.rename(staging, dest)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(staging, dest)
-        except BaseException:  # Ctrl-C, SIGTERM, a full disk: no half copy stays in the output folder
-            shutil.rmtree(staging, ignore_errors=True)
+            os.rename(staging, dest)
+        except BaseException:  # Ctrl-C, SIGTERM, a full disk: the old folder stays, and no half copy
+            if os.path.lexists(old) and not os.path.lexists(dest):
+                with contextlib.suppress(OSError):
+                    os.rename(old, dest)
+            remove(staging)
             raise
+        remove(old)
+        for rel, info in files.items():  # copied from checked bytes: the next run's look at dest reads nothing
+            with contextlib.suppress(OSError):
+                memo.remember(dest / rel, info["sha256"])
     return final
-
-
-def _previous_keys(run_json: Path) -> dict[str, str]:
-    try:
-        data = json.loads(run_json.read_text())
-        return {node_id: info["key"] for node_id, info in data.get("nodes", {}).items()}
-    except (OSError, ValueError, KeyError, AttributeError):
-        return {}
 
 
 def _status(failure: SlimopsError | None) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,151 @@ def test_an_empty_folder_or_one_slimops_left_is_adopted(project, cli, files):
     code, _, err = cli("run", "--quiet", "--config", path, "--set", "engine.output_dir=results")
     assert code == 0, err
     assert first_line(results / "a" / "out.txt") == "value=x"
+
+
+# -- a node folder is trusted by its files --------------------------------------------------------
+
+
+def test_a_node_folder_holding_another_entry_than_run_json_says_is_replaced(project, cli):
+    """A run killed after replacing out/a, before writing run.json, left the older run.json beside it."""
+    path = project.write(PIPELINE)
+    out = project.root / "out"
+    assert cli("run", "--quiet", "--config", path)[0] == 0
+    older = (out / "run.json").read_text()
+    assert cli("run", "--quiet", "--config", path, "--set", "passes.a.value=y")[0] == 0
+    (out / "run.json").write_text(older)
+    code, _, err = cli("run", "--config", path)
+    assert code == 0, err
+    assert "2 nodes, 2 from cache" in err
+    assert first_line(out / "a" / "out.txt") == "value=x"
+    assert leftovers(out) == []
+
+
+def test_a_terminated_run_that_replaced_a_node_folder_is_repaired_by_the_next_run(project, cli):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = project.write(PIPELINE)
+    out = project.root / "out"
+    assert cli("run", "--quiet", "--config", path)[0] == 0
+    slow = subprocess.Popen([sys.executable, "-m", "slimops.cli", "run", "--quiet", "--config", str(path),
+                             "--set", "passes.a.value=y", "--set", "passes.b.seconds=30"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while first_line(out / "a" / "out.txt") != "value=y":  # a is replaced; b is still working
+        assert slow.poll() is None and time.monotonic() < deadline, slow.communicate()
+        time.sleep(0.05)
+    slow.send_signal(signal.SIGTERM)
+    assert slow.wait(timeout=60) == 143
+    code, _, err = cli("run", "--config", path)
+    assert code == 0, err
+    assert "2 nodes, 2 from cache" in err
+    assert first_line(out / "a" / "out.txt") == "value=x"
+
+
+def _truncate(folder: Path) -> None:
+    (folder / "out.txt").write_text("")
+
+
+def _delete(folder: Path) -> None:
+    (folder / "out.txt").unlink()
+
+
+def _add(folder: Path) -> None:
+    (folder / "stray.txt").write_text("not the entry's\n")
+
+
+def _same_size(folder: Path) -> None:
+    text = (folder / "out.txt").read_text()
+    (folder / "out.txt").write_text(text.replace("value=", "VALUE="))
+
+
+def _link(folder: Path) -> None:
+    (folder / "real.txt").write_text((folder / "out.txt").read_text())
+    (folder / "out.txt").unlink()
+    (folder / "out.txt").symlink_to("real.txt")
+
+
+def _file(folder: Path) -> None:
+    shutil.rmtree(folder)
+    folder.write_text("value=x\n")
+
+
+DAMAGE = [("truncated", _truncate), ("deleted", _delete), ("a stray file", _add), ("same size, other bytes", _same_size),
+          ("a file made a link", _link), ("the folder made a file", _file)]
+
+
+@pytest.mark.parametrize("damage", [d[1] for d in DAMAGE], ids=[d[0] for d in DAMAGE])
+def test_a_damaged_node_folder_is_replaced_and_nothing_else_is_touched(project, cli, damage):
+    path = project.write(PIPELINE)
+    out = project.root / "out"
+    assert cli("run", "--quiet", "--config", path)[0] == 0
+    shipped = {node: tree_hash(out / node) for node in "ab"}
+    (out / "notes.txt").write_text("the user's\n")
+    (out / ".a.draft.old").write_text("the user's, named like a leftover\n")
+    damage(out / "a")
+    damage(out / "b")
+    code, _, err = cli("run", "--config", path)
+    assert code == 0, err
+    assert "2 nodes, 2 from cache" in err
+    assert {node: tree_hash(out / node) for node in "ab"} == shipped
+    assert not any(p.is_symlink() for node in "ab" for p in (out / node).rglob("*"))
+    assert (out / "notes.txt").read_text() == "the user's\n"
+    assert (out / ".a.draft.old").read_text() == "the user's, named like a leftover\n"
+    assert leftovers(out) == [".a.draft.old"]
+
+
+def test_an_unchanged_node_folder_is_neither_read_nor_copied_again(project, cli, monkeypatch):
+    from slimops import keys
+
+    path = project.write(PIPELINE)
+    out = project.root / "out"
+    assert cli("run", "--quiet", "--config", path)[0] == 0
+    inode = (out / "a" / "out.txt").stat().st_ino
+    reads: list[Path] = []
+    real = keys.sha256_file
+    monkeypatch.setattr(keys, "sha256_file", lambda p: reads.append(p) or real(p))
+    assert cli("run", "--quiet", "--config", path)[0] == 0
+    assert reads == []
+    assert (out / "a" / "out.txt").stat().st_ino == inode
+
+
+def test_an_interrupted_replace_leaves_the_old_node_folder(project, cli, monkeypatch):
+    """Ctrl-C or SIGTERM between setting the old folder aside and renaming the new one into place."""
+    path = project.write(PIPELINE)
+    out = project.root / "out"
+    assert cli("run", "--quiet", "--config", path)[0] == 0
+    real = os.rename
+
+    def interrupted(src, dst, *args, **kwargs):
+        if Path(src).name.endswith(".tmp") and Path(dst) == out / "a":
+            raise KeyboardInterrupt
+        return real(src, dst, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "rename", interrupted)
+        code, _, err = cli("run", "--quiet", "--config", path, "--set", "passes.a.value=y")
+    assert code == 130, err
+    assert first_line(out / "a" / "out.txt") == "value=x"
+    assert leftovers(out) == []
+
+
+# -- links are unlinked, never followed -----------------------------------------------------------
+
+
+def test_a_linked_node_folder_is_replaced_and_the_folder_it_names_is_kept(project, cli):
+    path = project.write(PIPELINE)
+    out, mine = project.root / "out", project.root / "mine"
+    assert cli("run", "--quiet", "--config", path)[0] == 0
+    mine.mkdir()
+    (mine / "keep.txt").write_text("the user's\n")
+    shutil.rmtree(out / "a")
+    (out / "a").symlink_to("../mine")
+    (out / ".a.4242.old").symlink_to("../mine")  # what an older slimops left, and could not remove
+    code, _, err = cli("run", "--quiet", "--config", path, "--set", "passes.a.value=y")
+    assert code == 0, err
+    assert not (out / "a").is_symlink() and first_line(out / "a" / "out.txt") == "value=y"
+    assert leftovers(out) == []
+    assert tree_hash(mine) == {"keep.txt": hashlib.sha256(b"the user's\n").hexdigest()}
