@@ -223,3 +223,37 @@ def test_a_linked_node_folder_is_replaced_and_the_folder_it_names_is_kept(projec
     assert not (out / "a").is_symlink() and first_line(out / "a" / "out.txt") == "value=y"
     assert leftovers(out) == []
     assert tree_hash(mine) == {"keep.txt": hashlib.sha256(b"the user's\n").hexdigest()}
+
+
+# -- the output and cache folders apart -----------------------------------------------------------
+
+NESTED = [
+    ("output inside the cache", "{output_dir: c1/logs, cache_dir: c1}",
+     "engine.output_dir: 'c1/logs' is inside engine.cache_dir (ROOT/c1), so clearing the cache would delete the outputs"),
+    ("output is the cache", "{output_dir: c1, cache_dir: c1}",
+     "engine.output_dir: 'c1' is engine.cache_dir (ROOT/c1), so clearing the cache would delete the outputs"),
+    ("output inside the default cache", "{output_dir: .slimops/cache/out}",
+     "engine.output_dir: '.slimops/cache/out' is inside engine.cache_dir (ROOT/.slimops/cache)"),
+    ("cache under a node's name in the output", "{output_dir: out, cache_dir: out/a}",
+     "engine.cache_dir: 'out/a' is inside engine.output_dir (ROOT/out), where node folders and reports land"),
+]
+
+
+@pytest.mark.parametrize("engine, message", [c[1:] for c in NESTED], ids=[c[0] for c in NESTED])
+def test_an_output_folder_and_a_cache_folder_inside_one_another_are_refused(project, cli, engine, message):
+    path = project.write(f"engine: {engine}\n" + PIPELINE)
+    for command in ("validate", "run"):
+        code, _, err = cli(command, "--config", path)
+        assert code == 2, err
+        assert message.replace("ROOT", str(project.root)) in err, err
+        assert "give each a folder of its own (e.g. out and .slimops/cache)" in err
+    assert sorted(p.name for p in project.root.iterdir()) == ["pipeline.yaml"]
+
+
+def test_a_cache_under_a_hidden_name_of_the_output_folder_survives_and_clearing_it_keeps_the_outputs(project, cli):
+    path = project.write("engine: {output_dir: out, cache_dir: out/.cache}\n" + PIPELINE)
+    out = project.root / "out"
+    assert cli("run", "--quiet", "--config", path)[0] == 0
+    shipped = tree_hash(out / "a")
+    assert cli("cache", "clear", "--yes", "--config", path)[0] == 0
+    assert tree_hash(out / "a") == shipped
