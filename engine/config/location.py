@@ -24,9 +24,9 @@ from slimops.registry import PassNotFound, Registry
 def issues_from(err: ValidationError, cls: type[BaseModel], data: Any, prefix: tuple, lines: Lines, extra: tuple[str, ...] = ()) -> list[Issue]:
     issues = []
     for error in err.errors():
-        path = _data_path(error["loc"], data)
-        full = (*prefix, *path)
         kind = error["type"]
+        path = _data_path(error["loc"], data, kind == "missing")
+        full = (*prefix, *path)
         if kind == "extra_forbidden":
             allowed = [*_fields_at(cls, path[:-1]), *(extra if len(path) == 1 else ())]
             close = difflib.get_close_matches(str(path[-1]), allowed, n=1)
@@ -42,8 +42,9 @@ def issues_from(err: ValidationError, cls: type[BaseModel], data: Any, prefix: t
     return issues
 
 
-def _data_path(loc: tuple, data: Any) -> tuple:
-    """Drop the parts of a pydantic location that are type names, not keys of the data."""
+def _data_path(loc: tuple, data: Any, missing: bool = False) -> tuple:
+    """Drop the parts of a pydantic location that are type names or union tags, not keys of the data;
+    the last part of a `missing` error is the key to add, so it stays."""
     path: list = []
     node = data
     for position, part in enumerate(loc):
@@ -53,7 +54,7 @@ def _data_path(loc: tuple, data: Any) -> tuple:
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
             node = node[part]
             path.append(part)
-        elif position == len(loc) - 1 and isinstance(node, dict):
+        elif missing and position == len(loc) - 1 and isinstance(node, dict):
             path.append(part)
     return tuple(path)
 

@@ -7,11 +7,16 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from slimops.metrics import lower_is_better
+
+# Bound outside the class: with postponed annotations a field named `int` would shadow the builtin
+# in its own annotation, and pydantic would read `tuple[int, int]` as `tuple[None, None]`.
+IntRange = tuple[int, int]
+FloatRange = tuple[float, float]
 
 
 class Distribution(BaseModel):
@@ -19,9 +24,9 @@ class Distribution(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    uniform: tuple[float, float] | None = None
-    log_uniform: tuple[float, float] | None = None
-    int: tuple[int, int] | None = None
+    uniform: FloatRange | None = None
+    log_uniform: FloatRange | None = None
+    int: IntRange | None = None
 
     def kind(self) -> tuple[str, tuple]:
         set_fields = [(name, value) for name, value in (("uniform", self.uniform), ("log_uniform", self.log_uniform), ("int", self.int)) if value is not None]
@@ -31,6 +36,24 @@ class Distribution(BaseModel):
         if not low < high or (name == "log_uniform" and low <= 0):
             raise ValueError(f"{name}: need low < high{' and low > 0' if name == 'log_uniform' else ''} (got {low}, {high})")
         return name, (low, high)
+
+    @model_validator(mode="after")
+    def _one_range(self):
+        self.kind()
+        return self
+
+
+def _choice_form(value: Any) -> str | None:
+    return "values" if isinstance(value, list) else "range" if isinstance(value, (dict, Distribution)) else None
+
+
+# A list or a range, told apart by the value's shape, so a mistake in one is not also reported as
+# "not a valid list" (or "not a valid range") for the other.
+Choice = Annotated[
+    Union[Annotated[list[Any], Tag("values")], Annotated[Distribution, Tag("range")]],
+    Discriminator(_choice_form, custom_error_type="search_choice",
+                  custom_error_message="give a list of values to try, or a range such as {int: [1, 8]} or {log_uniform: [1e-5, 1e-3]}"),
+]
 
 
 class Objective(BaseModel):
@@ -52,7 +75,7 @@ class SearchSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    space: dict[str, list[Any] | Distribution] = Field(description="Override path (passes.NAME.PARAM) to a list of values or a range.")
+    space: dict[str, Choice] = Field(description="Override path (passes.NAME.PARAM) to a list of values or a range.")
     strategy: Literal["grid", "random", "tpe"] = Field("tpe", description="grid tries every combination; random and tpe sample.")
     trials: int | None = Field(None, ge=1, description="How many trials; default: the grid's size, or 10.")
     objectives: list[Objective] = Field(min_length=1, description="Metrics to optimise; several give a Pareto front.")
@@ -68,8 +91,6 @@ class SearchSpec(BaseModel):
                 raise ValueError(f"search key '{path}' must be passes.NAME.PARAM")
             if isinstance(choice, list) and not choice:
                 raise ValueError(f"search key '{path}': give at least one value")
-            if isinstance(choice, Distribution):
-                choice.kind()
         return value
 
     def grid_size(self) -> int | None:
