@@ -135,6 +135,19 @@ class RunNode(BaseModel):
                 raise ValueError(f"metrics.{part} should map each metric to a number")
         return metrics
 
+    @field_validator("meta")
+    @classmethod
+    def _read_parts(cls, meta: dict[str, Any]) -> dict[str, Any]:
+        """The parts of meta the report reads, in the shapes it reads them (the rest passes through)."""
+        intervals = meta.get("intervals")
+        if intervals is not None and not (isinstance(intervals, dict) and all(isinstance(v, dict) for v in intervals.values())):
+            raise ValueError("meta.intervals should map before/after/reference to each metric's interval")
+        for key, shape, what in (("interval_methods", dict, "an object"), ("role", str, "text"), ("data", str, "text"),
+                                 ("split", str, "text")):
+            if meta.get(key) is not None and not isinstance(meta[key], shape):
+                raise ValueError(f"meta.{key} should be {what}")
+        return meta
+
     @field_validator("goals")
     @classmethod
     def _goals(cls, goals: list[dict[str, Any]]) -> list[dict[str, Any]]:
