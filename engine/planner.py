@@ -21,6 +21,7 @@ from slimops.cache import Cache
 from slimops.storage import cache_of
 from slimops.config import MODEL_INPUT, PassConfig, PipelineConfig
 from slimops.config.data import data_issues
+from slimops.config.search import objective_issues
 from slimops.errors import ConfigError, ModelError, PlanError
 from slimops.families import family_issue
 from slimops.keys import canonical, node_key
@@ -118,7 +119,8 @@ def _short(value: Any) -> str:
 
 def build_plan(config: PipelineConfig, cache: Cache | None = None, keys: bool = True) -> Plan:
     """Expand passes into nodes, check that they fit together and that the data fits them, and key
-    each one (`keys=False`: every check, no keys; what `slimops validate` runs).
+    each one (`keys=False`: every check, the search block's objectives too, no keys; what `slimops
+    validate` runs).
 
     Raises:
         PlanError: a cycle, a kind mismatch, a missing package, or a target a pass cannot serve.
@@ -205,6 +207,8 @@ def build_plan(config: PipelineConfig, cache: Cache | None = None, keys: bool = 
 
     _check_followed(config, nodes, instances)
     errors, warnings = data_issues(config)
+    if not keys:  # validate: objectives name nodes and metrics, known from here (a search checks them itself)
+        errors += objective_issues(spec.search, nodes.values(), config.lines)
     if errors:
         raise ConfigError(errors)
     warnings = [*warnings, *family_warnings]

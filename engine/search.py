@@ -27,9 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from slimops.config.search import Objective, SearchSpec
+from slimops.config.search import Objective, SearchSpec, objective_issues, override
 from slimops.errors import ConfigError, GoalError, SlimopsError
 from slimops.report import TRIALS_JSON, fmt as _fmt
 from slimops.trials import headline
@@ -49,24 +47,6 @@ class TrialResult:
     error: str | None = None
     best: bool = False
     goals_missed: list[dict] = field(default_factory=list)
-
-
-def _override(path: str, value: Any) -> str:
-    text = yaml.safe_dump(value, default_flow_style=True).strip()
-    if text.endswith("\n..."):
-        text = text[: -len("\n...")]
-    return f"{path}={text.removesuffix('...').strip()}"
-
-
-def _check_space(config, overrides: list[str]) -> None:
-    """Load the config once per listed value (and each range's ends), so a bad key fails now."""
-    from slimops.config import load_config
-
-    spec: SearchSpec = config.spec.search
-    for path, choice in spec.space.items():
-        values = choice if isinstance(choice, list) else list(choice.kind()[1])
-        for value in values:
-            load_config(config.file, [*overrides, _override(path, value)])
 
 
 def estimate(config, overrides: list[str]) -> tuple[float | None, float | None, list[str]]:
@@ -160,7 +140,7 @@ def run_search(config, overrides: list[str] | None = None, display=None, echo=pr
         (trials, the best trial's RunResult rerun into the main output folder, from the cache).
 
     Raises:
-        ConfigError: a search key or value does not validate as an override.
+        ConfigError: the pipeline is not in a file (each trial reloads it with overrides).
         SlimopsError: no trial completed.
     """
     import optuna
@@ -173,7 +153,11 @@ def run_search(config, overrides: list[str] | None = None, display=None, echo=pr
     spec: SearchSpec = config.spec.search
     if config.file is None:
         raise ConfigError("a search needs its pipeline in a file (each trial reloads it with overrides)")
-    _check_space(config, overrides)
+    # every key and value of the space was checked when the file loaded (slimops.config.search.space_issues);
+    # the objectives need the plan's nodes, and a run without the search never reads them
+    problems = objective_issues(spec, build_plan(config, keys=False).nodes.values(), config.lines)
+    if problems:
+        raise ConfigError(problems)
     count = spec.trial_count()
     size = spec.grid_size()
     first, later, unknown = estimate(config, overrides)
@@ -224,7 +208,7 @@ def run_search(config, overrides: list[str] | None = None, display=None, echo=pr
             trial = study.ask()
             params = {path: _suggest(trial, path, choice) for path, choice in spec.space.items()}
             trial_dir = out_root / "trials" / f"{number:03d}"
-            trial_overrides = [*overrides, *(_override(p, v) for p, v in params.items()), f"engine.output_dir={trial_dir}"]
+            trial_overrides = [*overrides, *(override(p, v) for p, v in params.items()), f"engine.output_dir={trial_dir}"]
             asked[number] = (trial, params, trial_dir)
             if pool is not None:
                 pool.submit(number, trial_overrides)
@@ -256,7 +240,7 @@ def run_search(config, overrides: list[str] | None = None, display=None, echo=pr
     best = max((t for t in trials if t.number in front), key=lambda t: [s * v for s, v in zip(signs, t.values)])
     best.best = True
     _write_trials(out_root, spec, trials, front)
-    best_overrides = [*overrides, *(_override(p, v) for p, v in best.params.items())]
+    best_overrides = [*overrides, *(override(p, v) for p, v in best.params.items())]
     try:
         result = execute(build_plan(load_config(config.file, best_overrides)), display)
     except GoalError as err:

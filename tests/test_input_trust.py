@@ -59,3 +59,72 @@ def test_an_olive_int_search_parameter_validates(tmp_path, llama):
     assert "{type: int, low: 4, high: 8}" in text
     (tmp_path / "olive.yaml").write_text(text)
     assert load_config(tmp_path / "olive.yaml").spec.search.space["passes.lora.r"].int == (4, 8)
+
+
+# B: the search block against the pipeline
+
+
+SPACE = "search:\n  space:\n    passes.perturb.scale: [1.0, 2.0]\n"
+
+
+@pytest.mark.parametrize("search, at, fragment", [
+    (SPACE + "  objectives: [{metric: acuracy}]\n", "objectives:",
+     "search.objectives[0].metric: no evaluate node reports 'acuracy' (they report accuracy, perplexity); did you mean 'accuracy'?"),
+    (SPACE + "  objectives: [{metric: f1, node: eval}]\n", "objectives:",
+     "search.objectives[0].metric: node 'eval' does not report 'f1' (it reports accuracy, perplexity); add it to the evaluate pass's metrics"),
+    (SPACE + "  objectives: [{metric: latency}]\n", "objectives:",
+     "search.objectives[0].metric: no evaluate node reports 'latency' (they report accuracy, perplexity); 'latency' stands for ttft_ms"),
+    (SPACE + "  objectives: [{metric: accuracy, node: evl}]\n", "objectives:",
+     "search.objectives[0].node: no evaluate node 'evl'; did you mean 'eval'?"),
+    ("search:\n  space:\n    passes.perturb.nope: [1, 2]\n  objectives: [{metric: accuracy}]\n", "nope",
+     "search.space.passes.perturb.nope: unknown key; allowed: scale"),
+    ("search:\n  space:\n    passes.zz.scale: [1, 2]\n  objectives: [{metric: accuracy}]\n", "zz",
+     "search.space.passes.zz.scale: no pass 'zz' in the file"),
+    ("search:\n  space:\n    passes.perturb.scale:\n      - 1.0\n      - big\n  objectives: [{metric: accuracy}]\n", "- big",
+     "search.space.passes.perturb.scale[1]: Input should be a valid number"),
+    ("search:\n  space:\n    passes.eval.max_samples: {uniform: [1, 4]}\n  objectives: [{metric: accuracy}]\n", "uniform",
+     "search.space.passes.eval.max_samples: uniform gives values between its ends, such as 2.5"),
+], ids=["metric-typo", "metric-not-listed", "metric-group", "unknown-node", "unknown-param", "unknown-pass", "wrong-type",
+        "float-range-over-int"])
+def test_validate_checks_the_search_against_the_pipeline(tmp_path, llama, cli, search, at, fragment):
+    path = with_search(tmp_path, llama, search)
+    code, _, err = cli("validate", "--config", path)
+    assert code == 2 and f"{path}:{line_of(path, at)} {fragment}" in err, err
+
+
+def test_objectives_need_an_evaluate_pass(project, cli):
+    path = project.write("passes:\n  a: {type: fake}\nsearch:\n  space: {passes.a.value: [x, y]}\n  objectives: [{metric: accuracy}]\n")
+    code, _, err = cli("validate", "--config", path)
+    assert code == 2 and f"{path}:5 search.objectives: objectives read an evaluate pass's metrics, and this pipeline has none" in err
+
+
+def test_a_per_target_evaluation_is_named_with_its_target(tmp_path, llama, cli):
+    search = "targets: {a: cpu, b: cpu-int4}\n" + SPACE + "  objectives: [{metric: accuracy, node: eval}]\n"
+    path = with_search(tmp_path, llama, search, extra="perturb: {type: plugin:PerTarget}")
+    code, _, err = cli("validate", "--config", path)
+    assert code == 2 and "search.objectives[0].node: 'eval' runs once per target: name one of eval@a, eval@b" in err
+    path.write_text(path.read_text().replace("node: eval}", "node: eval@b}"))
+    code, _, err = cli("validate", "--config", path)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("evaluate, objective", [
+    ("{type: evaluate, data: tone, max_samples: 2}", "f1"),  # default metrics follow the model's task, known when it runs
+    ("{type: evaluate, data: tone, metrics: [perplexity, 'lm_eval:hellaswag'], max_samples: 2}", "hellaswag/acc_norm"),
+    ("{type: evaluate, data: tone, metrics: [perplexity], max_samples: 2}", "bleu"),  # the space changes its metrics
+], ids=["default-metrics", "lm-eval-task", "searched-metrics"])
+def test_a_metric_known_only_at_run_time_is_not_refused(tmp_path, llama, cli, evaluate, objective):
+    space = "    passes.eval.metrics: [[perplexity], [bleu]]\n" if objective == "bleu" else "    passes.perturb.scale: [1.0, 2.0]\n"
+    path = with_search(tmp_path, llama, f"search:\n  space:\n{space}  objectives: [{{metric: {objective}}}]\n", evaluate)
+    code, _, err = cli("validate", "--config", path)
+    assert code == 0, err
+
+
+def test_run_refuses_a_bad_search_before_any_trial(tmp_path, llama, cli):
+    path = with_search(tmp_path, llama, SPACE + "  objectives: [{metric: acuracy}]\n")
+    code, _, err = cli("run", "--config", path, "--quiet")
+    assert code == 2 and "did you mean 'accuracy'?" in err and "trial 0" not in err
+    assert not (tmp_path / "out" / "trials").exists()
+    path.write_text(path.read_text().replace("passes.perturb.scale", "passes.perturb.nope").replace("acuracy", "accuracy"))
+    code, _, err = cli("run", "--config", path, "--quiet")
+    assert code == 2 and f"{path}:{line_of(path, 'nope')} search.space.passes.perturb.nope: unknown key" in err and "--set" not in err

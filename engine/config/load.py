@@ -141,6 +141,15 @@ def _validate(data: dict[str, Any], lines: Lines, base_dir: Path, file: Path | N
     issues.extend(lines.issue(path, f"{value} has no meaning here; give a finite number")
                   for section, where in sections for path, value in _non_finite(section, where))
     warnings = [warning for name, pc in passes.items() for warning in _unusual(pc.params, ("passes", name), lines)]
+    if not issues and spec is not None and spec.search is not None:
+        # each value a trial will set, checked as that trial's load checks it; only on an otherwise
+        # valid file, since each check would repeat the file's own errors
+        from slimops.config.search import space_issues
+
+        def check(trial: dict[str, Any], sets: list[str]) -> None:
+            _validate(trial, Lines(lines.file, dict(lines.lines)), base_dir, file, sets)
+
+        issues.extend(space_issues(spec.search, data, lines, check))
     if issues:
         raise ConfigError(issues)
     assert spec is not None

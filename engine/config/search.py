@@ -1,17 +1,28 @@
-"""The `search:` block of a pipeline file: its shape only (optuna is imported when a search runs).
+"""The `search:` block of a pipeline file: its shape, and how it fits the pipeline (optuna is
+imported when a search runs).
 
 - `SearchSpec`: the space (override paths to values or ranges), strategy, trials, objectives.
 - `Distribution`: a range to sample from; `Objective`: a metric to optimise and its direction.
+- `override(path, value)`: the `--set` text a trial sets a value with.
+- `space_issues(...)`: each value of the space set as a trial sets it and checked with the rest of
+  the file (at load time); `objective_issues(...)`: each objective names an evaluation that reports
+  its metric (at plan time, where node names are known). Both locate at the search key's line.
 """
 
 from __future__ import annotations
 
+import copy
+import difflib
 import math
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Callable, Iterable, Literal, Union
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-from slimops.metrics import lower_is_better
+from slimops.config.source import Lines
+from slimops.errors import ConfigError, Issue
+from slimops.metrics import GROUPS, lower_is_better
+from slimops.plugin import BASELINE_SUFFIX
 
 # Bound outside the class: with postponed annotations a field named `int` would shadow the builtin
 # in its own annotation, and pydantic would read `tuple[int, int]` as `tuple[None, None]`.
@@ -104,3 +115,138 @@ class SearchSpec(BaseModel):
         if self.strategy == "grid":
             return min(self.trials or size, size) if size else 0
         return self.trials or 10
+
+
+def override(path: str, value: Any) -> str:
+    """`path=value` as `--set` reads it: the value written as YAML, so a trial's value keeps its type."""
+    text = yaml.safe_dump(value, default_flow_style=True).strip()
+    if text.endswith("\n..."):
+        text = text[: -len("\n...")]
+    return f"{path}={text.removesuffix('...').strip()}"
+
+
+def _probes(choice: list[Any] | Distribution) -> list[tuple[Any, bool]]:
+    """(value, whether it lies inside a range): a list's values; a range's ends, and for a float
+    range one value between them, since a float range over a whole-number param fails only there."""
+    if isinstance(choice, list):
+        return [(value, False) for value in choice]
+    name, (low, high) = choice.kind()
+    if name == "int":
+        return [(low, False), (high, False)]
+    inside = (low + high) / 2
+    if inside.is_integer():
+        inside = inside + 0.5 if inside + 0.5 < high else math.nextafter(inside, high)
+    return [(float(low), False), (float(high), False), (inside, True)]
+
+
+def space_issues(search: SearchSpec, data: dict[str, Any], lines: Lines,
+                 check: Callable[[dict[str, Any], list[str]], None]) -> list[Issue]:
+    """Every value the space can give, set as a trial sets it, so a bad key or value fails before a trial trains.
+
+    Args:
+        search: the validated block.
+        data: the whole file's data (overrides applied).
+        lines: where its keys are, to locate each issue at its search key (a listed value at its own line).
+        check: validates a copy of `data` with `--set` overrides (the loader, less this check),
+            raising ConfigError.
+    """
+    passes = data.get("passes") if isinstance(data.get("passes"), dict) else {}
+    base = {key: value for key, value in data.items() if key != "search"}  # a trial's file, less this block
+    issues: list[Issue] = []
+    for key, choice in search.space.items():
+        where = ("search", "space", key)
+        name = key.split(".")[1]
+        if name not in passes:
+            close = difflib.get_close_matches(name, [str(p) for p in passes], n=1)
+            hint = f"did you mean 'passes.{close[0]}.{key.split('.', 2)[2]}'?" if close else f"passes: {', '.join(map(str, passes)) or 'none'}"
+            issues.append(lines.issue(where, f"no pass '{name}' in the file; {hint}"))
+            continue
+        found: list[tuple[tuple, str]] = []  # (where, message) for each value that fails
+        probes = _probes(choice)
+        for index, (value, inside) in enumerate(probes):
+            try:
+                check(copy.deepcopy(base), [override(key, value)])
+            except ConfigError as err:
+                at = (*where, index) if isinstance(choice, list) else where
+                for issue in err.issues:
+                    message = issue.message if issue.path == key else f"{issue.path}: {issue.message}"
+                    if inside:
+                        kind, (low, high) = choice.kind()
+                        message = (f"{kind} gives values between its ends, such as {value:g}: {message}; "
+                                   f"for whole numbers write {{int: [{low:g}, {high:g}]}}")
+                    found.append((at, message))
+        # a message every value gives is about the key (an unknown param), so it is said once, there
+        every = [m for _, m in found if sum(m == other for _, other in found) == len(probes) > 1]
+        shown: set[tuple[tuple, str]] = set()
+        for at, message in found:
+            at = where if message in every else at
+            if (at, message) not in shown:
+                shown.add((at, message))
+                issues.append(lines.issue(at, message))
+    return issues
+
+
+def _known_metrics(params: Any) -> tuple[set[str], bool] | None:
+    """(the names an evaluation's "after" holds, whether TASK/METRIC names come only when it runs);
+    None where the config cannot say (a plugin's metrics)."""
+    names_of, custom_of = getattr(params, "metric_names", None), getattr(params, "custom", None)
+    if names_of is None or custom_of is None:  # not the evaluate pass's params
+        return None
+    if params.metrics is None:  # the default set follows the model's task, detected when the pass runs
+        return {*names_of(None), *names_of("text-classification")}, False
+    custom = {item.metric for item in custom_of()}
+    # an lm_eval:TASK metric reports TASK/METRIC names the harness chooses once it runs, so any such
+    # name may be valid; the built-in and custom names are known now
+    tasks = any(isinstance(m, str) and ":" in m and m not in custom for m in params.metrics)
+    return set(names_of(None)), tasks
+
+
+def objective_issues(search: SearchSpec | None, nodes: Iterable[Any], lines: Lines) -> list[Issue]:
+    """Each objective reads a node that makes metrics and, where its metrics are listed, names one of them.
+
+    Args:
+        nodes: the plan's nodes (id, name, kind, config); the evaluations are those that make
+            `metrics`, less the input model's (`NAME.before`), which holds no "after" values.
+    """
+    if search is None:
+        return []
+    nodes = [node for node in nodes if node.kind == "metrics" and node.config is not None and not node.name.endswith(BASELINE_SUFFIX)]
+    evaluations = {node.id: node.config.params for node in nodes}
+    # a pass the space changes may report other metrics in a trial (its metrics, its data) than in the file
+    searched = {key.split(".")[1] for key in search.space}
+    varies = {node.id for node in nodes if node.name in searched}
+    if not evaluations:
+        return [lines.issue(("search", "objectives"), "objectives read an evaluate pass's metrics, and this pipeline has none; "
+                            "add one (e.g. eval: {type: evaluate, data: NAME, metrics: [accuracy]})")]
+    issues: list[Issue] = []
+    for index, objective in enumerate(search.objectives):
+        where = ("search", "objectives", index)
+        if objective.node is not None and objective.node not in evaluations:
+            per_target = [node.id for node in nodes if node.name == objective.node]
+            if per_target:
+                problem = f"'{objective.node}' runs once per target: name one of {', '.join(per_target)}"
+            else:
+                close = difflib.get_close_matches(objective.node, list(evaluations), n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                problem = f"no evaluate node '{objective.node}'; {hint}evaluate nodes: {', '.join(evaluations)}"
+            issues.append(lines.issue((*where, "node"), problem))
+            continue
+        read = [node_id for node_id in evaluations if objective.node in (None, node_id)]
+        known = [None if node_id in varies else _known_metrics(evaluations[node_id]) for node_id in read]
+        if any(k is None or (k[1] and "/" in objective.metric) for k in known):
+            continue
+        names = sorted({name for k in known for name in k[0]})
+        if objective.metric in names:
+            continue
+        if objective.metric in GROUPS:
+            fix = f"'{objective.metric}' stands for {', '.join(GROUPS[objective.metric])}: name one"
+        else:
+            close = difflib.get_close_matches(objective.metric, names, n=1)
+            fix = f"did you mean '{close[0]}'?" if close else "add it to the evaluate pass's metrics"
+            if any(k[1] for k in known) and "/" not in objective.metric:
+                fix += "; an lm_eval task's metrics are named TASK/METRIC"
+        reported = ", ".join(names) or "nothing the config names"
+        problem = (f"node '{objective.node}' does not report '{objective.metric}' (it reports {reported})" if objective.node
+                   else f"no evaluate node reports '{objective.metric}' (they report {reported})")
+        issues.append(lines.issue((*where, "metric"), f"{problem}; {fix}"))
+    return issues
