@@ -155,6 +155,12 @@ class Pass:
         `extra_input_kind` when that is set."""
         return []
 
+    def imports(self, params: Any) -> dict[tuple[str | int, ...], str]:
+        """The `module:function`s `run` imports from the pipeline's folder (a custom loss, a custom
+        metric), by the key path under the pass that names each; validation checks that each
+        module can be found, so a typo fails before anything runs rather than after training."""
+        return {}
+
     def choices(self, params: Any) -> dict[str, Any]:
         """What the pass decides from this machine for an `auto` setting (precision, say), by name.
 

@@ -75,6 +75,23 @@ def _import_path(spec: str, search_dir: Path | None = None) -> type[Pass]:
 _BESIDE: set[str] = set()  # top-level modules this process loaded from a pipeline folder
 
 
+def function_problem(spec: str, folder: Path) -> str | None:
+    """Why `module:function` cannot be imported beside the pipeline in `folder`, or None.
+
+    Finds the module without running it (its code runs when the pass imports it); a dotted module
+    is checked as far as its top-level package, which finding the rest would import.
+    """
+    module_name, _, function = spec.partition(":")
+    if not module_name or not function.isidentifier():
+        return f"'{spec}' is not module:function"
+    top = module_name.split(".")[0]
+    if importlib.machinery.PathFinder.find_spec(top, [str(folder)]) or importlib.util.find_spec(top):
+        return None
+    close = difflib.get_close_matches(top, [p.stem for p in folder.glob("*.py")], n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"put {top}.py next to the pipeline file"
+    return f"no module '{top}' beside the pipeline ({folder}) or installed; {hint}"
+
+
 def _import_beside(found: importlib.machinery.ModuleSpec, module_name: str, attr: str, folder: Path):
     """Import `module_name` whose top-level module `found` lies in the pipeline folder `folder`,
     refusing a name that another module of this process has or would have."""

@@ -188,6 +188,15 @@ class Evaluate(Pass):
     def extra_inputs(self, params: Any) -> list[str]:
         return [params.reference] if params.reference else []
 
+    def imports(self, params: Any) -> dict[tuple[str | int, ...], str]:
+        found = {}
+        for index, item in enumerate(params.metrics or []):
+            if isinstance(item, CustomMetric):
+                found[("metrics", index, "metric")] = item.metric
+            elif ":" in item and not item.startswith(L.TASK_PREFIX):
+                found[("metrics", index)] = item
+        return found
+
     def requirements(self, params: Any) -> tuple[str, ...]:
         return (*self.requires, *L.REQUIRES) if L.task_names(params.metrics or []) else self.requires
 

@@ -145,6 +145,9 @@ class _FineTune(Pass):
         gpus = getattr(target, "device", None) == "cuda" or machine_has_cuda()
         return {"CPU": float(params.processes), "GPU": float(params.processes) if gpus else 0.0}
 
+    def imports(self, params: Any) -> dict[tuple[str | int, ...], str]:
+        return {("loss",): params.loss} if params.loss else {}
+
     def choices(self, params: Any) -> dict[str, Any]:
         return {"precision": precision_for(params)[0]}
 

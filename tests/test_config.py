@@ -122,3 +122,18 @@ def test_a_home_relative_output_folder_is_the_one_under_home(project, monkeypatc
     config = load_config(project.write("engine: {output_dir: ~/slim-out, cache_dir: ~/slim-cache}\npasses: {a: {type: fake}}\n"))
     assert config.output_dir == home.resolve() / "slim-out"
     assert config.cache_dir == home.resolve() / "slim-cache"
+
+
+def test_a_custom_loss_or_metric_whose_module_is_not_there_fails_validation(project, cli):
+    """Found before anything runs, not after the fine-tune that precedes the evaluation."""
+    (project.root / "scores.py").write_text("def exact(predictions, references, examples):\n    return 1.0\n")
+    (project.root / "tone.jsonl").write_text('{"phrase": "a", "tone": "b"}\n' * 4)
+    head = ("data:\n  tone: {files: tone.jsonl, splits: {train: '[:2]', eval: '[2:]'}, prompt: '{phrase}', response: '{tone}'}\n"
+            "passes:\n")
+    path = project.write(head + "  ft: {type: lora, data: tone, loss: 'my_loss:shifted'}\n"
+                         "  eval: {type: evaluate, data: tone, metrics: [accuracy, 'score:exact', {metric: 'scores:exact'}]}\n")
+    code, _, err = cli("validate", "--config", path)
+    assert code == 2
+    assert f"{path}:4 passes.ft.loss: no module 'my_loss' beside the pipeline ({project.root}) or installed; put my_loss.py next" in err
+    assert f"{path}:5 passes.eval.metrics[1]: no module 'score' beside the pipeline" in err and "did you mean 'scores'?" in err
+    assert "metrics[2]" not in err  # scores.py is there

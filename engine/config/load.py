@@ -291,6 +291,11 @@ def _check_references(spec: PipelineFile, passes: dict[str, PassConfig], lines: 
                 close = difflib.get_close_matches(value, list(spec.data), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else f"; add it under 'data:' (defined: {', '.join(spec.data) or 'none'})"
                 issues.append(lines.issue(("passes", name, field_name), f"unknown data set '{value}'{hint}"))
+        from slimops.registry import function_problem
+
+        for key_path, function in config.cls().imports(config.params).items():
+            if problem := function_problem(function, base_dir):
+                issues.append(lines.issue(("passes", name, *key_path), problem))
     if spec.model is not None:
         from slimops.inputs import REGISTERED, locate, model_problem
 
