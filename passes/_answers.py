@@ -31,14 +31,38 @@ def answer_template(spec: Any) -> tuple[str | None, str | None]:
     text = spec.response if spec.prompt else spec.template
     if not text:
         return spec.label, None
-    if spec.label and "{" + spec.label + "}" not in text:
-        return spec.label, None  # the whole template is the question; the label column holds the answer
     fields = template_fields(text)
+    if spec.label and spec.label not in fields:
+        return spec.label, None  # the whole template is the question; the label column holds the answer
     field = spec.label if spec.label else (fields[-1] if fields else None)
     if field is None:
         return spec.label, None
-    tail = text.rsplit("{" + field + "}", 1)[1].split("{", 1)[0].strip()
+    tail = _split_at(text, field)[1].strip()
     return field, tail or None
+
+
+def _split_at(template: str, field: str) -> tuple[str, str]:
+    """(the template before its last `{field}`, still a template; the literal text after it, up to
+    the next placeholder); (the template, "") when it has no `{field}`. Parsed, not searched:
+    `{{field}}` is literal text, and `{{` a brace."""
+    import string
+
+    parts = list(string.Formatter().parse(template))  # (literal, field or None, spec, conversion); validated plain
+    places = [i for i, (_, name, _, _) in enumerate(parts) if name == field]
+    if not places:
+        return template, ""
+    last = places[-1]
+
+    def source(literal: str, name: str | None) -> str:
+        return literal.replace("{", "{{").replace("}", "}}") + ("" if name is None else "{" + name + "}")
+
+    head = "".join(source(literal, name) for literal, name, _, _ in parts[:last]) + source(parts[last][0], None)
+    tail = ""
+    for literal, name, _, _ in parts[last + 1:]:  # a literal brace ends a part, so the text may come in several
+        tail += literal
+        if name is not None:
+            break
+    return head, tail
 
 
 def prompt_and_reference(example: dict[str, Any], spec: Any, tokenizer: Any = None) -> tuple[str, str, str]:
@@ -54,8 +78,7 @@ def prompt_and_reference(example: dict[str, Any], spec: Any, tokenizer: Any = No
         prompt, response = render(example, spec, tokenizer)
         reference = response.split(stop, 1)[0].strip() if stop else response.strip()
     elif spec.template and field:
-        head = spec.template.rsplit("{" + field + "}", 1)[0]
-        prompt, reference = head.format_map(example), str(example[field])
+        prompt, reference = _split_at(spec.template, field)[0].format_map(example), str(example[field])
     else:
         raise DataError(
             "generated answers need a prompt and an answer: set 'template' ending in the label field, "

@@ -128,3 +128,61 @@ def test_run_refuses_a_bad_search_before_any_trial(tmp_path, llama, cli):
     path.write_text(path.read_text().replace("passes.perturb.scale", "passes.perturb.nope").replace("acuracy", "accuracy"))
     code, _, err = cli("run", "--config", path, "--quiet")
     assert code == 2 and f"{path}:{line_of(path, 'nope')} search.space.passes.perturb.nope: unknown key" in err and "--set" not in err
+
+
+# C: templates' braces
+
+
+TEMPLATE_PROJECT = """name: t
+model: {{path: "{model}"}}
+data:
+  tone:
+    files: tone.jsonl
+    splits: {{train: "[:3]", eval: "[3:]"}}
+    prompt: "user {{phrase}} assistant"
+    response: {response}
+passes:
+  eval: {{type: evaluate, data: tone, metrics: [accuracy], max_samples: 2}}
+"""
+
+
+@pytest.mark.parametrize("response, fragment", [
+    ('"{tone"', "a '{' is never closed"),
+    ('"{tone}}"', "a '}' closes nothing"),
+    ('"{tone:>5}"', "'{tone:>5}' has a format spec (':>5')"),
+    ('"{tone!r}"', "'{tone!r}' has a conversion ('!r')"),
+    ('"{tone.x}"', "'{tone.x}' reads an attribute or item of a field"),
+    ('"{}"', "'{}' names no field"),
+    ('"{0}"', "'{0}' is a position, not a field name"),
+], ids=["unclosed", "stray-close", "format-spec", "conversion", "attribute", "empty", "positional"])
+def test_a_template_with_more_than_plain_fields_is_a_located_error(tmp_path, llama, cli, response, fragment):
+    write_eval_project(tmp_path, llama, EVALUATE)  # its tone.jsonl
+    path = tmp_path / "t.yaml"
+    path.write_text(TEMPLATE_PROJECT.format(model=llama, response=response))
+    code, _, err = cli("validate", "--config", path)
+    assert code == 2 and f"{path}:8 data.tone.response: {fragment}; a placeholder is a field name in braces" in err, err
+    assert "write {{ and }} for a literal brace" in err and "slimops bug" not in err
+
+
+def test_doubled_braces_are_literal_text(tmp_path, llama, cli):
+    write_eval_project(tmp_path, llama, EVALUATE)
+    path = tmp_path / "t.yaml"
+    path.write_text(TEMPLATE_PROJECT.format(model=llama, response='"{{{{as json}}}} {tone}"'))
+    code, _, err = cli("validate", "--config", path)
+    assert code == 0, err
+
+
+def test_a_literal_brace_after_the_answer_is_where_it_stops():
+    from types import SimpleNamespace
+
+    from slimops.passes._answers import answer_template, prompt_and_reference
+
+    spec = SimpleNamespace(template="{phrase} => {tone} {{tone}}", prompt=None, response=None, label=None, messages=None)
+    assert answer_template(spec) == ("tone", "{tone}")  # the text after the field, not a piece of '{{tone}}'
+    assert prompt_and_reference({"phrase": "hi", "tone": "happy"}, spec) == ("hi => ", "happy", "happy")
+
+
+def test_finetune_names_a_bad_text_template_at_its_line(tmp_path, llama, cli):
+    data = write_jsonl(tmp_path / "tone.jsonl", tone_rows(8))
+    code, _, err = cli("finetune", "-m", llama, "--data_files", data, "--text_template", "{phrase", "-o", tmp_path / "ft")
+    assert code == 2 and "data.train_data.template: a '{' is never closed" in err and "slimops bug" not in err

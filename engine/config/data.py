@@ -4,7 +4,8 @@ about a data set's records that the engine's checks and the passes' loader share
 - `data_issues(config)`: (errors, warnings) as `Issue`s located at the `data:` key they concern.
 - `path_problem(file, base_dir)`: why a `files:` entry is not a readable file (missing, a folder,
   `~`), or None.
-- `template_fields(template)`, `needed_columns(spec, task)`, `needed_fields(spec, task)`: which
+- `template_problem(template)`: why a template is not text with plain `{field}` placeholders;
+  `template_fields(template)`, `needed_columns(spec, task)`, `needed_fields(spec, task)`: which
   fields an example must hold for a spec's formatting; `formatting_problem(spec, task)`: a spec
   that cannot format an example at all; `valid_messages(value)`: a chat column's shape.
 - `jsonl_record(line, where, number)`, `json_records(text, where)`: one record of a .jsonl line, the
@@ -17,6 +18,8 @@ What `validate` checks, per local data set (type hf is skipped: no network at va
 - each split: a named source that `files:` does not have, a slice that selects no record;
   a split read by some pass's `train_split` that shares records with another split of the same
   files is a warning;
+- each template, prompt and response (hf sets too): braces pair up and every placeholder is a
+  plain `{field}`;
 - for each pass that reads the set: the split the pass reads exists; and when the set has a
   formatting, that it can format an example for the model's task (calibration data: as text) and
   every field its template, prompt, response, text, label or messages names is in every record
@@ -60,14 +63,46 @@ GENERATION, CLASSIFICATION = "text-generation", "text-classification"
 # -- the fields a formatting reads (the passes' loader uses these too) -----------------------------
 
 
+TEMPLATE_RULE = "a placeholder is a field name in braces, like {field}; write {{ and }} for a literal brace"
+_UNBALANCED = {"expected '}' before end of string": "a '{' is never closed", "Single '{' encountered in format string": "a '{' is never closed",
+               "Single '}' encountered in format string": "a '}' closes nothing"}
+
+
+def template_problem(template: str) -> str | None:
+    """Why `template` is not text with plain `{field}` placeholders, or None.
+
+    The passes fill templates with `str.format_map`, which would also take `{0}`, `{}`, `{x.y}`,
+    `{x!r}` and `{x:>5}`; those either fail on a record (positional fields) or change the text, so
+    only a plain name is a placeholder.
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:
+        return f"{_UNBALANCED.get(str(err), str(err))}; {TEMPLATE_RULE}"
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue  # literal text after the last placeholder
+        shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        if not name.strip():
+            why = "names no field"
+        elif name.isdigit():
+            why = "is a position, not a field name"
+        elif conversion or spec:
+            why = f"has a {'conversion' if conversion else 'format spec'} ('{shown[len(name) + 1:-1]}')"
+        elif re.search(r"[.\[]", name):
+            why = "reads an attribute or item of a field"
+        else:
+            continue
+        return f"'{shown}' {why}; {TEMPLATE_RULE}"
+    return None
+
+
 def template_fields(template: str) -> list[str]:
-    """The top-level field names a `{field}` template reads."""
+    """The field names a template reads, in order (`template_problem(template)` is None)."""
     names = []
     for _, name, _, _ in string.Formatter().parse(template):
-        if name:
-            head = re.split(r"[.\[]", name, maxsplit=1)[0]
-            if head and head not in names:
-                names.append(head)
+        if name and name not in names:
+            names.append(name)
     return names
 
 
@@ -271,13 +306,17 @@ def data_issues(config: PipelineConfig) -> tuple[list[Issue], list[Issue]]:
                 uses.setdefault(value, []).append((pc.name, name, GENERATION if name == "calibration_data" else task))
     slices: list[tuple[str, str, tuple[str, ...], int, int]] = []  # (data set, split, files, start, stop)
     for data_name, spec in config.spec.data.items():
+        bad = [(key, problem) for key in ("template", "prompt", "response")
+               if isinstance(getattr(spec, key), str) and (problem := template_problem(getattr(spec, key)))]
+        errors += [config.lines.issue(("data", data_name, key), problem) for key, problem in bad]
         if spec.type == "hf":
             continue
         samples = _file_issues(config, data_name, spec, errors)
         slices += _split_issues(config, data_name, spec, samples, errors)
         seen: set[tuple] = set()
         for pass_name, data_field, use_task in uses.get(data_name, []):
-            _field_issues(config, data_name, spec, samples, pass_name, use_task, seen, errors)
+            if not bad:  # the fields a template reads are known once it parses
+                _field_issues(config, data_name, spec, samples, pass_name, use_task, seen, errors)
             _pass_split_issue(config, data_name, spec, pass_name, data_field, errors)
     warnings += _overlaps(config, slices)
     return errors, warnings
