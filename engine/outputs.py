@@ -69,6 +69,17 @@ class OutputFolder:
             raise SlimopsError(f"cannot write to the output folder {self.root}: {err.strerror or err}; "
                                "check its permissions and free space, or set engine.output_dir elsewhere") from None
 
+    def check(self) -> None:
+        """Raise what `claim` would refuse, writing nothing: validate and plan find it before a run.
+
+        Raises:
+            ConfigError: the folder is a file, or holds files slimops did not write.
+        """
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"the output folder {self.root} is a file; set engine.output_dir to a folder")
+        if self.root.is_dir() and not self.marker.is_file():
+            self._adoptable()
+
     def reserve(self, dest: Path) -> None:
         """Record `dest` (a node's folder) as slimops's before writing it.
 

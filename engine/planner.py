@@ -135,6 +135,7 @@ def build_plan(config: PipelineConfig, cache: Cache | None = None, keys: bool = 
     instances = {name: pc.cls() for name, pc in passes.items()}
 
     _check_cycles(config)
+    _check_output_folder(config)
     if spec.engine.executor == "ray" and installed(("ray",))["ray"] is None:
         raise PlanError(f"{config.where('engine', 'executor')} engine.executor: ray needs the ray package; "
                         "pip install 'slimops[cluster]' (or use executor: local)")
@@ -271,6 +272,16 @@ def _pass_order(config: PipelineConfig) -> list[str]:
 def _reads(pc: PassConfig) -> list[str]:
     """The passes a pass reads: its inputs, and what its class adds (evaluate's `reference`)."""
     return [*(pc.inputs or []), *pc.cls().extra_inputs(pc.params)]
+
+
+def _check_output_folder(config: PipelineConfig) -> None:
+    """What the run's claim would refuse (a folder of the user's own), found by validate and plan too."""
+    from slimops.outputs import OutputFolder
+
+    try:
+        OutputFolder(config.output_dir).check()
+    except ConfigError as err:
+        raise ConfigError([config.lines.issue(("engine", "output_dir"), err.issues[0].message)]) from None
 
 
 def _check_cycles(config: PipelineConfig) -> None:

@@ -57,6 +57,17 @@ def test_a_folder_of_the_users_files_is_refused_whatever_their_names(project, cl
     assert (sorted(p.relative_to(results).as_posix() for p in results.rglob("*")), tree_hash(results)) == before
 
 
+def test_validate_and_plan_refuse_the_folder_run_would_refuse_and_write_nothing_there(project, cli):
+    results = project.root / "results"
+    results.mkdir()
+    (results / "notes.txt").write_text("mine\n")
+    path = project.write(PIPELINE + "engine: {output_dir: results}\n")
+    for command in ("validate", "plan"):
+        code, _, err = cli(command, "--config", path)
+        assert code == 2 and f"{path}:2 engine.output_dir: the output folder {results} holds files slimops did not write (notes.txt)" in err, err
+    assert sorted(p.name for p in results.iterdir()) == ["notes.txt"]  # no marker, no lock
+
+
 ADOPTED = [
     ("an empty folder", {}),
     ("what a claim killed before its marker left", {".slimops-output.lock": "", "..slimops-output.json.4242.tmp": "{"}),
