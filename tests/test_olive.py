@@ -311,6 +311,7 @@ def test_convert_olive_writes_comments_and_never_replaces_a_file_unasked(tmp_pat
     assert "# dropped passes.lora.config.training_args.output_dir: slimops runs the Trainer itself" in out
     assert "# dropped engine.log_severity_level" in out
     assert yaml.safe_load(out) == load_config(tmp_path / "olive.yaml").olive.pipeline
+    assert cli("convert-olive", tmp_path / "olive.yaml", "-o", "-")[1] == out and not (tmp_path / "-").exists()  # - is stdout
 
     target = tmp_path / "pipeline.yaml"
     target.write_text("mine\n")

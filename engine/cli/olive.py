@@ -27,7 +27,7 @@ WIDTH = 110
 def add_parser(sub) -> None:
     p = sub.add_parser("convert-olive", help="write an Olive workflow config as a slimops pipeline, with comments on what mapped")
     p.add_argument("file", help="the Olive config (YAML or JSON)")
-    p.add_argument("--output", "-o", help="the pipeline file to write (default: print it)")
+    p.add_argument("--output", "-o", help="the pipeline file to write, or - to print it (default: print it)")
     p.add_argument("--force", action="store_true", help="replace the output file if it exists")
 
 
@@ -47,7 +47,7 @@ def cmd_convert_olive(args) -> int:
     if config.olive is None:
         raise ConfigError(f"this is a slimops pipeline already, not an Olive workflow config; run it with 'slimops run --config {source}'", str(source))
     build_plan(config, keys=False)  # every check `slimops validate` makes, before anything is written
-    out = Path(args.output) if args.output else None
+    out = Path(args.output) if args.output and args.output != "-" else None
     if out is not None:
         if out.resolve() == source.resolve():
             raise ConfigError("the output would replace the Olive config itself; give another file with -o", str(out))
