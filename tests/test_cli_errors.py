@@ -44,6 +44,8 @@ IN_PROCESS = [
     ("cache show none", None, ["cache", "show", "abc", "--cache-dir", "empty"], 1, "no cache entry starts with 'abc'"),
     ("cache ls nowhere", None, ["cache", "ls", "--cache-dir", "nowhere"], 1, "no cache at "),
     ("cache verify nowhere", None, ["cache", "verify", "--cache-dir", "nowhere"], 1, "no cache at "),
+    ("schema into a folder", lambda root: (root / "schemas").mkdir(), ["schema", "-o", "schemas"], 1,
+     "schemas is a folder; give the file to write, e.g. schemas/pipeline.schema.json"),
     ("cache ls a key", None, ["cache", "ls", "abc"], 1, "cache ls takes no key ('abc'); to see one entry: slimops cache show KEY"),
     ("cache show two", _twin_entries, ["cache", "show", "PREFIX"], 1, "2 cache entries start with"),
     ("report list", _run_json("[]"), ["report", "r"], 1, "r/run.json holds a list, not the object a run writes"),

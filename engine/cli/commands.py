@@ -243,6 +243,8 @@ def cmd_schema(args) -> int:
     if args.output == "-":
         sys.stdout.write(text)
     else:
+        if Path(args.output).is_dir():
+            raise SlimopsError(f"{args.output} is a folder; give the file to write, e.g. {Path(args.output) / 'pipeline.schema.json'}")
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(text)
         print(f"wrote {args.output}")
