@@ -186,3 +186,40 @@ def test_finetune_names_a_bad_text_template_at_its_line(tmp_path, llama, cli):
     data = write_jsonl(tmp_path / "tone.jsonl", tone_rows(8))
     code, _, err = cli("finetune", "-m", llama, "--data_files", data, "--text_template", "{phrase", "-o", tmp_path / "ft")
     assert code == 2 and "data.train_data.template: a '{' is never closed" in err and "slimops bug" not in err
+
+
+# D: --set KEY=null
+
+
+NULLABLE = """
+name: t
+data:
+  tone: {type: jsonl, files: tone.jsonl, prompt: "{phrase}", response: "{tone}"}
+targets:
+  lap: {extends: cpu-int4, quant_format: qdq}
+passes:
+  a: {type: fake, value: hi}
+"""
+
+
+@pytest.mark.parametrize("override, read, value", [
+    ("targets.lap.quant_format=null", lambda c: c.spec.targets["lap"].quant_format, None),
+    ("data.tone.prompt=null", lambda c: c.spec.data["tone"].prompt, None),
+    ("data.tone.prompt=~", lambda c: c.spec.data["tone"].prompt, None),
+    ('data.tone.prompt="null"', lambda c: c.spec.data["tone"].prompt, "null"),
+    ("data.tone.prompt='{phrase}: '", lambda c: c.spec.data["tone"].prompt, "{phrase}: "),
+    ("name=null", lambda c: c.name, "null"),  # a text field that cannot be null keeps the text
+    ("passes.a.value=null", lambda c: c.passes["a"].params.value, "null"),
+], ids=["optional-literal", "optional-text", "tilde", "quoted-null", "quoted-text", "required-text", "param-text"])
+def test_set_null_clears_an_optional_field(project, override, read, value):
+    (project.root / "tone.jsonl").write_text('{"phrase": "hi", "tone": "happy"}\n')
+    assert read(load_config(project.write(NULLABLE), [override])) == value
+
+
+def test_a_searched_text_value_that_yaml_would_read_otherwise_reaches_its_trial_as_text(project):
+    from slimops.config.search import override
+
+    path = project.write(NULLABLE)
+    (project.root / "tone.jsonl").write_text('{"phrase": "hi", "tone": "happy"}\n')
+    for value in ("010", "null", "yes"):
+        assert load_config(path, [override("passes.a.value", value)]).passes["a"].params.value == value

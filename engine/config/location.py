@@ -111,6 +111,8 @@ def _wants_text(annotation: Any) -> bool:
     return True
 
 
+_NULLS = ("null", "Null", "NULL", "~")  # what YAML reads as null (besides nothing at all, which `--set K=` keeps as "")
+
 # Named entries `--set` may reach into, and the key that makes a new one (`--set passes.x.type=lora`).
 _NAMED = {"passes": ("pass", "type"), "targets": ("target", "extends"), "data": ("data set", "type")}
 
@@ -158,8 +160,20 @@ class OverrideSchema:
         return _annotation_at(PipelineFile, path)
 
     def typed(self, path: tuple, raw: str) -> Any:
-        """Text where a string is expected, YAML (under the file's rules) otherwise."""
+        """Text where a string is expected, YAML (under the file's rules) otherwise.
+
+        Where a string is expected, the text is taken as typed (`8` stays "8"), except that a
+        quoted value reads as in the file (`"null"` is null, the text) and, where the field may be
+        null, YAML's null (`null`, `~`) is None.
+        """
         annotation = self.annotation(path)
         if annotation is not None and _wants_text(annotation):
+            text = raw.strip()
+            if text in _NULLS and type(None) in _unwrap(annotation):
+                return None
+            if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+                value = parse_value(text, dotted_path(path))
+                if isinstance(value, str):  # not `"a" "b"`, which is not one quoted value
+                    return value
             return raw
         return parse_value(raw, dotted_path(path)) if raw.strip() else ""
