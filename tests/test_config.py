@@ -43,13 +43,14 @@ def test_valid_pipeline_validates(project, cli):
         ("passes:\n  s:\n    type: generate_adapter\n    adapters: {'../../x': ad}\n", 4, "'../../x' cannot name an adapter"),
         ("passes:\n  a: {type: fake, inputs: [model]}\n", 2, "passes.a.inputs[0]: 'model' is the pipeline's input model, and this pipeline has none"),
         ("passes:\n  q:\n    type: quantize\n    block_size: 48\n", 4, "passes.q.block_size: not a block size: MatMulNBits takes a power of two"),
+        ("targets: {cpu: cpu}\npasses:\n  a: {type: fake, targets: []}\n", 3, "passes.a.targets: an empty list names no target"),
         ("targets:\n  lap: {extends: cpu-int4, settings: {quantize: {blocksize: 64}}}\n", 2,
          "targets.lap.settings: quantize.blocksize: unknown key; did you mean 'block_size'?"),
         ("targets:\n  lap: {extends: cpu-int4, settings: {quantise: {block_size: 64}}}\n", 2,
          "unknown settings group 'quantise'; did you mean 'quantize'?"),
     ],
     ids=["yaml-syntax", "unknown-key", "wrong-type", "missing-required", "unknown-pass", "unknown-input",
-         "missing-data-file", "top-level-typo", "unknown-target", "duplicate-key", "missing-type", "bad-split", "adapter-name-a-path", "model-input-without-a-model", "block-size", "settings-key-typo",
+         "missing-data-file", "top-level-typo", "unknown-target", "duplicate-key", "missing-type", "bad-split", "adapter-name-a-path", "model-input-without-a-model", "block-size", "empty-targets", "settings-key-typo",
          "settings-group-typo"],
 )
 def test_bad_config_names_file_line_and_fix(project, cli, text, line, fragment):

@@ -282,6 +282,9 @@ def _check_references(spec: PipelineFile, passes: dict[str, PassConfig], lines: 
             close = difflib.get_close_matches(input_name, [*names, MODEL_INPUT], n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; passes are: {', '.join(names)}"
             issues.append(lines.issue(("passes", name, "inputs", index), f"unknown input '{input_name}'{hint}"))
+        if config.targets is not None and not config.targets:  # read as "every target", which an empty list does not say
+            issues.append(lines.issue(("passes", name, "targets"), "an empty list names no target; leave targets: out to build "
+                                      "for every target, or list the ones to build for"))
         for index, target_name in enumerate(config.targets or []):
             if target_name not in spec.targets:
                 issues.append(lines.issue(("passes", name, "targets", index), f"unknown target '{target_name}'; targets are: {', '.join(spec.targets) or 'none'}"))
