@@ -58,6 +58,9 @@ def _import_path(spec: str, search_dir: Path | None = None) -> type[Pass]:
             module = importlib.import_module(module_name)
     except PassNotFound:
         raise
+    except SystemExit as err:  # its exit code would be slimops's (3 reads as a missed goal), with nothing said
+        raise PassNotFound(f"importing '{module_name}' for pass '{spec}' called sys.exit({err.code!r}); a plugin module "
+                           "must not exit when imported (put script code under `if __name__ == \"__main__\":`)") from None
     except Exception as err:  # a plugin with a bug: say where in its files, not a traceback
         if isinstance(err, ModuleNotFoundError) and err.name and f"{module_name}.".startswith(f"{err.name}."):
             raise PassNotFound(f"cannot import module '{module_name}' for pass '{spec}': {err}") from None

@@ -58,6 +58,9 @@ CASES = {
                              "passes:\n  b: {type: 'mypass:P'}\n",
                              (2, "passes.b.type", "importing 'mypass' for pass 'mypass:P' raised ModuleNotFoundError at mypass.py:4: "
                                                   "No module named 'not_installed_anywhere'")),
+    "exits at import": ({"mypass.py": plugin("BaseModel):\n        pass", "import sys\nsys.exit(3)\n")},
+                        "passes:\n  b: {type: 'mypass:P'}\n",
+                        (2, "passes.b.type", "importing 'mypass' for pass 'mypass:P' called sys.exit(3); a plugin module must not exit")),
     "a module that is nowhere": ({}, "passes:\n  b: {type: 'nothere:P'}\n",
                                  (2, "passes.b.type", "cannot import module 'nothere' for pass 'nothere:P': No module named 'nothere'")),
     "not module:Class": ({}, "passes:\n  b: {type: 'mypass:'}\n",
