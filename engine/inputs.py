@@ -170,10 +170,15 @@ def resolve_model(path_text: str, kind: str | None, base_dir: Path) -> Artifact:
     else:
         path = _from_hub(path_text)
         meta["hub_id"] = path_text
-    if path.is_dir() and kind is None:
+    if path.is_dir() and kind in (None, "gguf"):
         ggufs = sorted(path.glob("*.gguf"))
-        if ggufs and not (path / "config.json").exists():
+        if ggufs and (kind == "gguf" or not (path / "config.json").exists()):
             path = ggufs[0]
+    if kind == "gguf" and not path.is_file():
+        raise ModelError(f"model.kind is gguf, but {path} is a folder with no .gguf file in it; point model.path at the "
+                         "file, or leave model.kind out (slimops tells the kind from the files)")
+    if kind in ("hf-model", "hf-adapter", "genai-model") and path.is_file():
+        raise ModelError(f"model.kind is {kind}, a folder, but {path} is a file; give its folder, or leave model.kind out")
     detected = kind or detect_kind(path)
     if detected is None:
         raise ModelError(

@@ -187,3 +187,15 @@ def test_the_models_task_is_in_the_keys_of_what_reads_it(project):
     assert causal.nodes["a"].key != classifier.nodes["a"].key
     default = project.write("model: {path: m}\npasses:\n  a: {type: fake}\n", "default.yaml")
     assert slimops.plan(default).nodes["a"].key == causal.nodes["a"].key  # the default task keeps the keys it had
+
+
+def test_a_model_kind_that_contradicts_the_files_is_an_error_before_anything_runs(project, cli):
+    (project.root / "hf").mkdir()
+    (project.root / "hf" / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}')
+    (project.root / "m.gguf").write_bytes(b"GGUF" + bytes(20))
+    folder = project.write("model: {path: hf, kind: gguf}\npasses:\n  a: {type: fake}\n")
+    code, _, err = cli("validate", "--config", folder)
+    assert code == 2 and f"{folder}:1 model: model.kind is gguf, but {project.root / 'hf'} is a folder with no .gguf file" in err
+    file = project.write("model: {path: m.gguf, kind: hf-model}\npasses:\n  a: {type: fake}\n", "file.yaml")
+    code, _, err = cli("validate", "--config", file)
+    assert code == 2 and "model.kind is hf-model, a folder, but" in err and "m.gguf is a file" in err
