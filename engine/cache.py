@@ -10,6 +10,7 @@ Layout under the cache folder:
     logs/                         logs of failed attempts
     damaged/<key>.*/              entries found damaged when a run wanted them, set aside and rebuilt
     hashes.json                   memo of file hashes
+    .slimops-cache                the marker: a folder without it is adopted only when empty, or a cache from before it
 
 A killed run leaves at most a folder in tmp/ (removed by the next run or `slimops cache gc`),
 never a half entry: an entry exists only once its rename has happened.
@@ -34,8 +35,12 @@ from slimops.keys import HashMemo, sha256_file, shared_memo_path
 MANIFEST = "manifest.json"
 ARTIFACT = "artifact"
 MARKER = ".slimops-cache"  # in the cache folder: `gc` and `clear` act only on a folder that has it
+MARKER_TEXT = "a slimops cache: `slimops cache gc|clear` manage it\n"
 KNOWN = {"entries", "tmp", "work", "locks", "logs", "damaged", "hashes.json", MARKER}  # and hashes.json.*.tmp
 TRASH = "trash-"  # a folder being deleted is renamed to trash-* first, so a killed delete blocks nothing
+
+
+ADOPT = "set engine.cache_dir (or --cache-dir) to an empty folder or to the cache folder itself"
 
 
 @dataclass
@@ -47,6 +52,12 @@ class Entry:
     @property
     def artifact_path(self) -> Path:
         return self.dir / self.manifest["artifact"]["path"]
+
+
+def names_itself(entry: Entry) -> bool:
+    """Whether an entry's manifest names the key it is filed under: the proof that a folder without the
+    marker is a cache made before the marker existed (a user's own tmp/ or logs/ proves nothing)."""
+    return entry.manifest.get("key") == entry.key
 
 
 class Cache:
@@ -144,8 +155,8 @@ class Cache:
                 raise CacheError(f"the cache folder {self.root} is a file; set engine.cache_dir to a folder")
             self.root.mkdir(parents=True, exist_ok=True)
             if not (self.root / MARKER).is_file():
-                self._check_contents()
-                (self.root / MARKER).write_text("a slimops cache: `slimops cache gc|clear` manage it\n")
+                self._check_unmarked()
+                (self.root / MARKER).write_text(MARKER_TEXT)
             for leftover in self.root.glob("hashes.json.*.tmp"):  # a killed run's memo, not one being written now
                 if time.time() - leftover.stat().st_mtime > 60:
                     leftover.unlink(missing_ok=True)
@@ -154,22 +165,30 @@ class Cache:
                              "check its permissions and free space, or set engine.cache_dir elsewhere") from None
 
     def _check_owned(self, action: str) -> None:
-        """Raise unless the folder is a cache: it has the marker, or (a cache made before the marker) only a cache's files."""
+        """Raise unless the folder is a cache: it has the marker, or passes `_check_unmarked`."""
         root = self.root.resolve()
         if root in (Path(root.anchor), Path.home().resolve()):
             raise CacheError(f"refusing to {action} {root}: it is not a cache folder of its own")
         if not root.is_dir():
             raise CacheError(f"no cache at {root}; nothing to {action}")
         if not (root / MARKER).is_file():
-            self._check_contents(action)
+            self._check_unmarked(action)
 
-    def _check_contents(self, action: str = "use") -> None:
-        foreign = sorted(p.name for p in self.root.iterdir()
-                         if p.name not in KNOWN and not p.name.startswith((TRASH, "hashes.json.")))
+    def _check_unmarked(self, action: str = "use") -> None:
+        """Raise unless a folder without the marker is empty (planning may have written its hash memo)
+        or a cache made before the marker: nothing but a cache's names, and an entry that names itself.
+        Names alone prove nothing: tmp/, logs/ and work/ are as likely a user's own, and gc deletes them."""
+        names = sorted(p.name for p in self.root.iterdir())
+        if MARKER in names or all(name.startswith("hashes.json") for name in names):  # MARKER: a concurrent run claimed it
+            return
+        foreign = [name for name in names if name not in KNOWN and not name.startswith((TRASH, "hashes.json."))]
+        shown = ", ".join((foreign or names)[:5]) + (", ..." if len(foreign or names) > 5 else "")
         if foreign:
-            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-            raise CacheError(f"refusing to {action} {self.root}: it holds files that are not a slimops cache's ({shown}); "
-                             "set engine.cache_dir (or --cache-dir) to the cache folder itself")
+            raise CacheError(f"refusing to {action} {self.root}: it holds files that are not a slimops cache's ({shown}); {ADOPT}")
+        if any(names_itself(entry) for entry in self._folder_entries()):
+            return
+        raise CacheError(f"refusing to {action} {self.root}: it has no {MARKER} marker and no cache entry, so its {shown} "
+                         f"may be someone else's; {ADOPT}")
 
     def _delete(self, path: Path) -> None:
         """Rename `path` aside, then delete it: a delete killed half-way leaves a trash-* folder, never a half entry."""
@@ -183,8 +202,16 @@ class Cache:
     # -- writing ------------------------------------------------------------------------------
 
     def lock(self, key: str) -> FileLock:
-        (self.root / "locks").mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.root / "locks" / f"{key}.lock"))
+        return FileLock(str(self._locks() / f"{key}.lock"))
+
+    def _locks(self) -> Path:
+        """locks/, made on first use. A cache folder made here is marked at once: a remote cache's
+        copies folder gets its first locks from a verify or gc, before any run has claimed it."""
+        if not self.root.is_dir():
+            self.root.mkdir(parents=True, exist_ok=True)
+            (self.root / MARKER).write_text(MARKER_TEXT)
+        (self.root / "locks").mkdir(exist_ok=True)
+        return self.root / "locks"
 
     def work_dir(self, key: str) -> Path:
         path = self.root / "work" / key

@@ -26,7 +26,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from slimops.cache import ARTIFACT, MANIFEST, MARKER, Cache, Entry
+from slimops.cache import ARTIFACT, MANIFEST, MARKER, MARKER_TEXT, Cache, Entry, names_itself
 from slimops.errors import CacheError
 from slimops.keys import sha256_file
 from slimops.lease import LeaseLock, create_object, expired, read_lease, replace_object
@@ -250,8 +250,7 @@ class RemoteCache(Cache):
     # -- local copies: pinned while used, least recently used evicted past local_gb --------------
 
     def _pin_mutex(self, key: str) -> FileLock:
-        (self.root / "locks").mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.root / "locks" / f"{key}.pin"))
+        return FileLock(str(self._locks() / f"{key}.pin"))
 
     def _pin(self, key: str) -> None:
         """Hold a lock of this process's own on the copy: an evicting run sees it taken, and skips it."""
@@ -302,7 +301,7 @@ class RemoteCache(Cache):
         try:
             if not self.fs.exists(self._r(MARKER)):
                 self._check_remote_contents("use")
-                create_object(self.fs, self._r(MARKER), b"a slimops cache: `slimops cache gc|clear` manage it\n")
+                create_object(self.fs, self._r(MARKER), MARKER_TEXT.encode())
         except FileExistsError:  # another machine claimed it just now
             pass
         except Exception as err:
@@ -315,11 +314,18 @@ class RemoteCache(Cache):
             return []
 
     def _check_remote_contents(self, action: str) -> None:
-        foreign = [name for name in self._remote_names() if name not in REMOTE_KNOWN]
+        """Raise unless a prefix without the marker is empty, or a cache from before the marker (see `Cache._check_unmarked`)."""
+        names = self._remote_names()
+        if MARKER in names:  # another machine claimed it since the caller looked
+            return
+        foreign = [name for name in names if name not in REMOTE_KNOWN]
+        shown = ", ".join((foreign or names)[:5]) + (", ..." if len(foreign or names) > 5 else "")
         if foreign:
-            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
             raise CacheError(f"refusing to {action} {self.url}: it holds objects that are not a slimops cache's ({shown}); "
                              "set engine.cache_dir (or --cache-dir) to a prefix of its own, e.g. s3://bucket/slimops-cache")
+        if names and not any(names_itself(entry) for entry in self.entries()):
+            raise CacheError(f"refusing to {action} {self.url}: it has no {MARKER} marker and no cache entry, so its {shown} "
+                             "may be someone else's; set engine.cache_dir (or --cache-dir) to an empty prefix or to the cache itself")
 
     def _check_remote_owned(self, action: str) -> None:
         try:

@@ -1,0 +1,115 @@
+"""What the cache takes on trust, and what it must not: a folder that only looks like a cache, the hash
+memo under `verify`, an entry folder without its manifest, fresh checkpoints under `gc --older-than`,
+and a failing node on a full disk. Each test here failed before its fix."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from slimops.cache import MARKER, Cache
+
+TWO = "passes: {a: {type: fake, value: x}, b: {type: fake, value: b}}\n"
+
+
+def tree(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# -- a folder is a cache by its marker, or by proof: names alone are not ---------------------------
+
+
+@pytest.fixture
+def lookalike(project):
+    """A user's folder whose every name is one a cache uses (the tester's var/)."""
+    var = project.root / "var"
+    for rel, text in {"tmp/session1/notes.txt": "keep", "logs/app.log": "log", "work/job/a.txt": "a"}.items():
+        (var / rel).parent.mkdir(parents=True, exist_ok=True)
+        (var / rel).write_text(text)
+    return var
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "--quiet", "--config", "pipeline.yaml", "--set", "engine.cache_dir=var"],
+    ["cache", "clear", "--yes", "--cache-dir", "var"],
+    ["cache", "gc", "--cache-dir", "var"],
+    ["cache", "gc", "--older-than", "0", "--cache-dir", "var"],
+], ids=["run", "clear", "gc", "gc --older-than"])
+def test_a_folder_of_cache_like_names_without_the_marker_is_neither_adopted_nor_cleaned(project, cli, lookalike, monkeypatch, args):
+    monkeypatch.chdir(project.root)
+    project.write(TWO)
+    before = tree(lookalike)
+    code, _, err = cli(*args)
+    assert code == 1, err
+    assert "has no .slimops-cache marker and no cache entry, so its logs, tmp, work may be someone else's" in err
+    assert "to an empty folder or to the cache folder itself" in err
+    assert tree(lookalike) == before and not (lookalike / MARKER).exists()
+
+
+def test_an_entry_that_does_not_name_its_own_key_proves_nothing(project, cli, lookalike):
+    (lookalike / "entries" / "draft").mkdir(parents=True)
+    (lookalike / "entries" / "draft" / "manifest.json").write_text('{"key": "something else"}')
+    before = tree(lookalike)
+    code, _, err = cli("cache", "gc", "--cache-dir", lookalike)
+    assert code == 1 and "no cache entry" in err
+    assert tree(lookalike) == before
+
+
+def test_a_cache_from_before_the_marker_and_an_empty_folder_are_adopted(project, cli):
+    path = project.write(TWO)
+    (project.root / "empty").mkdir()
+    assert cli("run", "--quiet", "--config", path, "--set", f"engine.cache_dir={project.root / 'empty'}")[0] == 0
+    cache = project.root / ".slimops" / "cache"
+    assert cli("run", "--quiet", "--config", path)[0] == 0
+    (cache / MARKER).unlink()  # as a slimops from before the marker left it
+    (cache / "tmp" / "deadbeef.1.0").mkdir(parents=True)  # a killed run's leftover
+    code, out, err = cli("cache", "gc", "--config", path)
+    assert code == 0 and "removed 1 temporary folders" in out, err
+    assert cli("run", "--quiet", "--config", path)[0] == 0
+    assert (cache / MARKER).is_file()
+
+
+def test_a_folder_a_concurrent_run_claimed_after_the_marker_was_looked_for_is_adopted(tmp_path):
+    """Two runs on a new cache: the second looks for the marker, the first writes it and starts building
+    (locks/, entries/ without a whole entry yet), then the second lists the folder: it sees the marker."""
+    from slimops.storage import open_cache
+
+    for root in (tmp_path / "local", tmp_path / "shared"):
+        for name in ("entries/x", "locks"):
+            (root / name).mkdir(parents=True)
+        (root / MARKER).write_text("")
+    Cache(tmp_path / "local")._check_unmarked()
+    open_cache((tmp_path / "shared").as_uri(), local_dir=tmp_path / "m")._check_remote_contents("use")
+
+
+def test_a_remote_prefix_of_cache_like_names_without_the_marker_is_refused(project, cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    shared = tmp_path / "shared"
+    (shared / "entries" / "reports").mkdir(parents=True)
+    (shared / "entries" / "reports" / "q3.csv").write_text("not ours\n")
+    url = shared.as_uri()
+    path = project.write(TWO)
+    before = tree(shared)
+    code, _, err = cli("run", "--quiet", "--config", path, "--set", f"engine.cache_dir={url}")
+    assert code == 1 and f"refusing to use {url}: it has no .slimops-cache marker and no cache entry" in err, err
+    code, _, err = cli("cache", "gc", "--cache-dir", url)
+    assert code == 1 and "refusing to clean" in err
+    assert tree(shared) == before
+
+
+def test_a_remote_caches_local_copies_folder_is_marked_when_gc_first_makes_it(project, cli, tmp_path, monkeypatch):
+    """gc takes locks in this machine's copies folder before any run has claimed it; the next gc must know it."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    url = (tmp_path / "shared").as_uri()
+    path = project.write(TWO)
+    assert cli("run", "--quiet", "--config", path, "--set", f"engine.cache_dir={url}",
+               "--set", f"engine.local_cache_dir={tmp_path / 'machine-a'}")[0] == 0
+    orphan = tmp_path / "shared" / "entries" / ("ab" * 32) / "artifact"
+    orphan.mkdir(parents=True)
+    (orphan / "out.txt").write_text("half")  # a killed publisher's files: gc locks the key to remove them
+    for _ in range(2):
+        code, out, err = cli("cache", "gc", "--cache-dir", url)
+        assert code == 0, err
+    assert not (orphan / "out.txt").exists()
