@@ -40,6 +40,29 @@ KNOWN = {"entries", "tmp", "work", "locks", "logs", "damaged", "hashes.json", MA
 TRASH = "trash-"  # a folder being deleted is renamed to trash-* first, so a killed delete blocks nothing
 
 
+def manifest_problem(manifest: Any) -> str | None:
+    """What keeps a parsed manifest from being used (a field slimops reads is missing or of another
+    type than slimops writes), or None. The one home of a manifest's shape: a local hit, a fetch and
+    the remote's verify all ask it, so a hand-edited manifest is a damaged entry, never a crash."""
+    if not isinstance(manifest, dict):
+        return "its manifest is incomplete (not a JSON object)"
+    artifact, files = manifest.get("artifact"), manifest.get("files")
+    for name, value in (("artifact", artifact), ("files", files)):
+        if not isinstance(value, dict):
+            return f"its manifest is incomplete (no {name})" if value is None else f"its manifest is malformed ({name} is not a mapping)"
+    for field in ("path", "kind"):
+        if not isinstance(artifact.get(field), str):
+            return (f"its manifest is incomplete (no artifact.{field})" if artifact.get(field) is None
+                    else f"its manifest is malformed (artifact.{field} is not text)")
+    for field in ("meta", "metrics"):
+        if field in artifact and not isinstance(artifact[field], dict):
+            return f"its manifest is malformed (artifact.{field} is not a mapping)"
+    for rel, info in files.items():
+        if not isinstance(info, dict) or type(info.get("size")) is not int or not isinstance(info.get("sha256"), str):
+            return f"its manifest is malformed (files.{rel} is not a size and a sha256)"
+    return None
+
+
 ADOPT = "set engine.cache_dir (or --cache-dir) to an empty folder or to the cache folder itself"
 
 
@@ -262,15 +285,15 @@ class Cache:
         return entry
 
     def check(self, entry: Entry) -> str | None:
-        """What is wrong with an entry before it is used (sizes, then checksums through the hash memo), or None.
+        """What is wrong with an entry before it is used (its manifest's shape, sizes, then checksums through
+        the hash memo), or None.
 
         A hit stays cheap: the memo answers for a file whose size, mtime and inode are unchanged.
         """
-        manifest = entry.manifest
-        artifact = manifest.get("artifact") if isinstance(manifest, dict) else None
-        files = manifest.get("files") if isinstance(manifest, dict) else None
-        if not isinstance(artifact, dict) or not isinstance(artifact.get("path"), str) or not isinstance(files, dict):
-            return "its manifest is incomplete"
+        problem = manifest_problem(entry.manifest)
+        if problem:
+            return problem
+        artifact, files = entry.manifest["artifact"], entry.manifest["files"]
         root = entry.dir.resolve()
         for rel in (artifact["path"], *files):
             if not (entry.dir / rel).resolve().is_relative_to(root):
@@ -286,9 +309,9 @@ class Cache:
             try:
                 if not file.is_file():
                     return f"{rel} is missing"
-                if file.stat().st_size != info.get("size"):
+                if file.stat().st_size != info["size"]:
                     return f"{rel} changed size"
-                if self.memo.file(file) != info.get("sha256"):
+                if self.memo.file(file) != info["sha256"]:
                     return f"{rel} changed"
             except OSError as err:
                 return f"{rel} is unreadable ({err.strerror or err})"

@@ -26,7 +26,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from slimops.cache import ARTIFACT, MANIFEST, MARKER, MARKER_TEXT, Cache, Entry, names_itself
+from slimops.cache import ARTIFACT, MANIFEST, MARKER, MARKER_TEXT, Cache, Entry, manifest_problem, names_itself
 from slimops.errors import CacheError
 from slimops.keys import sha256_file
 from slimops.lease import LeaseLock, create_object, expired, read_lease, replace_object
@@ -160,24 +160,22 @@ class RemoteCache(Cache):
 
     def _download(self, key: str, manifest: Any, tmp: Path, hashes: dict[str, str]) -> str | None:
         """Fetch the manifest's files into `tmp`, checking each; what is wrong, or None."""
-        files = manifest.get("files") if isinstance(manifest, dict) else None
-        artifact = manifest.get("artifact") if isinstance(manifest, dict) else None
-        if not isinstance(files, dict) or not isinstance(artifact, dict) or not isinstance(artifact.get("path"), str):
-            return "its manifest is incomplete"
+        if problem := manifest_problem(manifest):
+            return problem
         root = tmp.resolve()
-        for rel, info in files.items():
+        for rel, info in manifest["files"].items():
             dest = tmp / rel
-            if not rel.startswith(f"{ARTIFACT}/") or not dest.resolve().is_relative_to(root) or not isinstance(info, dict):
+            if not rel.startswith(f"{ARTIFACT}/") or not dest.resolve().is_relative_to(root):
                 return f"its manifest names a path outside the entry ({rel})"
             dest.parent.mkdir(parents=True, exist_ok=True)
             try:
                 self.fs.get_file(self._r("entries", key, rel), str(dest))
             except FileNotFoundError:
                 return f"{rel} is missing"
-            if dest.stat().st_size != info.get("size"):
+            if dest.stat().st_size != info["size"]:
                 return f"{rel} changed size"
             hashes[rel] = sha256_file(dest)
-            if hashes[rel] != info.get("sha256"):
+            if hashes[rel] != info["sha256"]:
                 return f"{rel} changed"
         return None
 
@@ -417,16 +415,16 @@ class RemoteCache(Cache):
             return "files without a manifest (its publisher was killed); the entry is absent"
         try:
             manifest = json.loads(self.fs.cat_file(self._r("entries", key, MANIFEST)))
-            listed = manifest["files"]
-            assert isinstance(listed, dict) and isinstance(manifest["artifact"]["path"], str)
         except FileNotFoundError:
             return None  # removed since the listing
-        except (ValueError, KeyError, TypeError, AssertionError):
-            return "its manifest is unreadable or incomplete"
-        for rel, info in listed.items():
+        except ValueError:
+            return "its manifest is unreadable"
+        if problem := manifest_problem(manifest):
+            return problem
+        for rel, info in manifest["files"].items():
             if rel not in files:
                 return f"{rel} is missing"
-            if not isinstance(info, dict) or files[rel].get("size") != info.get("size"):
+            if files[rel].get("size") != info["size"]:
                 return f"{rel} changed size"
         return None
 

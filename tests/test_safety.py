@@ -185,6 +185,16 @@ DAMAGE = [
     ("an unreadable manifest", lambda e: (e / "manifest.json").write_text("{not json"), "is unreadable"),
     ("an artifact path that is not there", lambda e: _manifest(e, lambda b: {**b, "artifact": {**b["artifact"], "path": "artifact/gone"}}),
      "its artifact (artifact/gone) is missing"),
+    ("an artifact without its kind", lambda e: _manifest(e, lambda b: {**b, "artifact": {k: v for k, v in b["artifact"].items() if k != "kind"}}),
+     "its manifest is incomplete (no artifact.kind)"),
+    ("a file listed as text", lambda e: _manifest(e, lambda b: {**b, "files": {k: "x" for k in b["files"]}}),
+     "its manifest is malformed (files.artifact/out.txt is not a size and a sha256)"),
+    ("a size that is not a number", lambda e: _manifest(e, lambda b: {**b, "files": {k: {**v, "size": str(v["size"])} for k, v in b["files"].items()}}),
+     "is not a size and a sha256"),
+    ("artifact meta that is null", lambda e: _manifest(e, lambda b: {**b, "artifact": {**b["artifact"], "meta": None}}),
+     "its manifest is malformed (artifact.meta is not a mapping)"),
+    ("artifact metrics that are a list", lambda e: _manifest(e, lambda b: {**b, "artifact": {**b["artifact"], "metrics": [1]}}),
+     "its manifest is malformed (artifact.metrics is not a mapping)"),
 ]
 
 
