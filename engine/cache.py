@@ -284,11 +284,12 @@ class Cache:
                 pass
         return entry
 
-    def check(self, entry: Entry) -> str | None:
-        """What is wrong with an entry before it is used (its manifest's shape, sizes, then checksums through
-        the hash memo), or None.
+    def check(self, entry: Entry, rehash: bool = False) -> str | None:
+        """What is wrong with an entry before it is used (its manifest's shape, sizes, then checksums), or None.
 
-        A hit stays cheap: the memo answers for a file whose size, mtime and inode are unchanged.
+        A hit stays cheap: the hash memo answers for a file whose size, mtime and inode are unchanged.
+        `rehash` reads every file instead (`verify`: a byte changed in place, its mtime put back, is
+        found only so), and corrects the memo, so a later hit and `gc` agree with what it found.
         """
         problem = manifest_problem(entry.manifest)
         if problem:
@@ -311,6 +312,8 @@ class Cache:
                     return f"{rel} is missing"
                 if file.stat().st_size != info["size"]:
                     return f"{rel} changed size"
+                if rehash:
+                    self.memo.remember(file, sha256_file(file))
                 if self.memo.file(file) != info["sha256"]:
                     return f"{rel} changed"
             except OSError as err:
@@ -337,7 +340,8 @@ class Cache:
     # -- maintenance --------------------------------------------------------------------------
 
     def verify(self) -> list[str]:
-        """Problems found, one line per damaged entry, each saying what `gc` will do about it."""
+        """Problems found, one line per damaged entry, each saying what `gc` will do about it.
+        Every file is read and hashed (the memo is corrected, not trusted)."""
         problems = []
         if not self.entries_dir.is_dir():
             return problems
@@ -347,10 +351,12 @@ class Cache:
             except CacheError as err:
                 problems.append(f"{err}; gc removes it")
                 continue
-            problem = "no manifest" if entry is None else self.check(entry)
+            problem = "no manifest" if entry is None else self.check(entry, rehash=True)
             if problem:
                 node = entry.manifest.get("node") if entry is not None and isinstance(entry.manifest, dict) else None
                 problems.append(f"{directory.name[:12]} {node or '?'}: {problem}; gc removes it, and a run rebuilds it")
+        with contextlib.suppress(OSError):  # a read-only cache is still verified
+            self.memo.save()
         return problems
 
     def gc(self, older_than_days: float | None = None) -> dict[str, int]:

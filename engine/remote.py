@@ -179,9 +179,9 @@ class RemoteCache(Cache):
                 return f"{rel} changed"
         return None
 
-    def check(self, entry: Entry) -> str | None:
+    def check(self, entry: Entry, rehash: bool = False) -> str | None:
         damaged = self._damaged.get(str(entry.dir))
-        return damaged[0] if damaged else super().check(entry)
+        return damaged[0] if damaged else super().check(entry, rehash)
 
     def entries(self) -> list[Entry]:
         """Every remote entry with a readable manifest (nothing is downloaded but the manifests)."""

@@ -5,6 +5,8 @@ and a failing node on a full disk. Each test here failed before its fix."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,10 @@ TWO = "passes: {a: {type: fake, value: x}, b: {type: fake, value: b}}\n"
 
 def tree(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def entry_of(cache: Path, node: str) -> Path:
+    return next(d for d in (cache / "entries").iterdir() if json.loads((d / "manifest.json").read_text())["node"] == node)
 
 
 # -- a folder is a cache by its marker, or by proof: names alone are not ---------------------------
@@ -113,3 +119,23 @@ def test_a_remote_caches_local_copies_folder_is_marked_when_gc_first_makes_it(pr
         code, out, err = cli("cache", "gc", "--cache-dir", url)
         assert code == 0, err
     assert not (orphan / "out.txt").exists()
+
+
+# -- verify reads every byte; a run's hit may trust the memo ---------------------------------------
+
+
+def test_verify_finds_a_byte_changed_in_place_with_its_mtime_put_back_and_the_run_after_it_rebuilds(project, cli):
+    path = project.write(TWO)
+    assert cli("run", "--quiet", "--config", path)[0] == 0
+    file = entry_of(project.root / ".slimops" / "cache", "a") / "artifact" / "out.txt"
+    stat = file.stat()
+    with open(file, "r+b") as handle:  # same size, same inode, and the mtime restored: the memo cannot tell
+        first = handle.read(1)
+        handle.seek(0)
+        handle.write(bytes([first[0] ^ 1]))
+    os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    code, out, _ = cli("cache", "verify", "--config", path)
+    assert code == 1 and "a: artifact/out.txt changed; gc removes it" in out
+    code, _, err = cli("run", "--quiet", "--config", path)  # what verify found, the next hit knows
+    assert code == 0 and "of a is damaged: artifact/out.txt changed" in err
+    assert (project.root / "out" / "a" / "out.txt").read_text().startswith("value=x")
