@@ -268,8 +268,9 @@ def checked_hit(cache: Cache, node: Node, warn) -> Entry | None:
     try:
         entry = cache.get(node.key)
         problem = cache.check(entry) if entry is not None else None
-    except SlimopsError as err:  # an unreadable manifest: the entry cannot be trusted
-        entry, problem = Entry(node.key, cache.entries_dir / node.key, {}), str(err)
+    except SlimopsError as err:  # a folder without a readable manifest: the entry cannot be trusted
+        entry = Entry(node.key, cache.entries_dir / node.key, {})
+        problem = cache.read_manifest(node.key)[1] or str(err)
     if entry is None or problem is None:
         return entry
     aside = cache.set_aside(entry)

@@ -97,15 +97,32 @@ class Cache:
         return self._read(key)
 
     def _read(self, key: str) -> Entry | None:
-        """The entry in this folder (a remote cache's local copy; `get` may fetch, this never does)."""
+        """The entry in this folder (a remote cache's local copy; `get` may fetch, this never does).
+
+        Raises:
+            CacheError: the key's folder is there without a readable manifest (a run sets it aside).
+        """
+        manifest, problem = self.read_manifest(key)
+        if problem:
+            raise CacheError(f"cache entry {key[:12]}: {problem}; run 'slimops cache gc'")
+        return None if manifest is None else Entry(key, self.entries_dir / key, manifest)
+
+    def read_manifest(self, key: str) -> tuple[dict[str, Any] | None, str | None]:
+        """The manifest in key's folder, or what is wrong with it; (None, None) when there is no folder.
+
+        A folder without a manifest is damage, never an entry being written: entries are renamed into
+        place with their manifest, and renamed away whole.
+        """
         directory = self.entries_dir / key
         try:
             manifest = json.loads((directory / MANIFEST).read_text())
         except FileNotFoundError:
-            return None
+            return None, ("its manifest is missing" if os.path.lexists(directory) else None)
         except (OSError, ValueError) as err:
-            raise CacheError(f"cache entry {key[:12]} is unreadable ({err}); run 'slimops cache verify'") from None
-        return Entry(key, directory, manifest)
+            return None, f"its manifest is unreadable ({err})"
+        if not isinstance(manifest, dict):
+            return None, "its manifest is unreadable (not a JSON object)"
+        return manifest, None
 
     def has(self, key: str) -> bool:
         """Whether an entry for `key` exists (nothing is read or fetched; `get` checks it)."""
@@ -144,7 +161,7 @@ class Cache:
             raise CacheError(f"no cache entry starts with '{prefix}' in {self.location}; see 'slimops cache ls' (or pass --config or --cache-dir)")
         entry = self._peek(matches[0])
         if entry is None:
-            raise CacheError(f"cache entry {prefix} has no manifest; run 'slimops cache gc'")
+            raise CacheError(f"cache entry {prefix}: its manifest is missing; run 'slimops cache gc'")
         return entry
 
     def _keys(self) -> list[str]:
@@ -265,15 +282,7 @@ class Cache:
             files[file.relative_to(tmp).as_posix()] = {"size": size, "sha256": sha256_file(file)}
         manifest = {**manifest, "files": files, "size_bytes": total}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-        final = self.entries_dir / key
-        self.entries_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if (final / MANIFEST).is_file():  # another run published the same key first
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                raise CacheError(f"cannot publish cache entry {key[:12]} into {final}") from None
+        self._place(key, tmp, "publish cache entry")
         shutil.rmtree(self.root / "work" / key, ignore_errors=True)
         entry = self.get(key)
         assert entry is not None
@@ -283,6 +292,30 @@ class Cache:
             except OSError:
                 pass
         return entry
+
+    def _place(self, key: str, tmp: Path, what: str) -> None:
+        """Rename a complete entry folder into entries/<key>, under the key's lock. A folder already there
+        without a manifest is damage (set aside, and the rename tried again); one with a manifest is
+        another run's entry of the same key, which stays (`tmp` is removed).
+
+        Raises:
+            CacheError: the rename fails for another reason.
+        """
+        final = self.entries_dir / key
+        self.entries_dir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(2):
+            try:
+                os.rename(tmp, final)
+                return
+            except OSError:
+                if (final / MANIFEST).is_file():  # another run published the same key first
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    return
+                if attempt == 0 and os.path.lexists(final):
+                    self.set_aside(Entry(key, final, {}))
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CacheError(f"cannot {what} {key[:12]} into {final}; check that folder's permissions, "
+                         "or run 'slimops cache gc' and run again")
 
     def check(self, entry: Entry, rehash: bool = False) -> str | None:
         """What is wrong with an entry before it is used (its manifest's shape, sizes, then checksums), or None.
@@ -346,15 +379,13 @@ class Cache:
         if not self.entries_dir.is_dir():
             return problems
         for directory in sorted(self.entries_dir.iterdir()):
-            try:
-                entry = self._read(directory.name)
-            except CacheError as err:
-                problems.append(f"{err}; gc removes it")
-                continue
-            problem = "no manifest" if entry is None else self.check(entry, rehash=True)
+            manifest, problem = self.read_manifest(directory.name)
+            if manifest is not None:
+                problem = self.check(Entry(directory.name, directory, manifest), rehash=True)
             if problem:
-                node = entry.manifest.get("node") if entry is not None and isinstance(entry.manifest, dict) else None
-                problems.append(f"{directory.name[:12]} {node or '?'}: {problem}; gc removes it, and a run rebuilds it")
+                node = manifest.get("node") if manifest is not None else None
+                problems.append(f"{directory.name[:12]} {node if isinstance(node, str) else '?'}: {problem}; "
+                                "gc removes it, and a run rebuilds it")
         with contextlib.suppress(OSError):  # a read-only cache is still verified
             self.memo.save()
         return problems

@@ -138,14 +138,8 @@ class RemoteCache(Cache):
             return Entry(key, tmp, manifest if isinstance(manifest, dict) else {})
         (tmp / MANIFEST).write_bytes(raw)
         final = self.entries_dir / key
-        self.entries_dir.mkdir(parents=True, exist_ok=True)
         with self._pin_mutex(key):
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)
-                if not (final / MANIFEST).is_file():
-                    raise CacheError(f"cannot place the fetched cache entry {key[:12]} into {final}") from None
+            self._place(key, tmp, "place the fetched cache entry")
             self._pin(key)  # before the mutex goes: no eviction between the rename and the pin
         for rel, digest in hashes.items():  # a hit checks these from the memo, without reading the files again
             try:

@@ -139,3 +139,20 @@ def test_verify_finds_a_byte_changed_in_place_with_its_mtime_put_back_and_the_ru
     code, _, err = cli("run", "--quiet", "--config", path)  # what verify found, the next hit knows
     assert code == 0 and "of a is damaged: artifact/out.txt changed" in err
     assert (project.root / "out" / "a" / "out.txt").read_text().startswith("value=x")
+
+
+# -- an entry folder without its manifest ----------------------------------------------------------
+
+
+def test_publish_sets_aside_a_folder_without_a_manifest_in_its_place(tmp_path):
+    cache = Cache(tmp_path / "cache")
+    cache.claim()
+    key = "cd" * 32
+    stray = cache.entries_dir / key
+    (stray / "artifact").mkdir(parents=True)
+    (stray / "artifact" / "half.bin").write_bytes(b"\0")  # appeared while the pass ran
+    staged = cache.begin(key)
+    (staged / "artifact" / "out.txt").write_text("whole")
+    entry = cache.publish(key, staged, {"key": key, "node": "a", "artifact": {"path": "artifact", "kind": "text"}})
+    assert (entry.dir / "artifact" / "out.txt").read_text() == "whole" and cache.check(entry) is None
+    assert [p.name.split(".")[0] for p in (cache.root / "damaged").iterdir()] == [key]

@@ -185,6 +185,7 @@ DAMAGE = [
     ("an unreadable manifest", lambda e: (e / "manifest.json").write_text("{not json"), "is unreadable"),
     ("an artifact path that is not there", lambda e: _manifest(e, lambda b: {**b, "artifact": {**b["artifact"], "path": "artifact/gone"}}),
      "its artifact (artifact/gone) is missing"),
+    ("a missing manifest", lambda e: (e / "manifest.json").unlink(), "its manifest is missing"),
     ("an artifact without its kind", lambda e: _manifest(e, lambda b: {**b, "artifact": {k: v for k, v in b["artifact"].items() if k != "kind"}}),
      "its manifest is incomplete (no artifact.kind)"),
     ("a file listed as text", lambda e: _manifest(e, lambda b: {**b, "files": {k: "x" for k in b["files"]}}),
