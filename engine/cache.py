@@ -400,6 +400,7 @@ class Cache:
         for trash in self.root.glob(f"{TRASH}*"):
             shutil.rmtree(trash, ignore_errors=True)
         removed = {"tmp": 0, "work": 0, "entries": 0, "damaged": 0}
+        cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
         for damaged in (self.root / "damaged").glob("*"):
             self._delete(damaged)
             removed["damaged"] += 1
@@ -423,14 +424,13 @@ class Cache:
                     lock.acquire(timeout=0)
                 except Timeout:
                     continue  # a live run is writing it
-                try:
-                    if folder == "tmp" or older_than_days is not None:
+                try:  # checkpoints go only when none was written within the age: a killed run resumes from them
+                    if folder == "tmp" or (cutoff is not None and _newest_mtime(path) < cutoff):
                         shutil.rmtree(path, ignore_errors=True)
                         removed[folder] += 1
                 finally:
                     lock.release()
-        if older_than_days is not None:
-            cutoff = time.time() - older_than_days * 86400
+        if cutoff is not None:
             for entry in self._folder_entries():
                 if (entry.dir / MANIFEST).stat().st_mtime >= cutoff:
                     continue
@@ -485,3 +485,13 @@ class Cache:
             shutil.rmtree(trash, ignore_errors=True)
         (self.root / "hashes.json").unlink(missing_ok=True)
         return count
+
+
+def _newest_mtime(path: Path) -> float:
+    """When anything in `path` (itself included) was last modified."""
+    newest = path.lstat().st_mtime
+    for folder, subfolders, files in os.walk(path):
+        for name in (*subfolders, *files):
+            with contextlib.suppress(OSError):
+                newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
+    return newest

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,29 @@ def test_publish_sets_aside_a_folder_without_a_manifest_in_its_place(tmp_path):
     entry = cache.publish(key, staged, {"key": key, "node": "a", "artifact": {"path": "artifact", "kind": "text"}})
     assert (entry.dir / "artifact" / "out.txt").read_text() == "whole" and cache.check(entry) is None
     assert [p.name.split(".")[0] for p in (cache.root / "damaged").iterdir()] == [key]
+
+
+# -- gc --older-than keeps checkpoints written within the age ---------------------------------------
+
+
+def test_gc_older_than_keeps_fresh_checkpoints_and_those_a_live_run_holds(project, cli):
+    path = project.write(TWO)
+    assert cli("run", "--quiet", "--config", path)[0] == 0
+    cache = project.root / ".slimops" / "cache"
+    work = cache / "work" / ("ef" * 32)
+    (work / "checkpoints" / "step-10").mkdir(parents=True)
+    (work / "checkpoints" / "step-10" / "state.pt").write_bytes(b"\0" * 8)
+    code, out, _ = cli("cache", "gc", "--older-than", "30", "--config", path)
+    assert code == 0 and "0 checkpoint folders" in out and (work / "checkpoints" / "step-10" / "state.pt").is_file()
+
+    old = time.time() - 31 * 86400
+    for item in [work, *work.rglob("*")]:
+        os.utime(item, (old, old))
+    lock = Cache(cache).lock(work.name)
+    lock.acquire()
+    try:  # a live run resuming from them holds the key's lock
+        assert cli("cache", "gc", "--older-than", "30", "--config", path)[0] == 0 and work.is_dir()
+    finally:
+        lock.release()
+    code, out, _ = cli("cache", "gc", "--older-than", "30", "--config", path)
+    assert code == 0 and "1 checkpoint folders" in out and not work.exists()
