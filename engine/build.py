@@ -13,10 +13,12 @@ only when it returns; its output, warnings and library prints go to the node's l
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import shutil
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -97,10 +99,15 @@ def _build(cache: Cache, job: Job, progress) -> Entry:
     assert pc is not None
     tmp = cache.begin(node.key)
     log_path = tmp / "log.txt"
+    try:
+        handler = _NodeLog(log_path)
+        work_dir = cache.work_dir(node.key)
+    except BaseException:
+        cache.abandon(tmp)
+        raise
     logger = logging.getLogger(f"slimops.node.{node.id}.{os.getpid()}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    handler = logging.FileHandler(log_path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(handler)
     ctx = PassContext(
@@ -109,7 +116,7 @@ def _build(cache: Cache, job: Job, progress) -> Entry:
         inputs={name: job.artifacts[i] for name, i in job.inputs.items()},
         target=node.target,
         output_dir=tmp / ARTIFACT,
-        work_dir=cache.work_dir(node.key),
+        work_dir=work_dir,
         data=job.data,
         config_dir=job.config_dir,
         source=job.artifacts.get("model"),
@@ -130,26 +137,32 @@ def _build(cache: Cache, job: Job, progress) -> Entry:
         json.dumps([artifact.meta, artifact.metrics], default=str)
         _check_links(tmp / ARTIFACT)
     except BaseException as err:
-        logger.error("".join(traceback.format_exception(err)))
-        handler.close()
-        logger.removeHandler(handler)
-        if isinstance(err, KeyboardInterrupt):
+        # Nothing here may fail in turn (a full disk fails the log's writes too): the staged copy goes
+        # whatever happens, and the error raised is the node's.
+        kept = None
+        try:
+            log_failure = _close_log(logger, handler, "".join(traceback.format_exception(err)))
+            if not isinstance(err, KeyboardInterrupt):
+                kept = _keep_log(cache, node, log_path)
+        finally:
             cache.abandon(tmp, work=ctx.work_dir)
+        if isinstance(err, KeyboardInterrupt):
             raise
-        kept = _keep_log(cache, node, log_path)
-        cache.abandon(tmp, work=ctx.work_dir)
         if isinstance(err, ValueError) and "is not in the subpath" in str(err):
             message = "the returned Artifact's path is outside ctx.output_dir; write outputs there"
         else:
             message = str(err) if isinstance(err, SlimopsError) else f"{type(err).__name__}: {err}"
+        if _disk_full(err):
+            message += f"; the disk is full: free space at {err.filename or cache.root} (or set engine.cache_dir elsewhere) and run again"
+        elif _disk_full(log_failure) and kept is None:
+            message += f"; its log is lost: the disk holding {cache.root} is full, free space there"
         failure = PassError(node.id, message, kept)
         if isinstance(err, SlimopsError):
             failure.exit_code = err.exit_code
         raise failure from None
     seconds = time.perf_counter() - t0
     logger.info("finished in %.2f s", seconds)
-    handler.close()
-    logger.removeHandler(handler)
+    _close_log(logger, handler)  # a log lost to a full disk: publishing says so, if the entry cannot be written either
     manifest = {
         "key": node.key,
         "node": node.id,
@@ -170,6 +183,37 @@ def _build(cache: Cache, job: Job, progress) -> Entry:
     except BaseException:  # a full disk or a kill at publish: the staged copy goes, the checkpoints stay
         cache.abandon(tmp, work=ctx.work_dir)
         raise
+
+
+class _NodeLog(logging.FileHandler):
+    """The node's log file. A write it cannot make (a full disk) is remembered as `failure`, not printed
+    as Python's "--- Logging error ---" and a traceback over the live table: the node's error says it once."""
+
+    failure: OSError | None = None
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        err = sys.exc_info()[1]
+        if isinstance(err, OSError):
+            self.failure = self.failure or err
+        else:  # a pass's own bad log call (a format string that does not fit): Python's report helps its author
+            super().handleError(record)
+
+
+def _close_log(logger: logging.Logger, handler: _NodeLog, text: str | None = None) -> OSError | None:
+    """Write `text` (a failure's traceback) to the node's log and close it; what stopped the log being
+    written, if anything (never raised)."""
+    if text is not None:
+        logger.error(text)
+    try:
+        handler.close()  # flushes: a full disk fails here too
+    except OSError as err:
+        handler.failure = handler.failure or err
+    logger.removeHandler(handler)
+    return handler.failure
+
+
+def _disk_full(err: BaseException | None) -> bool:
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 # Libraries' own progress bars, prints and warnings would tear the live table and flood CI logs: a
@@ -214,12 +258,16 @@ def _ancestors(plan: Plan, node: Node, artifacts: dict[str, Artifact]) -> dict[s
 
 
 def _keep_log(cache: Cache, node: Node, log_path: Path) -> Path | None:
-    logs = cache.root / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    kept = logs / f"{node.id.replace('@', '-at-')}-{node.short}.log"
+    """Copy a failed attempt's log under logs/; None when it cannot be (a copy cut short leaves nothing)."""
+    kept = cache.root / "logs" / f"{node.id.replace('@', '-at-')}-{node.short}.log"
+    partial = kept.with_name(f"{kept.name}.{os.getpid()}.tmp")
     try:
-        shutil.copyfile(log_path, kept)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log_path, partial)
+        os.replace(partial, kept)
     except OSError:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
         return None
     return kept
 

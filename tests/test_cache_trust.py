@@ -4,9 +4,13 @@ and a failing node on a full disk. Each test here failed before its fix."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
+import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -183,3 +187,59 @@ def test_gc_older_than_keeps_fresh_checkpoints_and_those_a_live_run_holds(projec
         lock.release()
     code, out, _ = cli("cache", "gc", "--older-than", "30", "--config", path)
     assert code == 0 and "1 checkpoint folders" in out and not work.exists()
+
+
+# -- a node failing on a full disk: one message, nothing left behind --------------------------------
+
+
+class _FullDisk(io.TextIOBase):
+    """The node log's stream on a full disk: every write and flush fails."""
+
+    def write(self, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def flush(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_failing_node_on_a_full_disk_is_its_pass_error_and_leaves_no_staged_copy_or_empty_log(project, cli, monkeypatch):
+    real_open, real_copy = logging.FileHandler._open, shutil.copyfile
+
+    def copy(src, dst, *args, **kwargs):
+        if Path(dst).parent.name == "logs":  # the copy gets as far as creating the file
+            Path(dst).write_bytes(b"")
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real_copy(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(logging.FileHandler, "_open", lambda self: _FullDisk() if self.baseFilename.endswith("log.txt") else real_open(self))
+    monkeypatch.setattr(shutil, "copyfile", copy)
+    path = project.write("passes: {a: {type: fake, fail: true}}\n")
+    code, _, err = cli("run", "--quiet", "--config", path)
+    cache = project.root / ".slimops" / "cache"
+    assert code == 1
+    assert "pass 'a' failed: RuntimeError: fake failure requested by 'a'" in err
+    assert f"its log is lost: the disk holding {cache} is full, free space there" in err
+    assert "Logging error" not in err and "Traceback" not in err
+    assert not list((cache / "tmp").iterdir())
+    assert not [p for p in (cache / "logs").rglob("*") if p.is_file()]
+
+
+def test_a_pass_that_fills_the_disk_says_so_and_where(project, cli):
+    (project.root / "fillsdisk.py").write_text(
+        "import errno\n"
+        "import slimops\n"
+        "from pydantic import BaseModel\n"
+        "class Fill(slimops.Pass):\n"
+        "    name = 'fill'\n"
+        "    produces = 'text'\n"
+        "    class Params(BaseModel):\n"
+        "        pass\n"
+        "    def run(self, ctx):\n"
+        "        raise OSError(errno.ENOSPC, 'No space left on device', str(ctx.output_dir / 'model.bin'))\n"
+    )
+    path = project.write("passes: {a: {type: 'fillsdisk:Fill'}}\n")
+    code, _, err = cli("run", "--quiet", "--config", path)
+    cache = project.root / ".slimops" / "cache"
+    assert code == 1 and "pass 'a' failed: OSError: [Errno 28] No space left on device" in err
+    assert "the disk is full: free space at " in err and "model.bin (or set engine.cache_dir elsewhere) and run again" in err
+    assert not list((cache / "tmp").iterdir())
