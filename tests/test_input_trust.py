@@ -3,6 +3,7 @@ the pipeline, templates' braces, `--set KEY=null`, and the shortcut commands' ow
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,30 @@ def test_a_searched_text_value_that_yaml_would_read_otherwise_reaches_its_trial_
     (project.root / "tone.jsonl").write_text('{"phrase": "hi", "tone": "happy"}\n')
     for value in ("010", "null", "yes"):
         assert load_config(path, [override("passes.a.value", value)]).passes["a"].params.value == value
+
+
+# E: the shortcut commands' pipeline.yaml
+
+
+def test_a_shortcut_keeps_a_different_pipeline_yaml_and_reruns_its_own(tmp_path, llama, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = write_jsonl(tmp_path / "tone.jsonl", tone_rows(8))
+    flags = ["finetune", "-m", llama, "--data_files", data, "--text_template", "{phrase} => {tone}", "--max_steps", "1",
+             "--no_merge", "-o", "out", "-q"]
+    code, _, err = cli(*flags)
+    assert code == 0, err
+    written = (tmp_path / "out" / "pipeline.yaml").read_text()
+    code, _, err = cli(*flags)  # the same command again: the same file, every node from the cache
+    assert code == 0, err
+    assert all(node["cached"] for node in json.loads((tmp_path / "out" / "run.json").read_text())["nodes"].values())
+
+    flags[flags.index("--max_steps") + 1] = "2"  # other flags would write another pipeline
+    code, _, err = cli(*flags)
+    assert code == 2 and "out/pipeline.yaml: holds another pipeline than this command writes" in err
+    assert "give another folder with -o to keep it" in err
+    assert (tmp_path / "out" / "pipeline.yaml").read_text() == written
+
+    edited = written.replace("max_steps: 1", "max_steps: 3")  # what the failure message invites
+    (tmp_path / "out" / "pipeline.yaml").write_text(edited)
+    code, _, err = cli(*flags[: flags.index("--max_steps") + 1], "1", *flags[flags.index("--max_steps") + 2:])
+    assert code == 2 and (tmp_path / "out" / "pipeline.yaml").read_text() == edited

@@ -4,7 +4,9 @@ and runs it.
 
 `run(command, args, pipeline_for)`: with `--emit-config` print the pipeline's YAML and stop;
 otherwise write it to `<output_path>/pipeline.yaml`, run it (or its search), and print where the
-result is. A failed run names that file, so the user edits and reruns it with `slimops run`.
+result is. A failed run names that file, so the user edits and reruns it with `slimops run`; so a
+file there that differs from the one this command writes is refused (another folder, or --force
+where the command has it), while the same file is a rerun.
 """
 
 from __future__ import annotations
@@ -84,6 +86,29 @@ def pipeline_yaml(pipeline: dict[str, Any], command: str) -> str:
     return head + yaml.dump(pipeline, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
+def _may_write(config: Path, text: str, args) -> bool:
+    """Whether to write `text` to `config`: yes where there is none; no where it holds `text` already
+    (a rerun, which then hits the cache).
+
+    Raises:
+        ConfigError: it holds another pipeline (the user's edits, which the failure message invites,
+            or another command's or other flags'), unless --force.
+    """
+    if not config.exists() and not config.is_symlink():
+        return True
+    try:
+        if config.is_file() and config.read_text(encoding="utf-8") == text:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass  # unreadable: not this pipeline
+    if getattr(args, "force", False):
+        return True
+    # the parsers give --force where they can; without it, the file is the user's to delete
+    replace = "add --force to replace it" if hasattr(args, "force") else "delete it to replace it"
+    raise ConfigError(f"holds another pipeline than this command writes (edited, or from other flags or another command); "
+                      f"give another folder with -o to keep it, or {replace}", str(config))
+
+
 def run(command: str, args, pipeline_for: Callable[..., dict[str, Any]], metrics_of: str | None = None, advice: str = "") -> int:
     """Emit, or write and run, the pipeline `pipeline_for(args, absolute=...)` builds.
 
@@ -107,9 +132,12 @@ def run(command: str, args, pipeline_for: Callable[..., dict[str, Any]], metrics
 
     pipeline = pipeline_for(args, absolute=True)  # flag errors first: nothing is written for them
     out = Path(args.output_path)
-    OutputFolder(out).claim()  # the pipeline file and the outputs both go here: the folder must be slimops's
     config = out / "pipeline.yaml"
-    config.write_text(pipeline_yaml(pipeline, command))
+    text = pipeline_yaml(pipeline, command)
+    write = _may_write(config, text, args)
+    OutputFolder(out).claim()  # the pipeline file and the outputs both go here: the folder must be slimops's
+    if write:
+        config.write_text(text)
     try:
         if getattr(args, "search", False):
             code = show_search(load_config(config), [])
