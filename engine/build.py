@@ -316,9 +316,11 @@ def checked_hit(cache: Cache, node: Node, warn) -> Entry | None:
     try:
         entry = cache.get(node.key)
         problem = cache.check(entry) if entry is not None else None
-    except SlimopsError as err:  # a folder without a readable manifest: the entry cannot be trusted
-        entry = Entry(node.key, cache.entries_dir / node.key, {})
-        problem = cache.read_manifest(node.key)[1] or str(err)
+    except SlimopsError:
+        problem = cache.read_manifest(node.key)[1]
+        if problem is None:  # not the local folder (an unreachable remote, say): nothing to set aside
+            raise
+        entry = Entry(node.key, cache.entries_dir / node.key, {})  # a folder without a readable manifest: damage
     if entry is None or problem is None:
         return entry
     aside = cache.set_aside(entry)

@@ -243,3 +243,19 @@ def test_a_pass_that_fills_the_disk_says_so_and_where(project, cli):
     assert code == 1 and "pass 'a' failed: OSError: [Errno 28] No space left on device" in err
     assert "the disk is full: free space at " in err and "model.bin (or set engine.cache_dir elsewhere) and run again" in err
     assert not list((cache / "tmp").iterdir())
+
+
+def test_a_cache_that_cannot_be_reached_fails_the_run_and_sets_nothing_aside(project, cli, monkeypatch):
+    """Only a local folder without a readable manifest is damage; an unreachable remote is the run's error."""
+    from slimops.errors import CacheError
+
+    path = project.write(TWO)
+    assert cli("run", "--quiet", "--config", path)[0] == 0
+
+    def unreachable(self, key):
+        raise CacheError("the cache at s3://bucket/x cannot be reached (read): ConnectionError")
+
+    monkeypatch.setattr(Cache, "get", unreachable)
+    code, _, err = cli("run", "--quiet", "--config", path)
+    assert code == 1 and "cannot be reached" in err and "damaged" not in err, err
+    assert not (project.root / ".slimops" / "cache" / "damaged").exists()
