@@ -85,12 +85,15 @@ SPACE = "search:\n  space:\n    passes.perturb.scale: [1.0, 2.0]\n"
      "search.space.passes.perturb.scale[1]: Input should be a valid number"),
     ("search:\n  space:\n    passes.eval.max_samples: {uniform: [1, 4]}\n  objectives: [{metric: accuracy}]\n", "uniform",
      "search.space.passes.eval.max_samples: uniform gives values between its ends, such as 2.5"),
+    ("search:\n  space:\n    passes.perturb.scal: {uniform: [1, 4]}\n  objectives: [{metric: accuracy}]\n", "scal",
+     "search.space.passes.perturb.scal: unknown key; did you mean 'scale'?"),
 ], ids=["metric-typo", "metric-not-listed", "metric-group", "unknown-node", "unknown-param", "unknown-pass", "wrong-type",
-        "float-range-over-int"])
+        "float-range-over-int", "range-over-unknown-param"])
 def test_validate_checks_the_search_against_the_pipeline(tmp_path, llama, cli, search, at, fragment):
     path = with_search(tmp_path, llama, search)
     code, _, err = cli("validate", "--config", path)
     assert code == 2 and f"{path}:{line_of(path, at)} {fragment}" in err, err
+    assert "1 error in the pipeline config" in err  # said once, not once per value
 
 
 def test_objectives_need_an_evaluate_pass(project, cli):

@@ -164,6 +164,8 @@ def space_issues(search: SearchSpec, data: dict[str, Any], lines: Lines,
         found: list[tuple[tuple, str]] = []  # (where, message) for each value that fails
         probes = _probes(choice)
         for index, (value, inside) in enumerate(probes):
+            if inside and found:
+                break  # the ends fail already, and for the same reason
             try:
                 check(copy.deepcopy(base), [override(key, value)])
             except ConfigError as err:
