@@ -67,8 +67,8 @@ class Evaluate(Pass):
     """Measures a model on a data split and against the pipeline's input model."""
 
     name = "evaluate"
-    version = "5"  # 3: intervals, per-example scores (scores.json), predictions with their references; 4: lm_eval per-document scores;
-    # 5: a template without the label field is the whole question
+    version = "6"  # 3: intervals, per-example scores (scores.json), predictions with their references; 4: lm_eval per-document scores;
+    # 5: a template without the label field is the whole question; 6: a template's literal {{ }} braces are not its answer
     consumes = ("hf-model", "hf-adapter", "onnx-model", "genai-model")
     produces = "metrics"
     baseline = True

@@ -247,10 +247,13 @@ def test_a_shortcut_keeps_a_different_pipeline_yaml_and_reruns_its_own(tmp_path,
     flags[flags.index("--max_steps") + 1] = "2"  # other flags would write another pipeline
     code, _, err = cli(*flags)
     assert code == 2 and "out/pipeline.yaml: holds another pipeline than this command writes" in err
-    assert "give another folder with -o to keep it" in err
+    assert "give another folder with -o to keep it, or add --force to replace it" in err
     assert (tmp_path / "out" / "pipeline.yaml").read_text() == written
 
     edited = written.replace("max_steps: 1", "max_steps: 3")  # what the failure message invites
     (tmp_path / "out" / "pipeline.yaml").write_text(edited)
     code, _, err = cli(*flags[: flags.index("--max_steps") + 1], "1", *flags[flags.index("--max_steps") + 2:])
     assert code == 2 and (tmp_path / "out" / "pipeline.yaml").read_text() == edited
+    code, _, err = cli(*flags, "--force")  # asked for: the command's own pipeline replaces the edited one
+    assert code == 0, err
+    assert "max_steps: 2" in (tmp_path / "out" / "pipeline.yaml").read_text()

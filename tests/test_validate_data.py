@@ -187,7 +187,7 @@ def test_quickstart_validates(tmp_path, cli):
 # -- one home: the passes' loader reads the engine's facts, and both see the same missing field -----
 
 SPECS = [
-    ("template", dict(template="{phrase} -> {tone.upper}"), "text-generation"),
+    ("template", dict(template="{phrase} -> {tone}"), "text-generation"),
     ("prompt-response", dict(prompt="{phrase} ->", response=" {tone} {phrase}"), "text-generation"),
     ("messages", dict(messages="chat"), "text-generation"),
     ("text", dict(text="body"), "text-generation"),

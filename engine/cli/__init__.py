@@ -134,7 +134,8 @@ def _count(text: str) -> int:
 def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", required=True, help="the pipeline YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a key, e.g. --set passes.finetune.r=8 (repeatable)")
+                        help="override a key, e.g. --set passes.finetune.r=8 (repeatable); null clears an optional key, "
+                        "and a quoted value (KEY='\"null\"') is read as text")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,6 +65,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no_merge", action="store_true", help="keep the adapter alone; do not merge it into the base")
     p.add_argument("--output_path", "-o", default="slimops-finetune", help="folder for the pipeline file and its outputs")
     p.add_argument("--emit-config", action="store_true", help="print the pipeline YAML and exit without running it")
+    p.add_argument("--force", action="store_true", help="replace a pipeline.yaml in the output folder that differs from this one")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the summary")
     add_search_flags(
         p,

@@ -75,6 +75,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8", "int4"], help="default: int4 on cpu/dml, fp16 on cuda, int8 on npu")
     p.add_argument("--output_path", "-o", default="slimops-output", help="folder for the pipeline file and its outputs")
     p.add_argument("--emit-config", action="store_true", help="print the pipeline YAML and exit without running it")
+    p.add_argument("--force", action="store_true", help="replace a pipeline.yaml in the output folder that differs from this one")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the summary")
 
 

@@ -103,10 +103,8 @@ def _may_write(config: Path, text: str, args) -> bool:
         pass  # unreadable: not this pipeline
     if getattr(args, "force", False):
         return True
-    # the parsers give --force where they can; without it, the file is the user's to delete
-    replace = "add --force to replace it" if hasattr(args, "force") else "delete it to replace it"
-    raise ConfigError(f"holds another pipeline than this command writes (edited, or from other flags or another command); "
-                      f"give another folder with -o to keep it, or {replace}", str(config))
+    raise ConfigError("holds another pipeline than this command writes (edited, or from other flags or another command); "
+                      "give another folder with -o to keep it, or add --force to replace it", str(config))
 
 
 def run(command: str, args, pipeline_for: Callable[..., dict[str, Any]], metrics_of: str | None = None, advice: str = "") -> int:
