@@ -257,3 +257,15 @@ def test_a_shortcut_keeps_a_different_pipeline_yaml_and_reruns_its_own(tmp_path,
     code, _, err = cli(*flags, "--force")  # asked for: the command's own pipeline replaces the edited one
     assert code == 0, err
     assert "max_steps: 2" in (tmp_path / "out" / "pipeline.yaml").read_text()
+
+
+def test_emit_config_prints_only_a_pipeline_slimops_would_run(tmp_path, llama, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = write_jsonl(tmp_path / "tone.jsonl", tone_rows(8))
+    flags = ["finetune", "-m", llama, "--data_files", data, "--text_template", "{phrase} => {tone}", "--emit-config"]
+    code, out, err = cli(*flags, "--lora_r", "0")
+    assert code == 2 and out == "" and "passes.finetune.r: Input should be greater than or equal to 1" in err
+    code, out, err = cli(*flags, "--target_modules", ",,")
+    assert code == 2 and out == "" and "--target_modules: ',,' names no module" in err
+    code, out, err = cli(*flags, "--target_modules", "q_proj, v_proj")
+    assert code == 0 and "- q_proj\n    - v_proj" in out, err

@@ -129,8 +129,11 @@ def pipeline_for(args, absolute: bool = False) -> dict[str, Any]:
         raise _error("--text_template", "say how an example becomes text: --text_template, --text_field, --prompt_template/--response_template or --messages_field")
 
     step: dict[str, Any] = {"type": args.method, "data": "train_data"}
-    adapter_flags = {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
-                     "target_modules": args.target_modules.split(",") if args.target_modules else None}
+    modules = [m.strip() for m in args.target_modules.split(",") if m.strip()] if args.target_modules is not None else None
+    if modules == []:
+        raise _error("--target_modules", f"'{args.target_modules}' names no module; give names such as q_proj,v_proj, or leave "
+                     "the flag out for every linear layer")
+    adapter_flags = {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout, "target_modules": modules}
     used = [f"--lora_{k}" if k != "target_modules" else "--target_modules" for k, v in adapter_flags.items() if v is not None]
     if args.method == "full" and used:
         raise _error(used[0], "--method full trains every weight; adapter flags do not apply")

@@ -120,7 +120,11 @@ def run(command: str, args, pipeline_for: Callable[..., dict[str, Any]], metrics
     from slimops.cli.results import show_search
 
     if args.emit_config:
-        sys.stdout.write(pipeline_yaml(pipeline_for(args, absolute=False), command))
+        from slimops.config import parse_config
+
+        text = pipeline_yaml(pipeline_for(args, absolute=False), command)
+        parse_config(text, Path.cwd(), name=f"<slimops {command}>")  # a pipeline these flags make must be one slimops runs
+        sys.stdout.write(text)
         return 0
     import slimops
     from slimops.config import load_config
