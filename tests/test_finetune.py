@@ -206,9 +206,10 @@ def test_a_model_with_nan_weights_is_named_as_the_cause(tmp_path, assets):
         run(path)
 
 
-def test_eval_steps_without_eval_split_is_a_data_error(tmp_path, assets):
+def test_eval_steps_without_eval_split_is_an_error_before_anything_runs(tmp_path, assets):
     path = pipeline(tmp_path, assets, "ft: {type: lora, data: tone, max_steps: 2, eval_steps: 1, eval_split: dev}\n")
-    with pytest.raises(slimops.PassError, match="no 'dev' split"):
+    with pytest.raises(slimops.ConfigError, match=r"pipeline.yaml:\d+ passes.ft.eval_steps: evaluates during training on split 'dev' "
+                                                  r"of data 'tone', which defines: train, eval"):
         run(path)
 
 

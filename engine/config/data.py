@@ -410,6 +410,15 @@ def _pass_split_issue(config: PipelineConfig, name: str, spec: Any, pass_name: s
             at = written if written in config.lines.lines else ("passes", pass_name, data_field)
             errors.append(config.lines.issue(at, f"reads split '{split}' of data '{name}', which defines: {', '.join(defined_splits(spec))}; "
                                              f"add it under data.{name}.splits (e.g. {{train: '[:90%]', {split}: '[90%:]'}}) or set {split_field}"))
+    # a fine-tune that evaluates during training reads its eval split from `data` when no eval_data is given
+    evaluates = getattr(params, "eval_steps", None) or getattr(params, "early_stopping_patience", None)
+    split = getattr(params, "eval_split", None)
+    if data_field == "data" and evaluates and getattr(params, "eval_data", None) is None and isinstance(split, str) \
+            and split not in defined_splits(spec):
+        key = "eval_steps" if getattr(params, "eval_steps", None) else "early_stopping_patience"
+        errors.append(config.lines.issue(("passes", pass_name, key), f"evaluates during training on split '{split}' of data "
+                                         f"'{name}', which defines: {', '.join(defined_splits(spec))}; add it under "
+                                         f"data.{name}.splits, or set eval_data or eval_split"))
 
 
 def _overlaps(config: PipelineConfig, slices: list[tuple]) -> list[Issue]:
