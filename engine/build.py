@@ -133,7 +133,7 @@ def _build(cache: Cache, job: Job, progress) -> Entry:
         rel = Path(ARTIFACT) / Path(artifact.path).resolve().relative_to((tmp / ARTIFACT).resolve())
         if not os.path.lexists(artifact.path):
             raise SlimopsError(f"the returned Artifact's path {rel.relative_to(ARTIFACT).as_posix()} does not exist in "
-                            "ctx.output_dir; write the output before returning it")
+                               "ctx.output_dir; write the output before returning it")
         json.dumps([artifact.meta, artifact.metrics], default=str)
         _check_links(tmp / ARTIFACT)
     except BaseException as err:

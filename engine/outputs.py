@@ -54,8 +54,7 @@ class OutputFolder:
         Raises:
             ConfigError: the folder is a file, or holds files slimops did not write.
         """
-        if self.root.exists() and not self.root.is_dir():
-            raise ConfigError(f"the output folder {self.root} is a file; set engine.output_dir to a folder")
+        self._refuse_a_file()
         try:
             if self.marker.is_file():
                 return
@@ -75,10 +74,13 @@ class OutputFolder:
         Raises:
             ConfigError: the folder is a file, or holds files slimops did not write.
         """
-        if self.root.exists() and not self.root.is_dir():
-            raise ConfigError(f"the output folder {self.root} is a file; set engine.output_dir to a folder")
+        self._refuse_a_file()
         if self.root.is_dir() and not self.marker.is_file():
             self._adoptable()
+
+    def _refuse_a_file(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"the output folder {self.root} is a file; set engine.output_dir to a folder")
 
     def reserve(self, dest: Path) -> None:
         """Record `dest` (a node's folder) as slimops's before writing it.
